@@ -1,0 +1,201 @@
+"""Validated specs: a network, a dataset, a training recipe, and a run that ties them together.
+
+Specs are plain data (JSON/YAML round-trip); models, datasets and training loops are built
+only from them, and every stored run keeps its full spec so it can be rebuilt exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from workbench.errors import SpecError
+
+Family = Literal["cifar", "imagenet"]
+UnitKind = Literal["basic", "bottleneck"]
+Placement = Literal["post", "bn_after_add", "relu_before_add", "relu_only_preact", "full_preact"]
+Shortcut = Literal["A", "B", "C", "none"]
+
+PLACEMENTS: dict[str, str] = {
+    "post": "original: conv-BN-ReLU-conv-BN, add, ReLU (He 2015)",
+    "bn_after_add": "BN after addition (He 2016, Fig. 4b)",
+    "relu_before_add": "ReLU before addition (He 2016, Fig. 4c)",
+    "relu_only_preact": "ReLU-only pre-activation (He 2016, Fig. 4d)",
+    "full_preact": "full pre-activation: BN-ReLU-conv, add (He 2016, Fig. 4e)",
+}
+SHORTCUTS: dict[str, str] = {
+    "A": "identity; zero-padding + stride-2 subsampling where the shape changes (no parameters)",
+    "B": "identity; 1x1 projection where the shape changes",
+    "C": "1x1 projection on every unit",
+    "none": "no shortcut (the plain twin)",
+}
+IMAGENET_DEPTHS: dict[int, tuple[UnitKind, list[int]]] = {
+    18: ("basic", [2, 2, 2, 2]),
+    34: ("basic", [3, 4, 6, 3]),
+    50: ("bottleneck", [3, 4, 6, 3]),
+    101: ("bottleneck", [3, 4, 23, 3]),
+    152: ("bottleneck", [3, 8, 36, 3]),
+}
+DEFAULT_WIDTHS: dict[str, list[int]] = {"cifar": [16, 32, 64], "imagenet": [64, 128, 256, 512]}
+CONVS_PER_UNIT: dict[str, int] = {"basic": 2, "bottleneck": 3}
+
+
+def _nearest_depths(depth: int, step: int) -> str:
+    below = max(step + 2, depth - (depth - 2) % step)
+    above = below + step if below <= depth else below
+    return f"{below} and {above}" if below != above else str(below)
+
+
+class NetSpec(BaseModel):
+    """The single description of a network. Either `depth` or `blocks` fixes the units per stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "custom"
+    family: Family = "cifar"
+    unit: UnitKind = "basic"
+    depth: int | None = Field(default=None, description="weighted layers; resolves `blocks` when given")
+    blocks: list[int] | None = Field(default=None, description="residual units per stage")
+    widths: list[int] | None = Field(default=None, description="base width of each stage")
+    bottleneck_stride: Literal["3x3", "1x1"] = "3x3"
+    placement: Placement = "post"
+    shortcut: Shortcut = "A"
+    zero_init_residual: bool = False
+    stochastic_depth: float = Field(default=0.0, description="drop probability of the last unit; linear decay")
+    num_classes: int = 10
+    input_size: int | None = None
+    in_channels: int = 3
+
+    @model_validator(mode="after")
+    def _resolve(self) -> NetSpec:
+        if self.widths is None:
+            self.widths = list(DEFAULT_WIDTHS[self.family])
+        if self.input_size is None:
+            self.input_size = 32 if self.family == "cifar" else 224
+        if any(w < 1 for w in self.widths):
+            raise ValueError(f"widths must be positive; got {self.widths}")
+        if self.blocks is None:
+            if self.depth is None:
+                raise ValueError("give either depth (for example 20, 56, 110) or blocks per stage (for example [3, 3, 3])")
+            self.blocks = self._blocks_from_depth(self.depth)
+        if len(self.blocks) != len(self.widths):
+            raise ValueError(
+                f"blocks has {len(self.blocks)} stages but widths has {len(self.widths)}; give one width per stage"
+            )
+        if any(b < 1 for b in self.blocks):
+            raise ValueError(f"every stage needs at least one unit; got blocks {self.blocks}")
+        derived = 2 + CONVS_PER_UNIT[self.unit] * sum(self.blocks)
+        if self.depth is not None and self.depth != derived:
+            raise ValueError(
+                f"depth {self.depth} does not match blocks {self.blocks}, which give {derived} layers; "
+                "give only one of them"
+            )
+        self.depth = derived
+        self._check_combinations()
+        return self
+
+    def _blocks_from_depth(self, depth: int) -> list[int]:
+        stages = len(self.widths)
+        if self.family == "imagenet" and self.widths == DEFAULT_WIDTHS["imagenet"]:
+            if depth not in IMAGENET_DEPTHS:
+                valid = ", ".join(str(d) for d in IMAGENET_DEPTHS)
+                raise ValueError(f"ImageNet-style nets come in depths {valid}; {depth} is not one (or give blocks)")
+            unit, blocks = IMAGENET_DEPTHS[depth]
+            if unit != self.unit:
+                raise ValueError(f"ImageNet depth {depth} uses {unit} units, not {self.unit}; set unit: {unit}")
+            return list(blocks)
+        per_unit = CONVS_PER_UNIT[self.unit]
+        step = per_unit * stages
+        if depth < step + 2 or (depth - 2) % step:
+            raise ValueError(
+                f"{self.family.upper() if self.family == 'cifar' else 'Custom'}-style {self.unit} nets with "
+                f"{stages} stages have {step}n+2 layers; {depth} is not one; the nearest are "
+                f"{_nearest_depths(depth, step)}"
+            )
+        return [(depth - 2) // step] * stages
+
+    def _check_combinations(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1; got {self.num_classes}")
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be at least 1; got {self.in_channels}")
+        if not 0.0 <= self.stochastic_depth < 1.0:
+            raise ValueError(f"stochastic_depth is a drop probability in [0, 1); got {self.stochastic_depth}")
+        if self.shortcut == "none" and self.stochastic_depth > 0:
+            raise ValueError("stochastic depth drops residual branches and needs shortcuts; plain nets cannot use it")
+        if self.shortcut == "none" and self.zero_init_residual:
+            raise ValueError("zero-init of the last BN would cut the signal in a plain net; turn it off")
+        if self.zero_init_residual and self.placement == "bn_after_add":
+            raise ValueError("placement bn_after_add has no BN on the residual branch to zero-initialise")
+        if self.shortcut == "A":
+            inplanes = self.widths[0]
+            expansion = 4 if self.unit == "bottleneck" else 1
+            for stage, width in enumerate(self.widths, start=1):
+                if width * expansion < inplanes:
+                    raise ValueError(
+                        f"option A pads channels with zeros and cannot shrink them (stage {stage}: "
+                        f"{inplanes} -> {width * expansion}); use shortcut B or C"
+                    )
+                inplanes = width * expansion
+        min_size = self.total_stride
+        if self.input_size < min_size:
+            raise ValueError(f"input_size {self.input_size} is below this net's total stride {min_size}; use at least {min_size}")
+
+    @property
+    def expansion(self) -> int:
+        return 4 if self.unit == "bottleneck" else 1
+
+    @property
+    def total_stride(self) -> int:
+        stem = 4 if self.family == "imagenet" else 1
+        return stem * 2 ** (len(self.widths) - 1)
+
+    @property
+    def units(self) -> int:
+        return sum(self.blocks)
+
+
+class DataSpec(BaseModel):
+    """Which dataset to train on and how to prepare it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["synthetic", "cifar10", "cifar100", "folder"] = "synthetic"
+    path: str | None = Field(default=None, description="archive or folder; None means the default location")
+    download: bool = False
+    classes: int | list[str] | None = Field(default=None, description="folder: first k classes or a list of names")
+    per_class_cap: int | None = None
+    resolution: int | None = Field(default=None, description="folder: training resolution (for example 64)")
+    split_fraction: float = Field(default=0.2, description="folder without train/val: share held out for test")
+    validation_size: int = Field(default=0, description="images held out of train as a validation split")
+    synthetic_train: int = 10000
+    synthetic_test: int = 2000
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSpec:
+        if self.per_class_cap is not None and self.per_class_cap < 1:
+            raise ValueError(f"per_class_cap must be at least 1; got {self.per_class_cap}")
+        if self.resolution is not None and not 8 <= self.resolution <= 1024:
+            raise ValueError(f"resolution must be between 8 and 1024 pixels; got {self.resolution}")
+        if not 0.0 < self.split_fraction < 1.0:
+            raise ValueError(f"split_fraction must be between 0 and 1; got {self.split_fraction}")
+        if self.validation_size < 0:
+            raise ValueError(f"validation_size cannot be negative; got {self.validation_size}")
+        if isinstance(self.classes, int) and self.classes < 1:
+            raise ValueError(f"classes must be at least 1; got {self.classes}")
+        return self
+
+
+def parse_spec(model: type[BaseModel], data: dict) -> BaseModel:
+    """Validate `data` as `model`, turning pydantic's report into one readable SpecError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {msg}" if where else msg)
+        raise SpecError(f"invalid {model.__name__}: " + "; ".join(problems)) from None

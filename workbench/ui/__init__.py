@@ -1,0 +1,1 @@
+"""The Gradio workbench: one module per tab, each building its components and wiring its events."""
