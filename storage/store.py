@@ -1,0 +1,711 @@
+"""RunStore: the one API the UI, the CLI and the workers use to read and change runs.
+
+Every method runs in its own short transaction and returns plain records
+(`storage.records`), never ORM objects tied to a session. Changes of status are
+single conditional UPDATEs, so they stay correct when several processes act on
+the same run at once. Open one store per process (connections do not survive
+a fork).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Engine, case, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from storage.engine import create_store_engine, driver_executemany_sql, writer_engine
+from storage.migrate import upgrade_database
+from storage.records import METRIC_FIELDS, AnalysisRecord, ArtifactRecord, MetricBatch, RunRecord
+from storage.schema import Analysis, Artifact, Metric, Run, utc_now
+from storage.status import (
+    ALL_STATUSES,
+    ALLOWED_TRANSITIONS,
+    ARTIFACT_KINDS,
+    CANCELLED,
+    FINISHED_STATUSES,
+    GROUP_KINDS,
+    INTERRUPTED,
+    METRIC_SPLITS,
+    QUEUED,
+    RUNNING,
+    sources_of,
+)
+from workbench.errors import IllegalTransition, RunNotFound, StoreError
+from workbench.paths import database_url, home_dir, runs_dir
+
+logger = logging.getLogger(__name__)
+
+runs = Run.__table__
+metrics = Metric.__table__
+artifacts = Artifact.__table__
+analyses = Analysis.__table__
+
+RUN_COLUMNS = tuple(runs.c)
+METRIC_COLUMNS = tuple(getattr(metrics.c, field) for field in METRIC_FIELDS)
+METRIC_INSERT_KEYS = ("run_id", "iteration", "epoch", "split", "name", "value", "wall_time")
+
+PROGRESS_FIELDS = frozenset({"iteration", "total_iterations", "epoch", "images_per_s"})
+TRANSITION_FIELDS = PROGRESS_FIELDS | {
+    "device",
+    "checkpoint_path",
+    "error_message",
+    "traceback",
+    "best_test_error",
+    "last_test_error",
+    "last_train_error",
+}
+NAME_MAX_LENGTH = 200
+
+
+def open_store(home: str | Path | None = None, db: str | None = None) -> RunStore:
+    """Open the run store of a home folder, creating or migrating its database as needed.
+
+    `home` defaults to $WORKBENCH_HOME or ./.workbench; `db` (a SQLAlchemy URL)
+    defaults to $WORKBENCH_DATABASE_URL or `<home>/workbench.db`.
+    """
+    home_path = home_dir(home)
+    url = database_url(home_path, db)
+    upgrade_database(url)
+    return RunStore(create_store_engine(url), home_path)
+
+
+class RunStore:
+    """Runs, their metrics, artifacts and analyses in one database, plus their folders under the home."""
+
+    def __init__(self, engine: Engine, home: Path) -> None:
+        """Wrap an engine whose database is already at the newest schema (use `open_store`)."""
+        self.engine = engine
+        self.home = home
+        self._writer = writer_engine(engine)
+        self._metric_insert_sql = driver_executemany_sql(engine, insert(metrics), METRIC_INSERT_KEYS)
+
+    @classmethod
+    def open(cls, home: str | Path | None = None, db: str | None = None) -> RunStore:
+        """Same as `open_store`."""
+        return open_store(home, db)
+
+    def close(self) -> None:
+        """Close all pooled connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def run_dir(self, run_id: int) -> Path:
+        """The folder for a run's checkpoints and logs (not created here)."""
+        return runs_dir(self.home) / str(run_id)
+
+    # -- creating and reading runs ---------------------------------------------------------
+
+    def create_run(
+        self,
+        spec: Mapping[str, Any] | Any,
+        *,
+        name: str,
+        group_name: str | None = None,
+        group_kind: str | None = None,
+        preset: str | None = None,
+        dataset: str | None = None,
+        total_iterations: int | None = None,
+        parent_run_id: int | None = None,
+        notes: str = "",
+        tags: Sequence[str] = (),
+        status: str = QUEUED,
+    ) -> int:
+        """Store a new run and return its id.
+
+        `spec` is a JSON-compatible mapping or a pydantic model (dumped in JSON
+        mode). `group_kind` is one of "twin", "ladder", "sweep" or None. A run is
+        normally created `queued`; any status but `running` is accepted, for
+        importing finished runs.
+        """
+        spec_data = _spec_as_json(spec)
+        if status not in ALL_STATUSES or status == RUNNING:
+            raise StoreError(
+                f"a new run cannot start as {status!r}; use one of "
+                f"{', '.join(s for s in ALL_STATUSES if s != RUNNING)} (workers claim queued runs)"
+            )
+        if group_kind is not None and group_kind not in GROUP_KINDS:
+            raise StoreError(f"group kind {group_kind!r} is unknown; use one of {', '.join(GROUP_KINDS)}")
+        values = {
+            "name": _checked_name(name),
+            "group_name": group_name,
+            "group_kind": group_kind,
+            "status": status,
+            "spec": spec_data,
+            "preset": preset,
+            "dataset": dataset,
+            "created_at": utc_now(),
+            "total_iterations": total_iterations,
+            "parent_run_id": parent_run_id,
+            "notes": notes,
+            "tags": _checked_tags(tags),
+        }
+        if status in FINISHED_STATUSES:
+            values["finished_at"] = values["created_at"]
+        try:
+            with self._write() as conn:
+                result = conn.execute(insert(runs).values(values))
+                return result.inserted_primary_key[0]
+        except IntegrityError as exc:
+            raise RunNotFound(f"parent run {parent_run_id} does not exist") from exc
+
+    def get_run(self, run_id: int) -> RunRecord:
+        """The run with this id; RunNotFound if there is none."""
+        with self._read() as conn:
+            return self._fetch_run(conn, run_id)
+
+    def list_runs(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        group_name: str | None = None,
+        search: str | None = None,
+        limit: int = 500,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        """Runs newest first, optionally only those with a status (or any of several),
+        in a group, or whose name, preset, dataset or notes contain `search` (any case)."""
+        query = select(*RUN_COLUMNS)
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            query = query.where(runs.c.status.in_(wanted))
+        if group_name is not None:
+            query = query.where(runs.c.group_name == group_name)
+        if search:
+            query = query.where(
+                or_(
+                    *(
+                        column.icontains(search, autoescape=True)
+                        for column in (runs.c.name, runs.c.preset, runs.c.dataset, runs.c.notes)
+                    )
+                )
+            )
+        query = query.order_by(runs.c.id.desc()).limit(limit).offset(offset)
+        with self._read() as conn:
+            return [RunRecord(**row._mapping) for row in conn.execute(query)]
+
+    def list_groups(self) -> list[tuple[str, str | None]]:
+        """Distinct (group name, group kind) pairs of stored runs, by name."""
+        query = (
+            select(runs.c.group_name, runs.c.group_kind)
+            .where(runs.c.group_name.is_not(None))
+            .distinct()
+            .order_by(runs.c.group_name)
+        )
+        with self._read() as conn:
+            return [tuple(row) for row in conn.execute(query)]
+
+    # -- editing ---------------------------------------------------------------------------
+
+    def rename_run(self, run_id: int, name: str) -> None:
+        """Give a run a new display name."""
+        self._update_run(run_id, name=_checked_name(name))
+
+    def set_notes(self, run_id: int, notes: str) -> None:
+        """Replace a run's free-text notes."""
+        self._update_run(run_id, notes=notes)
+
+    def set_tags(self, run_id: int, tags: Sequence[str]) -> None:
+        """Replace a run's tags (kept in the given order, duplicates dropped)."""
+        self._update_run(run_id, tags=_checked_tags(tags))
+
+    # -- the life of a run -----------------------------------------------------------------
+
+    def claim_next_run(self, worker_id: str, device: str | None = None) -> RunRecord | None:
+        """Move the oldest queued run to `running` for this worker and return it; None if the queue is empty.
+
+        Two workers never get the same run: the UPDATE only succeeds while the
+        run is still queued, and a worker that loses the race tries the next one.
+        """
+        while True:
+            with self._write() as conn:
+                candidate = conn.scalar(select(runs.c.id).where(runs.c.status == QUEUED).order_by(runs.c.id).limit(1))
+                if candidate is None:
+                    return None
+                if self._start(conn, candidate, worker_id, device):
+                    return self._fetch_run(conn, candidate)
+            logger.debug("worker %s lost run %s to another worker; trying the next", worker_id, candidate)
+
+    def claim_run(self, run_id: int, worker_id: str, device: str | None = None) -> RunRecord:
+        """Move one given queued run to `running` for this worker (IllegalTransition if it is not queued)."""
+        with self._write() as conn:
+            if self._start(conn, run_id, worker_id, device):
+                return self._fetch_run(conn, run_id)
+            raise self._refusal(conn, run_id, RUNNING, worker_id)
+
+    def transition(self, run_id: int, new_status: str, *, worker_id: str | None = None, **fields: Any) -> RunRecord:
+        """Move a run to `new_status`, storing `fields` with it, and return the updated run.
+
+        Allowed moves: queued -> running | cancelled; running -> completed | failed |
+        cancelled | interrupted; interrupted | cancelled | failed -> queued (resume or
+        retry). Anything else raises IllegalTransition naming both statuses. When
+        `worker_id` is given, a running run only moves if that worker holds it.
+        `fields` may be progress, summary, device, checkpoint_path, error_message
+        and traceback. Moving to `running` is done by `claim_run`.
+        """
+        if new_status not in ALL_STATUSES:
+            raise StoreError(f"status {new_status!r} is unknown; use one of {', '.join(ALL_STATUSES)}")
+        allowed_fields = {"device"} if new_status == RUNNING else TRANSITION_FIELDS
+        unknown = set(fields) - allowed_fields
+        if unknown:
+            raise TypeError(
+                f"transition() got fields it cannot store: {', '.join(sorted(unknown))}; "
+                f"allowed: {', '.join(sorted(allowed_fields))}"
+            )
+        if new_status == RUNNING:
+            if worker_id is None:
+                raise StoreError(f"run {run_id} needs a worker id to start running; use claim_run")
+            return self.claim_run(run_id, worker_id, fields.get("device"))
+        values = {**fields, "status": new_status, **_entry_values(new_status)}
+        conditions = [runs.c.id == run_id, runs.c.status.in_(sources_of(new_status))]
+        if worker_id is not None:
+            conditions.append(or_(runs.c.status != RUNNING, runs.c.worker_id == worker_id))
+        with self._write() as conn:
+            if conn.execute(update(runs).where(*conditions).values(values)).rowcount != 1:
+                raise self._refusal(conn, run_id, new_status, worker_id)
+            return self._fetch_run(conn, run_id)
+
+    def heartbeat(
+        self,
+        run_id: int,
+        worker_id: str,
+        *,
+        iteration: int | None = None,
+        total_iterations: int | None = None,
+        epoch: float | None = None,
+        images_per_s: float | None = None,
+    ) -> bool:
+        """Record that the worker is alive (and its progress); return whether cancel was requested.
+
+        Raises IllegalTransition when the run is no longer running under this
+        worker (for example it was marked interrupted as stale): the worker should stop.
+        """
+        progress = {
+            "iteration": iteration,
+            "total_iterations": total_iterations,
+            "epoch": epoch,
+            "images_per_s": images_per_s,
+        }
+        values = {key: value for key, value in progress.items() if value is not None}
+        values["heartbeat_at"] = utc_now()
+        with self._write() as conn:
+            result = conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == RUNNING, runs.c.worker_id == worker_id)
+                .values(values)
+            )
+            if result.rowcount != 1:
+                current = conn.execute(select(runs.c.status, runs.c.worker_id).where(runs.c.id == run_id)).first()
+                if current is None:
+                    raise _not_found(run_id)
+                raise IllegalTransition(
+                    f"run {run_id} is no longer running under worker {worker_id} "
+                    f"(it is {current.status}, worker {current.worker_id}); stop working on it"
+                )
+            return bool(conn.scalar(select(runs.c.cancel_requested).where(runs.c.id == run_id)))
+
+    def update_summary(self, run_id: int, *, train_error: float | None = None, test_error: float | None = None) -> None:
+        """Record the latest train/test error; the best test error keeps the lowest seen."""
+        values: dict[str, Any] = {}
+        if train_error is not None:
+            values["last_train_error"] = train_error
+        if test_error is not None:
+            values["last_test_error"] = test_error
+            values["best_test_error"] = _lowest(runs.c.best_test_error, test_error)
+        if values:
+            self._update_run(run_id, **values)
+
+    def request_cancel(self, run_id: int) -> str:
+        """Cancel a run and return its status afterwards.
+
+        A queued run becomes `cancelled` at once; a running run gets a flag its
+        worker sees at the next heartbeat, and the worker then checkpoints and
+        moves it to `cancelled`. Finished runs raise IllegalTransition.
+        """
+        with self._write() as conn:
+            cancelled_now = conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == QUEUED)
+                .values(status=CANCELLED, **_entry_values(CANCELLED))
+            ).rowcount
+            if cancelled_now:
+                return CANCELLED
+            flagged = conn.execute(
+                update(runs).where(runs.c.id == run_id, runs.c.status == RUNNING).values(cancel_requested=True)
+            ).rowcount
+            if flagged:
+                return RUNNING
+            status = conn.scalar(select(runs.c.status).where(runs.c.id == run_id))
+            if status is None:
+                raise _not_found(run_id)
+            raise IllegalTransition(f"run {run_id} is {status}; only queued or running runs can be cancelled")
+
+    def is_cancel_requested(self, run_id: int) -> bool:
+        """Whether someone asked to cancel this run."""
+        with self._read() as conn:
+            flag = conn.scalar(select(runs.c.cancel_requested).where(runs.c.id == run_id))
+        if flag is None:
+            raise _not_found(run_id)
+        return bool(flag)
+
+    def find_stale_runs(self, older_than_s: float) -> list[RunRecord]:
+        """Running runs whose last heartbeat is older than `older_than_s` seconds."""
+        with self._read() as conn:
+            rows = conn.execute(select(*RUN_COLUMNS).where(_stale_condition(older_than_s)).order_by(runs.c.id))
+            return [RunRecord(**row._mapping) for row in rows]
+
+    def mark_stale_interrupted(self, older_than_s: float) -> list[int]:
+        """Move running runs with no heartbeat for `older_than_s` seconds to `interrupted`; return their ids.
+
+        They can then be resumed (interrupted -> queued) from their last checkpoint.
+        """
+        marked = []
+        with self._write() as conn:
+            stale = conn.execute(
+                select(runs.c.id, runs.c.worker_id, runs.c.heartbeat_at).where(_stale_condition(older_than_s))
+            ).all()
+            for run in stale:
+                last_seen = _utc_text(run.heartbeat_at) if run.heartbeat_at else "never"
+                message = (
+                    f"worker {run.worker_id} stopped sending heartbeats (last: {last_seen}); "
+                    "resume the run to continue from its last checkpoint"
+                )
+                result = conn.execute(
+                    update(runs)
+                    .where(runs.c.id == run.id, _stale_condition(older_than_s))
+                    .values(status=INTERRUPTED, error_message=message, **_entry_values(INTERRUPTED))
+                )
+                if result.rowcount == 1:
+                    marked.append(run.id)
+        if marked:
+            logger.warning("marked stale runs as interrupted: %s", marked)
+        return marked
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a run with its metrics, artifacts and analyses, its run folder and its artifact files.
+
+        Refused while the run is running (cancel it first). Artifact files outside
+        the home folder are left in place.
+        """
+        with self._write() as conn:
+            paths = list(conn.scalars(select(artifacts.c.path).where(artifacts.c.run_id == run_id)))
+            deleted = conn.execute(delete(runs).where(runs.c.id == run_id, runs.c.status != RUNNING)).rowcount
+            if not deleted:
+                status = conn.scalar(select(runs.c.status).where(runs.c.id == run_id))
+                if status is None:
+                    raise _not_found(run_id)
+                raise StoreError(
+                    f"run {run_id} is running and cannot be deleted; cancel it, wait until it "
+                    "has stopped, then delete it"
+                )
+        self._remove_files(run_id, paths)
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def append_metrics(self, run_id: int, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Store a batch of metric rows in one transaction; return how many.
+
+        Each row has `iteration`, `split` (train/test/val), `name` and `value`,
+        and may have `epoch` and `wall_time` (Unix seconds, default now). NaN
+        values are stored as None. The batch is stored whole or not at all.
+        """
+        params = _metric_params(run_id, rows)
+        if not params:
+            return 0
+        try:
+            with self._write() as conn:
+                if self._metric_insert_sql is not None:
+                    conn.exec_driver_sql(self._metric_insert_sql, params)
+                else:
+                    conn.execute(insert(metrics), [dict(zip(METRIC_INSERT_KEYS, row, strict=True)) for row in params])
+        except IntegrityError as exc:
+            raise _not_found(run_id) from exc
+        return len(params)
+
+    def fetch_metrics_since(
+        self, cursors: Mapping[int, int], names: Iterable[str] | None = None
+    ) -> dict[int, MetricBatch]:
+        """For each run id in `cursors`, its metric rows with id above the cursor, in id order.
+
+        Start with cursor 0 and pass back each batch's `cursor` to get only newer
+        rows next time (use the same `names` filter each time). All runs are read
+        from one consistent snapshot.
+        """
+        wanted_names = None if names is None else list(names)
+        batches = {}
+        with self._read() as conn:
+            for run_id, after_id in cursors.items():
+                query = select(*METRIC_COLUMNS).where(metrics.c.run_id == run_id, metrics.c.id > after_id)
+                if wanted_names is not None:
+                    query = query.where(metrics.c.name.in_(wanted_names))
+                rows = conn.execute(query.order_by(metrics.c.id)).all()
+                batches[run_id] = MetricBatch(rows, rows[-1].id if rows else after_id)
+        return batches
+
+    # -- artifacts and analyses --------------------------------------------------------------
+
+    def add_artifact(
+        self,
+        run_id: int,
+        kind: str,
+        path: str | Path,
+        *,
+        size: int | None = None,
+        sha256: str | None = None,
+    ) -> int:
+        """Record a file a run produced and return the artifact id.
+
+        Size and SHA-256 are read from the file when not given. Adding a
+        `checkpoint` also makes it the run's checkpoint to resume from.
+        """
+        if kind not in ARTIFACT_KINDS:
+            raise StoreError(f"artifact kind {kind!r} is unknown; use one of {', '.join(ARTIFACT_KINDS)}")
+        file_path = Path(path).resolve()
+        if size is None or sha256 is None:
+            if not file_path.is_file():
+                raise StoreError(f"artifact file {file_path} does not exist; write it before recording it")
+            size = file_path.stat().st_size if size is None else size
+            sha256 = _sha256_of(file_path) if sha256 is None else sha256
+        values = {
+            "run_id": run_id,
+            "kind": kind,
+            "path": str(file_path),
+            "size": size,
+            "sha256": sha256,
+            "created_at": utc_now(),
+        }
+        try:
+            with self._write() as conn:
+                artifact_id = conn.execute(insert(artifacts).values(values)).inserted_primary_key[0]
+                if kind == "checkpoint":
+                    conn.execute(update(runs).where(runs.c.id == run_id).values(checkpoint_path=str(file_path)))
+                return artifact_id
+        except IntegrityError as exc:
+            raise _not_found(run_id) from exc
+
+    def list_artifacts(self, run_id: int, kind: str | None = None) -> list[ArtifactRecord]:
+        """A run's artifacts, oldest first, optionally of one kind."""
+        query = select(*artifacts.c).where(artifacts.c.run_id == run_id)
+        if kind is not None:
+            query = query.where(artifacts.c.kind == kind)
+        with self._read() as conn:
+            return [ArtifactRecord(**row._mapping) for row in conn.execute(query.order_by(artifacts.c.id))]
+
+    def add_analysis(self, run_id: int, kind: str, params: Mapping[str, Any], result: Any) -> int:
+        """Store the JSON result of a science tool run on a run; return its id."""
+        values = {
+            "run_id": run_id,
+            "kind": kind,
+            "params": _json_checked(dict(params), "analysis params"),
+            "result": _json_checked(result, "analysis result"),
+            "created_at": utc_now(),
+        }
+        try:
+            with self._write() as conn:
+                return conn.execute(insert(analyses).values(values)).inserted_primary_key[0]
+        except IntegrityError as exc:
+            raise _not_found(run_id) from exc
+
+    def list_analyses(self, run_id: int, kind: str | None = None) -> list[AnalysisRecord]:
+        """A run's stored analyses, oldest first, optionally of one kind."""
+        query = select(*analyses.c).where(analyses.c.run_id == run_id)
+        if kind is not None:
+            query = query.where(analyses.c.kind == kind)
+        with self._read() as conn:
+            return [AnalysisRecord(**row._mapping) for row in conn.execute(query.order_by(analyses.c.id))]
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A transaction that holds the write lock from its start (BEGIN IMMEDIATE on SQLite)."""
+        with self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read-only snapshot; rolled back at the end."""
+        with self.engine.connect() as conn:
+            yield conn
+
+    def _fetch_run(self, conn: Connection, run_id: int) -> RunRecord:
+        row = conn.execute(select(*RUN_COLUMNS).where(runs.c.id == run_id)).first()
+        if row is None:
+            raise _not_found(run_id)
+        return RunRecord(**row._mapping)
+
+    def _update_run(self, run_id: int, **values: Any) -> None:
+        with self._write() as conn:
+            if conn.execute(update(runs).where(runs.c.id == run_id).values(values)).rowcount != 1:
+                raise _not_found(run_id)
+
+    def _start(self, conn: Connection, run_id: int, worker_id: str, device: str | None) -> bool:
+        values = {"status": RUNNING, "worker_id": worker_id, **_entry_values(RUNNING)}
+        if device is not None:
+            values["device"] = device
+        result = conn.execute(update(runs).where(runs.c.id == run_id, runs.c.status == QUEUED).values(values))
+        return result.rowcount == 1
+
+    def _refusal(self, conn: Connection, run_id: int, new_status: str, worker_id: str | None) -> StoreError:
+        """The error explaining why a conditional status update changed nothing."""
+        current = conn.execute(select(runs.c.status, runs.c.worker_id).where(runs.c.id == run_id)).first()
+        if current is None:
+            return _not_found(run_id)
+        if current.status in sources_of(new_status):
+            return IllegalTransition(
+                f"run {run_id} is running under worker {current.worker_id}, not {worker_id}; "
+                f"only its own worker can move it to {new_status}"
+            )
+        allowed = ", ".join(sorted(ALLOWED_TRANSITIONS[current.status])) or "no other status"
+        return IllegalTransition(
+            f"run {run_id} cannot go from {current.status} to {new_status}; "
+            f"from {current.status} it can go to {allowed}"
+        )
+
+    def _remove_files(self, run_id: int, artifact_paths: list[str]) -> None:
+        """Remove a deleted run's folder and its artifact files inside the home folder."""
+        folder = self.run_dir(run_id)
+        home = self.home.resolve()
+        try:
+            if folder.exists():
+                shutil.rmtree(folder)
+            for raw_path in artifact_paths:
+                path = Path(raw_path)
+                if not path.is_relative_to(home):
+                    logger.info("run %s: leaving artifact %s in place (outside %s)", run_id, path, home)
+                elif path.is_file():
+                    path.unlink()
+        except OSError as exc:
+            raise StoreError(
+                f"run {run_id} was deleted, but {exc.filename} could not be removed ({exc.strerror}); remove it by hand"
+            ) from exc
+
+
+def _entry_values(status: str) -> dict[str, Any]:
+    """Columns set whenever a run enters `status`."""
+    now = utc_now()
+    if status == RUNNING:
+        return {
+            "started_at": now,
+            "heartbeat_at": now,
+            "finished_at": None,
+            "cancel_requested": False,
+            "error_message": None,
+            "traceback": None,
+        }
+    if status == QUEUED:
+        return {
+            "worker_id": None,
+            "heartbeat_at": None,
+            "started_at": None,
+            "finished_at": None,
+            "cancel_requested": False,
+            "error_message": None,
+            "traceback": None,
+        }
+    return {"finished_at": now}
+
+
+def _stale_condition(older_than_s: float) -> ColumnElement[bool]:
+    cutoff = utc_now() - timedelta(seconds=older_than_s)
+    return (runs.c.status == RUNNING) & or_(runs.c.heartbeat_at.is_(None), runs.c.heartbeat_at < cutoff)
+
+
+def _lowest(column: ColumnElement[float], value: float) -> ColumnElement[float]:
+    """SQL for min(column, value) that treats a NULL column as 'no value yet'."""
+    return case((column.is_(None), value), (column > value, value), else_=column)
+
+
+def _metric_params(run_id: int, rows: Iterable[Mapping[str, Any]]) -> list[tuple]:
+    """Checked rows as tuples in METRIC_INSERT_KEYS order (numpy scalars become Python numbers)."""
+    now = time.time()
+    params: list[tuple] = []
+    try:
+        for row in rows:
+            value = float(row["value"])
+            epoch = row.get("epoch")
+            wall_time = row.get("wall_time")
+            params.append(
+                (
+                    run_id,
+                    int(row["iteration"]),
+                    None if epoch is None else float(epoch),
+                    row["split"],
+                    row["name"],
+                    None if math.isnan(value) else value,
+                    now if wall_time is None else float(wall_time),
+                )
+            )
+    except KeyError as exc:
+        raise StoreError(
+            f"metric row {len(params)} lacks {exc.args[0]!r}; each row needs iteration, split, name and value"
+        ) from exc
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"metric row {len(params)} has a field that is not a number: {exc}") from exc
+    bad_splits = {row[3] for row in params} - set(METRIC_SPLITS)
+    if bad_splits:
+        raise StoreError(f"metric split {sorted(bad_splits)[0]!r} is unknown; use one of {', '.join(METRIC_SPLITS)}")
+    return params
+
+
+def _not_found(run_id: int) -> RunNotFound:
+    return RunNotFound(f"run {run_id} does not exist (it may have been deleted)")
+
+
+def _checked_name(name: str) -> str:
+    cleaned = name.strip()
+    if not cleaned:
+        raise StoreError("a run name cannot be empty")
+    if len(cleaned) > NAME_MAX_LENGTH:
+        raise StoreError(f"a run name can have at most {NAME_MAX_LENGTH} characters (got {len(cleaned)})")
+    return cleaned
+
+
+def _checked_tags(tags: Sequence[str]) -> list[str]:
+    if isinstance(tags, str):
+        raise StoreError(f"tags must be a list of strings, not the single string {tags!r}")
+    cleaned = [tag.strip() for tag in tags if tag.strip()]
+    return list(dict.fromkeys(cleaned))
+
+
+def _spec_as_json(spec: Mapping[str, Any] | Any) -> dict[str, Any]:
+    if hasattr(spec, "model_dump"):
+        spec = spec.model_dump(mode="json")
+    if not isinstance(spec, Mapping):
+        raise StoreError(f"a run spec must be a mapping or a pydantic model, not {type(spec).__name__}")
+    return _json_checked(dict(spec), "run spec")
+
+
+def _json_checked(value: Any, what: str) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{what} cannot be stored as JSON: {exc}") from exc
+    return value
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _utc_text(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
