@@ -1,0 +1,468 @@
+"""Exported models: files that load elsewhere with a few lines.
+
+Formats (see EXPORT_FORMATS):
+
+- bundle (.zip): `weights.safetensors`, `spec.json` (the exact NetSpec), `metadata.json`
+  (class names, normalization, training settings, metrics; `head_hidden` when the head has a
+  hidden layer) and `MODEL_CARD.md`. `load_model` / `load_bundle` rebuild the exact model.
+- onnx (.onnx): dynamic batch dimension, checked with onnxruntime against PyTorch before the
+  file appears.
+- pt2 (.pt2): a torch.export program with a dynamic batch dimension, for `torch.export.load`.
+- torchvision (.pth): a state_dict for `torchvision.models.resnetXX`, for nets in its layout.
+
+Every writer works on a CPU, fp32, eval-mode copy of the model and writes atomically (temp file
+in the target folder, then rename), so a failed export never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
+from torch import nn
+
+from workbench.errors import WorkbenchError
+from workbench.models import ResNet
+from workbench.models import summarize as summarize_model
+from workbench.spec import IMAGENET_DEPTHS, NetSpec, parse_spec
+from workbench.transfer import build_with_head, head_hidden, infer_head_hidden, load_checked
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "workbench-bundle/1"
+WEIGHTS_MEMBER = "weights.safetensors"
+SPEC_MEMBER = "spec.json"
+METADATA_MEMBER = "metadata.json"
+CARD_MEMBER = "MODEL_CARD.md"
+EXPORT_TOLERANCE = 1e-4
+ONNX_OPSET = 17
+ONNX_INPUT = "input"
+ONNX_OUTPUT = "logits"
+VERIFY_BATCH_SIZES = (1, 3)
+
+
+# ---------------------------------------------------------------- shared plumbing
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain network behind DataParallel/DDP and torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def export_copy(model: nn.Module) -> nn.Module:
+    """A CPU, fp32, contiguous, eval-mode copy of `model`; the original is left as it was."""
+    clone = copy.deepcopy(_unwrap(model)).cpu().float()
+    clone = clone.to(memory_format=torch.contiguous_format)
+    return clone.eval()
+
+
+def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state_dict as CPU, contiguous, detached tensors (what safetensors needs)."""
+    return {key: value.detach().cpu().contiguous() for key, value in _unwrap(model).state_dict().items()}
+
+
+@contextmanager
+def _atomic_target(path: Path) -> Iterator[Path]:
+    """A temp path beside `path`; renamed onto `path` if the block succeeds, removed otherwise."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(handle)
+    tmp = Path(name)
+    tmp.chmod(0o644)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _example_input(spec: NetSpec, batch_size: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch_size, spec.in_channels, spec.input_size, spec.input_size, generator=generator)
+
+
+def _check_close(label: str, reference: torch.Tensor, candidate: torch.Tensor, batch_size: int) -> float:
+    """Max abs difference of two outputs; WorkbenchError above EXPORT_TOLERANCE (times the output scale if above 1)."""
+    difference = float((reference - candidate).abs().max())
+    limit = EXPORT_TOLERANCE * max(1.0, float(reference.abs().max()))
+    if not difference <= limit:
+        raise WorkbenchError(
+            f"{label} does not reproduce the PyTorch model: max abs difference {difference:.3g} at batch size "
+            f"{batch_size} (allowed {limit:.3g}); the file was not written"
+        )
+    return difference
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"metadata value {value!r} of type {type(value).__name__} is not JSON data")
+
+
+def _to_json(data: Any) -> str:
+    try:
+        return json.dumps(data, indent=2, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise WorkbenchError(f"export metadata must be JSON data: {exc}") from None
+
+
+# ---------------------------------------------------------------- bundle
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "not recorded"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _table(rows: dict[str, Any]) -> list[str]:
+    if not rows:
+        return ["not recorded", ""]
+    return ["| setting | value |", "| --- | --- |", *(f"| {key} | {_fmt(value)} |" for key, value in rows.items()), ""]
+
+
+def model_card(spec: NetSpec, metadata: dict, summary: dict) -> str:
+    """The bundle's MODEL_CARD.md: what the model is, what it was trained on, how to load it."""
+    title = metadata.get("preset") or spec.name
+    class_names = metadata.get("class_names")
+    lines = [
+        f"# {title}",
+        "",
+        f"A {spec.depth}-layer {spec.family}-style network ({spec.unit} units, shortcut {spec.shortcut}, "
+        f"placement {spec.placement}) exported by ResNet Workbench.",
+        "",
+        "## Network",
+        "",
+        f"- preset: {_fmt(metadata.get('preset'))}",
+        f"- parameters: {summary['params']:,}",
+        f"- multiply-adds per image: {summary['macs']:,} at {spec.input_size}x{spec.input_size}",
+        f"- classes: {spec.num_classes}",
+    ]
+    if metadata.get("head_hidden"):
+        lines.append(f"- head: Linear-ReLU-Linear with {metadata['head_hidden']} hidden units (keys fc.0, fc.2)")
+    lines += [
+        "",
+        "Spec (`spec.json`):",
+        "",
+        "```json",
+        json.dumps(spec.model_dump(mode="json"), indent=2),
+        "```",
+        "",
+        "## Data",
+        "",
+        f"- dataset: {_fmt(metadata.get('dataset'))}",
+        f"- class names: {_fmt(class_names)}",
+        f"- input size: {_fmt(metadata.get('input_size', spec.input_size))} pixels, {spec.in_channels} channels",
+        f"- normalization mean: {_fmt(metadata.get('mean'))}",
+        f"- normalization std: {_fmt(metadata.get('std'))}",
+        "",
+        "Inputs are float tensors (N, C, H, W) with pixel values in [0, 1], normalized per channel: "
+        "(x - mean) / std. Outputs are logits, one per class.",
+        "",
+        "## Training",
+        "",
+        *_table(metadata.get("train") or {}),
+        "## Metrics",
+        "",
+        "Final:",
+        "",
+        *_table(metadata.get("final_metrics") or {}),
+        "Best:",
+        "",
+        *_table(metadata.get("best_metrics") or {}),
+        "## Load",
+        "",
+        "```python",
+        "import torch",
+        "import workbench",
+        "",
+        'model = workbench.load_model("model.zip")  # eval mode; model.metadata holds class names, mean, std',
+        'mean = torch.tensor(model.metadata["mean"]).view(1, -1, 1, 1)',
+        'std = torch.tensor(model.metadata["std"]).view(1, -1, 1, 1)',
+        f"images = torch.rand(8, {spec.in_channels}, {spec.input_size}, {spec.input_size})  # pixels in [0, 1]",
+        "with torch.no_grad():",
+        "    predicted = model((images - mean) / std).argmax(1)",
+        'print([model.metadata["class_names"][i] for i in predicted])',
+        "```",
+        "",
+        "Without the workbench: `weights.safetensors` holds the state_dict (load with "
+        "`safetensors.torch.load_file`) for the network described by `spec.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_bundle(model: nn.Module, spec: NetSpec, metadata: dict | None, path: Path) -> Path:
+    """Write a bundle zip (weights, spec, metadata, model card) to `path` atomically."""
+    path = Path(path)
+    network = export_copy(model)
+    hidden = head_hidden(network)
+    metadata = dict(metadata or {})
+    metadata.pop("head_hidden", None)
+    if hidden is not None:
+        metadata["head_hidden"] = hidden
+    summary = summarize_model(network)
+    weights = safetensors_save(weights_of(network), metadata={"format": BUNDLE_FORMAT})
+    with _atomic_target(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.comment = BUNDLE_FORMAT.encode()
+        archive.writestr(WEIGHTS_MEMBER, weights)
+        archive.writestr(SPEC_MEMBER, json.dumps(spec.model_dump(mode="json"), indent=2))
+        archive.writestr(METADATA_MEMBER, _to_json(metadata))
+        archive.writestr(CARD_MEMBER, model_card(spec, metadata, summary))
+    log.info("exported bundle %s (%d parameters)", path, summary["params"])
+    return path
+
+
+def is_bundle(path: Path) -> bool:
+    """Whether `path` is a zip holding a bundle's weights and spec."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+    return {WEIGHTS_MEMBER, SPEC_MEMBER} <= names
+
+
+def read_bundle(path: Path) -> tuple[dict[str, torch.Tensor], NetSpec, dict]:
+    """The state_dict, NetSpec and metadata stored in a bundle, without building a model."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkbenchError(f"bundle {path} does not exist")
+    if not is_bundle(path):
+        raise WorkbenchError(f"{path} is not a workbench bundle (a zip with {WEIGHTS_MEMBER} and {SPEC_MEMBER})")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            weights = safetensors_load(archive.read(WEIGHTS_MEMBER))
+            spec_data = json.loads(archive.read(SPEC_MEMBER))
+            names = archive.namelist()
+            metadata = json.loads(archive.read(METADATA_MEMBER)) if METADATA_MEMBER in names else {}
+    except (zipfile.BadZipFile, json.JSONDecodeError, OSError, ValueError) as exc:
+        raise WorkbenchError(f"bundle {path} is damaged: {exc}") from None
+    spec = parse_spec(NetSpec, spec_data)
+    return weights, spec, metadata
+
+
+def load_bundle(path: Path) -> tuple[ResNet, NetSpec, dict]:
+    """Rebuild the exact model of a bundle (eval mode) with its spec and metadata."""
+    weights, spec, metadata = read_bundle(path)
+    model = build_with_head(spec, infer_head_hidden(weights))
+    load_checked(model, weights, source=str(path))
+    model.eval()
+    model.metadata = metadata
+    return model, spec, metadata
+
+
+def load_model(path: Path) -> ResNet:
+    """The model stored in a bundle, in eval mode; `model.metadata` holds class names, mean/std and more."""
+    model, _spec, _metadata = load_bundle(path)
+    return model
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+def _onnx_session(path: Path) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(model: nn.Module, spec: NetSpec, path: Path, metadata: dict | None = None) -> Path:
+    """Write an ONNX file with a dynamic batch dimension, after checking it with onnxruntime.
+
+    The check runs the file and the PyTorch model on random inputs at two batch sizes; if they
+    differ by more than EXPORT_TOLERANCE (relative to the output scale when logits exceed 1),
+    WorkbenchError is raised and nothing is written. Uses the TorchScript-based exporter, which
+    needs no packages beyond torch and onnx. `metadata` goes into the file's metadata_props.
+    """
+    import onnx
+
+    path = Path(path)
+    network = export_copy(model)
+    with _atomic_target(path) as tmp:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                network,
+                (_example_input(spec, 2),),
+                str(tmp),
+                dynamo=False,
+                opset_version=ONNX_OPSET,
+                input_names=[ONNX_INPUT],
+                output_names=[ONNX_OUTPUT],
+                dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+            )
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto)
+        properties = {"workbench_spec": json.dumps(spec.model_dump(mode="json"))}
+        if metadata:
+            properties["workbench_metadata"] = _to_json(metadata)
+        for key, value in properties.items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.save(proto, str(tmp))
+        session = _onnx_session(tmp)
+        for batch_size in VERIFY_BATCH_SIZES:
+            inputs = _example_input(spec, batch_size, seed=batch_size)
+            with torch.no_grad():
+                reference = network(inputs)
+            (outputs,) = session.run([ONNX_OUTPUT], {ONNX_INPUT: inputs.numpy()})
+            difference = _check_close("the ONNX file", reference, torch.from_numpy(np.asarray(outputs)), batch_size)
+            log.debug("ONNX check at batch %d: max abs difference %.3g", batch_size, difference)
+    log.info("exported ONNX %s (checked with onnxruntime at batch sizes %s)", path, VERIFY_BATCH_SIZES)
+    return path
+
+
+# ---------------------------------------------------------------- torch.export
+
+
+def export_torch_program(model: nn.Module, spec: NetSpec, path: Path, metadata: dict | None = None) -> Path:
+    """Write a torch.export program (.pt2) with a dynamic batch dimension, for `torch.export.load`.
+
+    The spec (and `metadata`, if given) travel as extra files `spec.json` / `metadata.json`.
+    """
+    path = Path(path)
+    network = export_copy(model)
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        program = torch.export.export(network, (_example_input(spec, 2),), dynamic_shapes=({0: batch},))
+        for batch_size in VERIFY_BATCH_SIZES:
+            inputs = _example_input(spec, batch_size, seed=batch_size)
+            _check_close("the exported program", network(inputs), program.module()(inputs), batch_size)
+    extra_files = {SPEC_MEMBER: json.dumps(spec.model_dump(mode="json"))}
+    if metadata:
+        extra_files[METADATA_MEMBER] = _to_json(metadata)
+    with _atomic_target(path) as tmp:
+        torch.export.save(program, tmp, extra_files=extra_files)
+    log.info("exported torch.export program %s", path)
+    return path
+
+
+# ---------------------------------------------------------------- torchvision
+
+
+def torchvision_layout_differences(spec: NetSpec, model: nn.Module | None = None) -> list[str]:
+    """How `spec` (and the model's head) differ from torchvision's ResNet layout; empty when it matches."""
+    differences = []
+    expected = {
+        "family": "imagenet",
+        "placement": "post",
+        "shortcut": "B",
+        "bottleneck_stride": "3x3",
+        "widths": [64, 128, 256, 512],
+        "in_channels": 3,
+        "stochastic_depth": 0.0,
+    }
+    for field, wanted in expected.items():
+        actual = getattr(spec, field)
+        if field == "bottleneck_stride" and spec.unit != "bottleneck":
+            continue
+        if actual != wanted:
+            differences.append(f"{field} is {actual!r} (torchvision: {wanted!r})")
+    if (spec.unit, spec.blocks) not in IMAGENET_DEPTHS.values():
+        known = "; ".join(f"resnet{d}: {u} {b}" for d, (u, b) in IMAGENET_DEPTHS.items())
+        differences.append(f"unit {spec.unit!r} with blocks {spec.blocks} is not a torchvision depth ({known})")
+    if model is not None and head_hidden(_unwrap(model)) is not None:
+        differences.append("the head has a hidden layer (torchvision: a single Linear fc)")
+    return differences
+
+
+def torchvision_builder(spec: NetSpec) -> Callable[..., nn.Module]:
+    """The `torchvision.models.resnetXX` constructor matching `spec` (which must fit its layout)."""
+    import torchvision
+
+    return getattr(torchvision.models, f"resnet{spec.depth}")
+
+
+def export_torchvision_state_dict(model: nn.Module, spec: NetSpec, path: Path, metadata: dict | None = None) -> Path:
+    """Write a `.pth` state_dict that loads into `torchvision.models.resnetXX(num_classes=...)` strictly.
+
+    Raises WorkbenchError naming each field that differs from torchvision's layout. `metadata` is
+    not stored (torchvision's loaders expect the bare state_dict).
+    """
+    path = Path(path)
+    differences = torchvision_layout_differences(spec, model)
+    if differences:
+        raise WorkbenchError(
+            "this network does not match torchvision's ResNet layout, so a torchvision state_dict cannot "
+            "hold it: " + "; ".join(differences) + ". Export a bundle, ONNX or pt2 instead."
+        )
+    state_dict = weights_of(export_copy(model))
+    target = torchvision_builder(spec)(num_classes=spec.num_classes)
+    try:
+        target.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise WorkbenchError(f"the weights do not load into torchvision's resnet{spec.depth}: {exc}") from None
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    with _atomic_target(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    log.info("exported torchvision resnet%d state_dict %s", spec.depth, path)
+    return path
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+class ExportFormat(NamedTuple):
+    """One export format: the writer (called with model, spec, metadata, path), file suffix, description."""
+
+    function: Callable[..., Path]
+    suffix: str
+    description: str
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    "bundle": ExportFormat(
+        export_bundle, ".zip", "weights (safetensors) + spec + model card; load with workbench.load_model"
+    ),
+    "onnx": ExportFormat(export_onnx, ".onnx", "ONNX with a dynamic batch dimension, checked with onnxruntime"),
+    "pt2": ExportFormat(export_torch_program, ".pt2", "torch.export program; load with torch.export.load"),
+    "torchvision": ExportFormat(
+        export_torchvision_state_dict, ".pth", "state_dict for torchvision.models.resnetXX (matching layouts only)"
+    ),
+}
+
+
+def export_model(model: nn.Module, spec: NetSpec, metadata: dict | None, fmt: str, path: Path) -> Path:
+    """Export `model` in format `fmt` (a key of EXPORT_FORMATS) to `path`."""
+    if fmt not in EXPORT_FORMATS:
+        raise WorkbenchError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    return EXPORT_FORMATS[fmt].function(model, spec, metadata=metadata, path=Path(path))
+
+
+def export_from_checkpoint(checkpoint_path: Path, fmt: str, out_path: Path, metadata: dict | None = None) -> Path:
+    """Rebuild the model of a workbench checkpoint (its run_spec's net and weights) and export it.
+
+    `metadata` defaults to the checkpoint's `metadata` entry if it has one, plus its training settings.
+    """
+    from workbench.importers import model_from_checkpoint
+
+    model, spec, stored = model_from_checkpoint(checkpoint_path)
+    return export_model(model, spec, {**stored, **(metadata or {})}, fmt, out_path)

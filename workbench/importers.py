@@ -1,0 +1,274 @@
+"""Importing weights safely: bundles, torchvision state_dicts, CIFAR reference checkpoints, workbench checkpoints.
+
+Nothing here unpickles arbitrary objects: torch files go through `torch.load(weights_only=True)`
+and a file that asks for anything beyond tensors and plain values is refused with
+UnsafeFileError before any of its code runs. Keys are normalised to the workbench layout
+(`module.` and `_orig_mod.` prefixes dropped; the reference CIFAR code's head `linear` becomes
+`fc`) and checked against the spec's model, with every mismatch named.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import pickletools
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as safetensors_load_file
+from torch import nn
+
+from workbench.errors import UnsafeFileError, WorkbenchError
+from workbench.export import is_bundle, read_bundle
+from workbench.models import ResNet
+from workbench.spec import NetSpec, parse_spec
+from workbench.training.checkpoint import CHECKPOINT_FORMAT
+from workbench.transfer import build_with_head, infer_head_hidden, load_checked, replace_head
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMPORT_FORMATS: dict[str, str] = {
+    "bundle": "workbench bundle (.zip with weights.safetensors and spec.json)",
+    "workbench-checkpoint": "workbench training checkpoint (best.pt or last.pt of a run)",
+    "cifar-reference": "CIFAR checkpoint of the pytorch_resnet_cifar10 reproduction (state_dict + best_prec1)",
+    "state-dict": "bare PyTorch state_dict (.pth), for example saved from torchvision.models.resnetXX",
+    "safetensors": "bare state_dict in a .safetensors file",
+}
+_KEY_PREFIXES = ("module.", "_orig_mod.")
+_TENSOR_PICKLE_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode")
+
+
+@dataclass
+class ImportedWeights:
+    """Weights read from a file, keys in the workbench layout, with what the file says about them."""
+
+    format: str
+    state_dict: dict[str, torch.Tensor]
+    spec: NetSpec | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def pickle_globals(path: Path) -> list[str] | None:
+    """Names of the callables and classes a pickle file would import, read without unpickling it.
+
+    None when the file is not a pickle. Uses `pickletools.genops`, which only decodes opcodes.
+    """
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as handle:
+            for opcode, argument, _position in pickletools.genops(handle):
+                if opcode.name in ("GLOBAL", "INST"):
+                    names.append(str(argument).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(argument, str):
+                    strings.append(argument)
+    except (ValueError, EOFError, UnicodeDecodeError, struct.error):
+        return None
+    return names
+
+
+def safe_torch_load(path: Path) -> Any:
+    """`torch.load` restricted to tensors and plain values; a pickle needing code raises UnsafeFileError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        blocked = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+        named = sorted(set(pickle_globals(path) or []))
+        asked = [name for name in named if not name.startswith(_TENSOR_PICKLE_GLOBALS)] or named
+        detail = f" (it asks for {', '.join(asked)})" if asked else f" ({blocked[0]})" if blocked else ""
+        raise UnsafeFileError(
+            f"{path} was refused: it is a pickle that only loads by running code or building objects named "
+            f"in the file{detail}. Arbitrary pickles are never loaded; save the weights as a plain state_dict "
+            "(torch.save(model.state_dict(), path)), a safetensors file or a workbench bundle."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise WorkbenchError(f"{path} is not a readable PyTorch weights file: {str(exc).splitlines()[0]}") from None
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except zipfile.BadZipFile:
+        return []
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    if len(head) < 9:
+        return False
+    (header_length,) = struct.unpack("<Q", head[:8])
+    return 8 + header_length <= size and head[8:9] == b"{"
+
+
+def _normalise_keys(state_dict: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Drop wrapper prefixes, rename the reference CIFAR head `linear` to `fc`, refuse non-tensors."""
+    normalised: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise WorkbenchError(f"entry {key!r} is a {type(value).__name__}, not a tensor; this is not a state_dict")
+        name = key
+        while name.startswith(_KEY_PREFIXES):
+            name = name.split(".", 1)[1]
+        normalised[name] = value
+    if not any(k.startswith("fc.") for k in normalised) and any(k.startswith("linear.") for k in normalised):
+        normalised = {("fc." + k[len("linear.") :] if k.startswith("linear.") else k): v for k, v in normalised.items()}
+    return normalised
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _from_torch_object(obj: Any, path: Path) -> ImportedWeights:
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        run_spec = obj.get("run_spec") or {}
+        if "model" not in obj or "net" not in run_spec:
+            raise WorkbenchError(f"{path} is a workbench checkpoint without model weights or a network spec")
+        return ImportedWeights(
+            "workbench-checkpoint",
+            _normalise_keys(obj["model"]),
+            parse_spec(NetSpec, run_spec["net"]),
+            _checkpoint_metadata(obj),
+        )
+    if isinstance(obj, dict) and _is_state_dict(obj.get("state_dict")):
+        keys = obj["state_dict"].keys()
+        is_reference = "best_prec1" in obj or any(k.removeprefix("module.").startswith("linear.") for k in keys)
+        metadata: dict[str, Any] = {}
+        if is_reference:
+            metadata = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "source": "pytorch_resnet_cifar10"}
+            if "best_prec1" in obj:
+                metadata["best_metrics"] = {"test_accuracy": float(obj["best_prec1"])}
+        return ImportedWeights(
+            "cifar-reference" if is_reference else "state-dict", _normalise_keys(obj["state_dict"]), None, metadata
+        )
+    if _is_state_dict(obj):
+        return ImportedWeights("state-dict", _normalise_keys(obj))
+    raise WorkbenchError(
+        f"{path} holds a {type(obj).__name__} that is neither a state_dict nor a known checkpoint layout; "
+        f"importable: {'; '.join(IMPORT_FORMATS.values())}"
+    )
+
+
+def _checkpoint_metadata(state: dict) -> dict[str, Any]:
+    run_spec = state.get("run_spec") or {}
+    metadata = dict(state.get("metadata") or {})
+    if run_spec.get("data"):
+        metadata.setdefault("dataset", run_spec["data"].get("name"))
+    if run_spec.get("train"):
+        metadata.setdefault("train", run_spec["train"])
+    return metadata
+
+
+def read_weights(path: Path) -> ImportedWeights:
+    """Read any importable file (see IMPORT_FORMATS) into workbench-layout weights, safely."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkbenchError(f"{path} does not exist")
+    names = _zip_names(path)
+    if names:
+        if is_bundle(path):
+            weights, spec, metadata = read_bundle(path)
+            return ImportedWeights("bundle", weights, spec, metadata)
+        if any(n.endswith("/models/model.json") or n.endswith("/archive_format") for n in names):
+            raise WorkbenchError(
+                f"{path} is a torch.export program (.pt2); programs cannot be re-imported as weights. "
+                "Import the bundle or checkpoint it was exported from."
+            )
+        if not any(n.endswith("data.pkl") for n in names):
+            raise WorkbenchError(f"{path} is a zip but neither a workbench bundle nor a PyTorch file")
+        return _from_torch_object(safe_torch_load(path), path)
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if _looks_like_safetensors(head, path.stat().st_size):
+        try:
+            return ImportedWeights("safetensors", _normalise_keys(safetensors_load_file(path)))
+        except (SafetensorError, OSError) as exc:
+            raise WorkbenchError(f"{path} is a damaged safetensors file: {exc}") from None
+    if pickle_globals(path) is not None:
+        return _from_torch_object(safe_torch_load(path), path)
+    if path.suffix.lower() == ".onnx":
+        raise WorkbenchError(f"{path} is an ONNX file; ONNX models cannot be imported. Import a bundle or state_dict.")
+    raise WorkbenchError(f"{path} is not an importable file; importable: {'; '.join(IMPORT_FORMATS.values())}")
+
+
+def detect_format(path: Path) -> str:
+    """Which of IMPORT_FORMATS `path` is; WorkbenchError (UnsafeFileError for code-running pickles) otherwise."""
+    return read_weights(path).format
+
+
+# ---------------------------------------------------------------- checking against a model
+
+
+def adapt_head(state_dict: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Drop the file's head (`fc.*`) when it does not fit `model`'s head; returns (weights, dropped keys)."""
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith("fc.")}
+    head = {k: v for k, v in state_dict.items() if k.startswith("fc.")}
+    fits = head.keys() == expected.keys() and all(head[k].shape == expected[k].shape for k in head)
+    if fits:
+        return dict(state_dict), []
+    dropped = sorted(head)
+    log.info("replacing the head: dropped %s from the imported weights", ", ".join(dropped) or "nothing")
+    return {k: v for k, v in state_dict.items() if not k.startswith("fc.")}, dropped
+
+
+# ---------------------------------------------------------------- public entry points
+
+
+def import_weights(path: Path, spec: NetSpec) -> dict[str, torch.Tensor]:
+    """The weights in `path` as a state_dict for `spec`'s model, every key and shape checked."""
+    imported = read_weights(path)
+    model = build_with_head(spec, infer_head_hidden(imported.state_dict))
+    load_checked(model, imported.state_dict, source=str(path))
+    return model.state_dict()
+
+
+def load_pretrained(path: Path, spec: NetSpec | None = None, *, new_head: bool = False) -> ResNet:
+    """A model for `spec` (default: the spec stored in the file) initialised from `path`, in eval mode.
+
+    When `new_head` is set and the file's head does not fit (another number of classes), the head
+    is replaced by a fresh `Linear`; otherwise any mismatch raises WorkbenchError. `model.metadata`
+    carries the source's normalization and notes (`source_format`, `head_replaced`, `dropped_keys`).
+    """
+    imported = read_weights(path)
+    spec = spec or imported.spec
+    if spec is None:
+        kind = IMPORT_FORMATS[imported.format]
+        raise WorkbenchError(f"{path} ({kind}) does not say which network it holds; give a spec")
+    model = build_with_head(spec, infer_head_hidden(imported.state_dict))
+    state_dict, dropped = adapt_head(imported.state_dict, model) if new_head else (imported.state_dict, [])
+    metadata = {**imported.metadata, "source_format": imported.format, "source_path": str(path)}
+    if dropped:
+        replace_head(model, spec.num_classes)
+        state_dict = {**state_dict, **{k: v for k, v in model.state_dict().items() if k.startswith("fc.")}}
+        metadata.pop("class_names", None)
+        metadata.pop("head_hidden", None)
+    metadata["head_replaced"] = bool(dropped)
+    metadata["dropped_keys"] = dropped
+    load_checked(model, state_dict, source=str(path))
+    model.eval()
+    model.metadata = metadata
+    return model
+
+
+def model_from_checkpoint(path: Path) -> tuple[ResNet, NetSpec, dict]:
+    """Rebuild a run's model from a workbench checkpoint: (model in eval mode, NetSpec, metadata)."""
+    imported = read_weights(path)
+    if imported.format != "workbench-checkpoint":
+        raise WorkbenchError(f"{path} is not a workbench checkpoint but a {IMPORT_FORMATS[imported.format]}")
+    model = build_with_head(imported.spec, infer_head_hidden(imported.state_dict))
+    load_checked(model, imported.state_dict, source=str(path))
+    model.eval()
+    model.metadata = imported.metadata
+    return model, imported.spec, imported.metadata
