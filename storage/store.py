@@ -437,6 +437,13 @@ class RunStore:
             raise _not_found(run_id) from exc
         return len(params)
 
+    def delete_metrics_after(self, run_id: int, iteration: int) -> int:
+        """Remove a run's metric rows logged after `iteration` (a resumed run re-logs them); return how many."""
+        with self._write() as conn:
+            return conn.execute(
+                delete(metrics).where(metrics.c.run_id == run_id, metrics.c.iteration > iteration)
+            ).rowcount
+
     def fetch_metrics_since(
         self, cursors: Mapping[int, int], names: Iterable[str] | None = None
     ) -> dict[int, MetricBatch]:
@@ -467,11 +474,14 @@ class RunStore:
         *,
         size: int | None = None,
         sha256: str | None = None,
+        resumable: bool | None = None,
     ) -> int:
         """Record a file a run produced and return the artifact id.
 
-        Size and SHA-256 are read from the file when not given. Adding a
-        `checkpoint` also makes it the run's checkpoint to resume from.
+        Size and SHA-256 are read from the file when not given. Recording a path
+        the run already has updates that artifact (a checkpoint rewritten every
+        epoch stays one row). A `checkpoint` also becomes the run's checkpoint to
+        resume from unless `resumable=False` (a best-so-far snapshot).
         """
         if kind not in ARTIFACT_KINDS:
             raise StoreError(f"artifact kind {kind!r} is unknown; use one of {', '.join(ARTIFACT_KINDS)}")
@@ -489,10 +499,18 @@ class RunStore:
             "sha256": sha256,
             "created_at": utc_now(),
         }
+        if resumable is None:
+            resumable = kind == "checkpoint"
         try:
             with self._write() as conn:
-                artifact_id = conn.execute(insert(artifacts).values(values)).inserted_primary_key[0]
-                if kind == "checkpoint":
+                artifact_id = conn.scalar(
+                    select(artifacts.c.id).where(artifacts.c.run_id == run_id, artifacts.c.path == str(file_path))
+                )
+                if artifact_id is None:
+                    artifact_id = conn.execute(insert(artifacts).values(values)).inserted_primary_key[0]
+                else:
+                    conn.execute(update(artifacts).where(artifacts.c.id == artifact_id).values(values))
+                if resumable:
                     conn.execute(update(runs).where(runs.c.id == run_id).values(checkpoint_path=str(file_path)))
                 return artifact_id
         except IntegrityError as exc:

@@ -7,8 +7,10 @@ import math
 import time
 from datetime import UTC, timedelta
 from itertools import product
+from pathlib import Path
 
 import numpy as np
+
 import pytest
 from sqlalchemy import text, update
 from sqlalchemy.exc import StatementError
@@ -481,6 +483,33 @@ def test_artifacts_record_size_hash_and_checkpoint(store):
         store.add_artifact(run_id, "export", checkpoint.parent / "missing.onnx")
     with pytest.raises(RunNotFound):
         store.add_artifact(999, "checkpoint", checkpoint)
+
+
+def test_rewriting_a_checkpoint_updates_its_artifact_and_best_snapshots_are_not_resume_points(store):
+    run_id = store.create_run(SPEC, name="epochs")
+    folder = store.run_dir(run_id)
+    folder.mkdir(parents=True)
+    last, best = folder / "last.pt", folder / "best.pt"
+    last.write_bytes(b"epoch 1")
+    store.add_artifact(run_id, "checkpoint", last)
+    last.write_bytes(b"epoch 2 weights")
+    store.add_artifact(run_id, "checkpoint", last)
+    best.write_bytes(b"best")
+    store.add_artifact(run_id, "checkpoint", best, resumable=False)
+    artifacts = store.list_artifacts(run_id)
+    assert [(Path(a.path).name, a.size) for a in artifacts] == [("last.pt", 15), ("best.pt", 4)]
+    assert store.get_run(run_id).checkpoint_path == str(last.resolve())
+
+
+def test_delete_metrics_after_drops_only_later_iterations_of_that_run(store):
+    kept, other = store.create_run(SPEC, name="resumed"), store.create_run(SPEC, name="other")
+    for run_id in (kept, other):
+        store.append_metrics(run_id, [{"iteration": i, "split": "train", "name": "loss", "value": 1.0}
+                                      for i in range(1, 11)])
+    assert store.delete_metrics_after(kept, 6) == 4
+    rows = store.fetch_metrics_since({kept: 0, other: 0})
+    assert [r.iteration for r in rows[kept].rows] == [1, 2, 3, 4, 5, 6]
+    assert len(rows[other].rows) == 10
 
 
 def test_analyses_round_trip(store):

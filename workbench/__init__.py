@@ -1,18 +1,33 @@
-"""ResNet Workbench: build residual networks from presets, train them, compare them."""
+"""ResNet Workbench: build residual networks from presets, train them, compare them.
+
+Torch is imported on first use, so light users (the store, the CLI's bookkeeping commands)
+start fast.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from workbench.errors import WorkbenchError
-from workbench.models import ResNet
-from workbench.models import summarize as _summarize_model
 from workbench.presets import list_presets, load_preset
 from workbench.spec import NetSpec, parse_spec
 
-__all__ = ["NetSpec", "WorkbenchError", "build_model", "list_presets", "load_preset", "resolve_spec", "summarize"]
+if TYPE_CHECKING:
+    from torch import nn
+
+    from workbench.models import ResNet
+
+__all__ = [
+    "NetSpec",
+    "WorkbenchError",
+    "build_model",
+    "list_presets",
+    "load_model",
+    "load_preset",
+    "resolve_spec",
+    "summarize",
+]
 
 
 def resolve_spec(net: str | dict | NetSpec, home: Path | None = None) -> NetSpec:
@@ -28,10 +43,22 @@ def resolve_spec(net: str | dict | NetSpec, home: Path | None = None) -> NetSpec
 
 def build_model(net: str | dict | NetSpec, home: Path | None = None) -> ResNet:
     """Build the network for a preset name, a spec mapping or a NetSpec."""
+    from workbench.models import ResNet
+
     return ResNet(resolve_spec(net, home))
 
 
 def summarize(net: str | dict | NetSpec | nn.Module, input_size: int | None = None, batch_size: int = 128) -> dict:
     """Parameters, multiply-adds, depth and more for a preset, spec or built model."""
+    from workbench.models import ResNet
+    from workbench.models import summarize as summarize_model
+
     model = net if isinstance(net, ResNet) else build_model(net)
-    return _summarize_model(model, input_size=input_size, batch_size=batch_size)
+    return summarize_model(model, input_size=input_size, batch_size=batch_size)
+
+
+def load_model(path: str | Path) -> ResNet:
+    """Rebuild the exact model of an exported bundle (eval mode; `.metadata` holds class names, mean, std)."""
+    from workbench.export import load_model as load_bundle_model
+
+    return load_bundle_model(Path(path))

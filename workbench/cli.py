@@ -12,8 +12,9 @@ import yaml
 
 from workbench import build_model, summarize
 from workbench.errors import WorkbenchError
-from workbench.presets import list_presets
-from workbench.spec import NetSpec, parse_spec
+from workbench.paths import home_dir
+from workbench.presets import get_preset, list_presets
+from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
 
 
 def _spec_from_arg(value: str) -> NetSpec:
@@ -64,10 +65,156 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(args: argparse.Namespace):
+    from storage import open_store
+
+    return open_store(home_dir(args.home), args.db)
+
+
+def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
+    """The RunSpec and preset name that `train` and `submit` options describe."""
+    preset = get_preset(args.preset, args.home)
+    data = parse_spec(DataSpec, {
+        key: value for key, value in {
+            "name": args.dataset, "path": args.data_dir, "download": args.download,
+            "classes": args.classes, "per_class_cap": args.per_class_cap, "resolution": args.resolution,
+            "validation_size": args.validation_size, "seed": args.seed,
+        }.items() if value is not None
+    })
+    budget = {"epochs": args.epochs} if args.iterations is None else {"iterations": args.iterations}
+    train = parse_spec(TrainSpec, {
+        key: value for key, value in {
+            **budget, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "schedule": args.schedule,
+            "warmup_iterations": args.warmup, "precision": args.precision, "device": args.device,
+            "compile": args.compile, "log_every": args.log_every, "eval_every": args.eval_every,
+        }.items() if value is not None
+    })
+    return RunSpec(net=preset.spec, data=data, train=train), preset.name
+
+
+def _run_name(args: argparse.Namespace, preset: str, spec: RunSpec) -> str:
+    return args.name or f"{preset} on {spec.data.name}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from workbench.jobs.worker import default_worker_id, execute_run
+
+    spec, preset = run_spec_from_args(args)
+    store = _open_store(args)
+    run_id = store.create_run(spec, name=_run_name(args, preset, spec), preset=preset, dataset=spec.data.name)
+    print(f"run {run_id}", flush=True)
+    worker_id = default_worker_id()
+    store.claim_run(run_id, worker_id)
+    with tqdm(total=None, unit="it", dynamic_ncols=True) as bar:
+        def show(state: dict) -> None:
+            bar.total = state.get("total_iterations", bar.total)
+            bar.n = state.get("iteration", bar.n)
+            shown = {k: f"{state[k]:.2f}" for k in ("train_error", "test_error") if state.get(k) is not None}
+            bar.set_postfix(shown, refresh=True)
+
+        status = execute_run(store, run_id, worker_id, allowed_roots=args.data_root or None, on_progress=show)
+    run = store.get_run(run_id)
+    best = f"{run.best_test_error:.2f}%" if run.best_test_error is not None else "-"
+    print(f"run {run_id} {status}; best test error {best}")
+    if run.error_message and status != "completed":
+        print(f"error: {run.error_message}", file=sys.stderr)
+    return 0 if status == "completed" else 1
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec, preset = run_spec_from_args(args)
+    store = _open_store(args)
+    run_id = store.create_run(spec, name=_run_name(args, preset, spec), preset=preset, dataset=spec.data.name)
+    print(run_id)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from workbench.jobs.worker import run_worker
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    store = _open_store(args)
+    run_worker(store, args.worker_id, exit_when_idle=args.exit_when_idle, allowed_roots=args.data_root or None,
+               stop=stop)
+    return 0
+
+
+def run_summary(run) -> dict:
+    """The JSON form of a run for `runs --json`."""
+    total = run.total_iterations
+    return {
+        "id": run.id, "name": run.name, "status": run.status, "preset": run.preset, "dataset": run.dataset,
+        "group": run.group_name, "iteration": run.iteration, "total_iterations": total,
+        "progress": (run.iteration / total) if total else 0.0, "epoch": run.epoch,
+        "best_test_error": run.best_test_error, "last_test_error": run.last_test_error,
+        "images_per_s": run.images_per_s, "device": run.device, "error": run.error_message,
+        "created_at": run.created_at.isoformat() if run.created_at else None,
+    }
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    runs = [run_summary(run) for run in _open_store(args).list_runs(status=args.status)]
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return 0
+    for run in runs:
+        best = f"{run['best_test_error']:.2f}%" if run["best_test_error"] is not None else "-"
+        print(f"{run['id']:>5}  {run['status']:<11} {100 * run['progress']:5.1f}%  best {best:<7} {run['name']}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    status = _open_store(args).request_cancel(args.run)
+    print(f"run {args.run}: {'cancel requested' if status == 'running' else status}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from storage.status import QUEUED
+
+    _open_store(args).transition(args.run, QUEUED)
+    print(f"run {args.run} queued; a worker continues it from its last checkpoint")
+    return 0
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", required=True, help="network preset (see `presets`)")
+    parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "cifar10", "cifar100", "folder"])
+    parser.add_argument("--data-dir", default=None, help="archive or folder of the dataset")
+    parser.add_argument("--download", action="store_true", default=None, help="download CIFAR when not found")
+    parser.add_argument("--classes", type=int, default=None, help="image folders: use the first k classes")
+    parser.add_argument("--per-class-cap", type=int, default=None)
+    parser.add_argument("--resolution", type=int, default=None)
+    parser.add_argument("--validation-size", type=int, default=None, help="images held out of train (paper: 5000)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=float, default=None)
+    budget.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--schedule", choices=["step", "cosine", "constant"], default=None)
+    parser.add_argument("--warmup", type=int, default=None, help="linear warm-up iterations")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=None)
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile (slow first step)")
+    parser.add_argument("--log-every", type=int, default=None)
+    parser.add_argument("--eval-every", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--name", default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__)
     parser.add_argument("--home", type=Path, default=None, help="home folder (default $WORKBENCH_HOME or ./.workbench)")
     parser.add_argument("--db", default=None, help="database URL (default SQLite in the home folder)")
+    parser.add_argument("--data-root", action="append", type=Path, default=[],
+                        help="a folder datasets may be read from (repeatable; default: anywhere)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -81,6 +228,32 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--batch-size", type=int, default=128, help="batch size for the activation memory estimate")
     summary.add_argument("--json", action="store_true")
     summary.set_defaults(handler=cmd_summary)
+
+    train = commands.add_parser("train", help="train in the foreground (stored like any run)")
+    _add_run_options(train)
+    train.set_defaults(handler=cmd_train)
+
+    submit = commands.add_parser("submit", help="queue a run for the workers; prints its id")
+    _add_run_options(submit)
+    submit.set_defaults(handler=cmd_submit)
+
+    worker = commands.add_parser("worker", help="a worker process that trains queued runs")
+    worker.add_argument("--worker-id", default=None)
+    worker.add_argument("--exit-when-idle", action="store_true")
+    worker.set_defaults(handler=cmd_worker)
+
+    runs = commands.add_parser("runs", help="list runs")
+    runs.add_argument("--status", default=None)
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(handler=cmd_runs)
+
+    cancel = commands.add_parser("cancel", help="cancel a queued or running run")
+    cancel.add_argument("run", type=int)
+    cancel.set_defaults(handler=cmd_cancel)
+
+    resume = commands.add_parser("resume", help="queue an interrupted, cancelled or failed run again")
+    resume.add_argument("run", type=int)
+    resume.set_defaults(handler=cmd_resume)
     return parser
 
 

@@ -199,3 +199,81 @@ def parse_spec(model: type[BaseModel], data: dict) -> BaseModel:
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(f"{where}: {msg}" if where else msg)
         raise SpecError(f"invalid {model.__name__}: " + "; ".join(problems)) from None
+
+
+class TrainSpec(BaseModel):
+    """The training recipe; the defaults are the paper's CIFAR recipe (He et al. 2015, Sec. 4.2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float | None = Field(default=None, description="budget in epochs (or give iterations)")
+    iterations: int | None = Field(default=None, description="budget in iterations (the paper: 64000)")
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    milestones: list[float] = Field(default=[0.5, 0.75], description="step schedule: fractions of the budget")
+    gamma: float = 0.1
+    warmup_iterations: int = Field(default=0, description="linear warm-up from 0 over this many iterations")
+    resnet110_warmup: bool = Field(default=False, description="lr 0.01 until training error < 80%, then lr")
+    eval_every: int | None = Field(default=None, description="extra evaluation every N iterations")
+    log_every: int = Field(default=20, description="training metrics averaged over N iterations")
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    compile: bool = Field(default=False, description="torch.compile the model (slow start, faster steps)")
+    seed: int = 0
+    grad_norm_every: int = Field(default=0, description="record per-unit input gradient norms every N iterations")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainSpec:
+        if self.epochs is None and self.iterations is None:
+            self.epochs = 1
+        if self.epochs is not None and self.iterations is not None:
+            raise ValueError("give the budget either in epochs or in iterations, not both")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"epochs must be positive; got {self.epochs}")
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError(f"iterations must be at least 1; got {self.iterations}")
+        if not 1 <= self.batch_size <= 65536:
+            raise ValueError(f"batch_size must be between 1 and 65536; got {self.batch_size}")
+        if not 0 < self.lr <= 10:
+            raise ValueError(f"lr must be in (0, 10]; got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1); got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay cannot be negative; got {self.weight_decay}")
+        if any(not 0 < m < 1 for m in self.milestones) or self.milestones != sorted(self.milestones):
+            raise ValueError(f"milestones are increasing fractions of the budget in (0, 1); got {self.milestones}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1]; got {self.gamma}")
+        for field in ("warmup_iterations", "grad_norm_every"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"{field} cannot be negative")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be at least 1; got {self.log_every}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"eval_every must be at least 1; got {self.eval_every}")
+        return self
+
+    def total_iterations(self, batches_per_epoch: int) -> int:
+        """The budget in iterations for a loader with this many batches per epoch."""
+        if self.iterations is not None:
+            return self.iterations
+        return max(1, round(self.epochs * batches_per_epoch))
+
+
+class RunSpec(BaseModel):
+    """Everything needed to rebuild a run exactly: network, data and training recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    net: NetSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    init_from: str | None = Field(default=None, description="checkpoint or model file to start from")
+    finetune: Literal["all", "last_stages", "head"] | None = None

@@ -1,0 +1,439 @@
+"""fit/evaluate: the paper's training recipe, reporting through a small sink interface.
+
+Nothing here knows about the store or the UI: a worker connects a sink to the store, the CLI
+to a progress bar, tests to a list.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.data import Dataset, TrainBatches, eval_batches, load_dataset
+from workbench.errors import WorkbenchError
+from workbench.models import ResNet
+from workbench.spec import NetSpec, RunSpec
+from workbench.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from workbench.training.schedule import LearningRateSchedule
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(WorkbenchError):
+    """The loss became NaN or infinite."""
+
+
+class TrainingSink(Protocol):
+    """Where a training loop reports. Every method must be cheap: it is called from the hot loop."""
+
+    def metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Rows of {iteration, epoch, split, name, value, wall_time}."""
+
+    def progress(self, state: dict[str, Any]) -> None:
+        """iteration, total_iterations, epoch, images_per_s, train_error, test_error."""
+
+    def should_stop(self) -> bool:
+        """True when the user asked to cancel; the loop checkpoints and returns."""
+
+    def rewind(self, iteration: int) -> None:
+        """Forget metrics logged after `iteration` (called on resume, before training continues)."""
+
+    def checkpoint_saved(self, path: Path, kind: str) -> None:
+        """A checkpoint ('last' or 'best') was written."""
+
+
+class NullSink:
+    """A sink that keeps every metric row in memory; for scripts and tests."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.last_progress: dict[str, Any] = {}
+
+    def metrics(self, rows: list[dict[str, Any]]) -> None:
+        self.rows.extend(rows)
+
+    def progress(self, state: dict[str, Any]) -> None:
+        self.last_progress = state
+
+    def should_stop(self) -> bool:
+        return False
+
+    def rewind(self, iteration: int) -> None:
+        self.rows = [row for row in self.rows if row["iteration"] <= iteration]
+
+    def checkpoint_saved(self, path: Path, kind: str) -> None:
+        pass
+
+
+@dataclass
+class FitResult:
+    """How a call to `fit` ended."""
+
+    status: str
+    iteration: int
+    total_iterations: int
+    best_error: float | None
+    last_error: float | None
+    net: NetSpec
+    device: str
+    precision: str
+    info: dict = field(default_factory=dict)
+
+
+def resolve_device(choice: str) -> torch.device:
+    """CUDA if available, else MPS, else CPU ('auto'); an explicit choice must exist."""
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise WorkbenchError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
+    if choice == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise WorkbenchError("device 'mps' was asked for but Apple MPS is not available; use 'auto' or 'cpu'")
+    return torch.device(choice)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. 'auto': bf16 on CUDA and on CPUs with native bf16."""
+    if choice == "fp32":
+        return None
+    if choice == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def resolve_channels_last(choice: str, device: torch.device, autocast_dtype: torch.dtype | None) -> bool:
+    if choice == "auto":
+        return device.type == "cuda" or autocast_dtype is not None
+    return choice == "on"
+
+
+def adapt_net_to_data(net: NetSpec, dataset: Dataset) -> NetSpec:
+    """The net with as many outputs as the dataset has classes, and its image size as input size."""
+    updates: dict[str, Any] = {}
+    if net.num_classes != dataset.info.num_classes:
+        logger.info("network output %d -> %d classes of %s", net.num_classes, dataset.info.num_classes, dataset.info.name)
+        updates["num_classes"] = dataset.info.num_classes
+    if net.input_size != dataset.info.image_size:
+        updates["input_size"] = dataset.info.image_size
+    return NetSpec.model_validate({**net.model_dump(), **updates}) if updates else net
+
+
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    batch_size: int = 500,
+) -> tuple[float, float]:
+    """(mean cross-entropy, error in %) of `model` on a held-out split."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    wrong = torch.zeros((), device=device, dtype=torch.long)
+    with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        for batch, target in eval_batches(
+            images, labels, batch_size, mean=mean, std=std, device=device, channels_last=channels_last
+        ):
+            logits = model(batch).float()
+            loss_sum += F.cross_entropy(logits, target, reduction="sum")
+            wrong += (logits.argmax(1) != target).sum()
+    model.train(was_training)
+    count = len(labels)
+    return loss_sum.item() / count, 100.0 * wrong.item() / count
+
+
+def _stage_gradient_norms(model: ResNet) -> dict[str, float]:
+    norms = {}
+    for index, stage in enumerate(model.stages, start=1):
+        grads = [p.grad for p in stage.parameters() if p.grad is not None]
+        if grads:
+            norms[f"grad_norm/layer{index}"] = torch.linalg.vector_norm(
+                torch.stack(torch._foreach_norm(grads))
+            ).item()
+    return norms
+
+
+class _Trainer:
+    """State of one training run between `fit` calls' setup and its end."""
+
+    def __init__(self, run: RunSpec, run_dir: Path, sink: TrainingSink, dataset: Dataset) -> None:
+        self.run = run
+        self.train = run.train
+        self.run_dir = Path(run_dir)
+        self.sink = sink
+        self.dataset = dataset
+        self.device = resolve_device(self.train.device)
+        self.autocast_dtype = resolve_precision(self.train.precision, self.device)
+        self.channels_last = resolve_channels_last(self.train.channels_last, self.device, self.autocast_dtype)
+        self.net = adapt_net_to_data(run.net, dataset)
+        info = dataset.info
+        self.mean, self.std = tuple(info.mean), tuple(info.std)
+
+        torch.manual_seed(self.train.seed)
+        self.model = ResNet(self.net).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.step_model = torch.compile(self.model) if self.train.compile else self.model
+        self.batches = TrainBatches(
+            dataset.train_images,
+            dataset.train_labels,
+            self.train.batch_size,
+            augment=info.augment,
+            mean=self.mean,
+            std=self.std,
+            device=self.device,
+            channels_last=self.channels_last,
+            seed=self.train.seed,
+        )
+        self.total = self.train.total_iterations(len(self.batches))
+        self.schedule = LearningRateSchedule(self.train, self.total)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=self.schedule.lr(0),
+            momentum=self.train.momentum,
+            nesterov=self.train.nesterov,
+            weight_decay=self.train.weight_decay,
+        )
+        self.iteration = 0
+        self.best_error: float | None = None
+        self.last_error: float | None = None
+        self.eval_splits = self._eval_splits()
+        self._reset_interval()
+
+    def _eval_splits(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        splits = []
+        if self.dataset.val_images is not None and len(self.dataset.val_labels):
+            splits.append(("val", self.dataset.val_images, self.dataset.val_labels))
+        splits.append(("test", self.dataset.test_images, self.dataset.test_labels))
+        return splits
+
+    @property
+    def epoch(self) -> float:
+        return self.iteration / len(self.batches)
+
+    def _reset_interval(self) -> None:
+        self.interval_loss = torch.zeros((), device=self.device)
+        self.interval_wrong = torch.zeros((), device=self.device, dtype=torch.long)
+        self.interval_images = 0
+        self.interval_steps = 0
+        self.interval_start = time.perf_counter()
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _run_spec_data(self) -> dict:
+        return self.run.model_copy(update={"net": self.net}).model_dump(mode="json")
+
+    def save(self, kind: str) -> None:
+        path = self.run_dir / "checkpoints" / (LAST if kind == "last" else BEST)
+        state: dict[str, Any] = {
+            "run_spec": self._run_spec_data(),
+            "dataset": self.dataset.info.to_dict(),
+            "model": self.model.state_dict(),
+            "iteration": self.iteration,
+            "best_error": self.best_error,
+            "last_error": self.last_error,
+        }
+        if kind == "last":
+            state.update(
+                optimizer=self.optimizer.state_dict(),
+                schedule=self.schedule.state_dict(),
+                loader=self.batches.state_dict(),
+                rng_cpu=torch.get_rng_state(),
+                rng_cuda=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                interval={
+                    "loss": self.interval_loss.cpu(),
+                    "wrong": self.interval_wrong.cpu(),
+                    "images": self.interval_images,
+                    "steps": self.interval_steps,
+                },
+            )
+        save_checkpoint(path, state)
+        self.sink.checkpoint_saved(path, kind)
+
+    def restore(self) -> bool:
+        """Continue from the last checkpoint in the run folder, if there is one."""
+        path = self.run_dir / "checkpoints" / LAST
+        if not path.exists():
+            return False
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.batches.load_state_dict(state["loader"])
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.iteration = int(state["iteration"])
+        self.best_error, self.last_error = state["best_error"], state["last_error"]
+        interval = state["interval"]
+        self.interval_loss = interval["loss"].to(self.device)
+        self.interval_wrong = interval["wrong"].to(self.device)
+        self.interval_images, self.interval_steps = interval["images"], interval["steps"]
+        self.sink.rewind(self.iteration)
+        logger.info("resumed from %s at iteration %d of %d", path, self.iteration, self.total)
+        return True
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def _row(self, split: str, name: str, value: float, now: float) -> dict[str, Any]:
+        return {"iteration": self.iteration, "epoch": self.epoch, "split": split, "name": name,
+                "value": value, "wall_time": now}
+
+    def flush_train_metrics(self, grad_norms: dict[str, float]) -> None:
+        if self.interval_images == 0:
+            return
+        elapsed = time.perf_counter() - self.interval_start
+        loss = self.interval_loss.item() / self.interval_images
+        error = 100.0 * self.interval_wrong.item() / self.interval_images
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"the training loss became {loss} at iteration {self.iteration} (learning rate "
+                f"{self.optimizer.param_groups[0]['lr']:g}); lower the learning rate or add warm-up"
+            )
+        images_per_s = self.interval_images / elapsed if elapsed > 0 else 0.0
+        self.schedule.observe_train_error(error)
+        now = time.time()
+        rows = [
+            self._row("train", "loss", loss, now),
+            self._row("train", "error", error, now),
+            self._row("train", "lr", self.optimizer.param_groups[0]["lr"], now),
+            self._row("train", "images_per_s", images_per_s, now),
+        ]
+        rows += [self._row("train", name, value, now) for name, value in grad_norms.items()]
+        self.sink.metrics(rows)
+        self.sink.progress({
+            "iteration": self.iteration, "total_iterations": self.total, "epoch": self.epoch,
+            "images_per_s": images_per_s, "train_error": error, "test_error": self.last_error,
+        })
+        self._reset_interval()
+
+    def evaluate_and_report(self, epoch_time: float | None = None) -> None:
+        now = time.time()
+        rows = []
+        for split, images, labels in self.eval_splits:
+            loss, error = evaluate(
+                self.model, images, labels, mean=self.mean, std=self.std, device=self.device,
+                autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
+            )
+            rows += [self._row(split, "loss", loss, now), self._row(split, "error", error, now)]
+            if split == self.eval_splits[0][0]:
+                self.last_error = error
+        if epoch_time is not None:
+            rows.append(self._row("train", "epoch_time", epoch_time, now))
+        self.sink.metrics(rows)
+        self.sink.progress({
+            "iteration": self.iteration, "total_iterations": self.total, "epoch": self.epoch,
+            "test_error": self.last_error,
+        })
+        if self.best_error is None or self.last_error < self.best_error:
+            self.best_error = self.last_error
+            self.save("best")
+        self.interval_start = time.perf_counter()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, want_grad_norms: bool) -> dict[str, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.lr(self.iteration)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            logits = self.step_model(images)
+            loss = F.cross_entropy(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norms = _stage_gradient_norms(self.model) if want_grad_norms else {}
+        self.optimizer.step()
+        self.iteration += 1
+        count = labels.shape[0]
+        self.interval_loss += loss.detach() * count
+        self.interval_wrong += (logits.detach().argmax(1) != labels).sum()
+        self.interval_images += count
+        self.interval_steps += 1
+        return grad_norms
+
+    def loop(self) -> str:
+        log_every, eval_every = self.train.log_every, self.train.eval_every
+        self.model.train()
+        epoch_start = time.perf_counter()
+        while True:
+            for images, labels in self.batches:
+                want_norms = (self.iteration + 1) % log_every == 0
+                grad_norms = self.step(images, labels, want_norms)
+                if self.iteration % log_every == 0:
+                    self.flush_train_metrics(grad_norms)
+                epoch_end = self.batches.position >= len(self.batches)
+                finished = self.iteration >= self.total
+                if epoch_end or finished:
+                    self.flush_train_metrics({})
+                    self.evaluate_and_report(epoch_time=time.perf_counter() - epoch_start)
+                    self.save("last")
+                    epoch_start = time.perf_counter()
+                elif eval_every and self.iteration % eval_every == 0:
+                    self.evaluate_and_report()
+                if finished:
+                    return "completed"
+                if self.sink.should_stop():
+                    if not epoch_end:
+                        # The unfinished logging interval is saved and continues after resume.
+                        self.save("last")
+                    return "cancelled"
+
+
+def fit(
+    run: RunSpec,
+    run_dir: Path,
+    sink: TrainingSink | None = None,
+    *,
+    home: Path | None = None,
+    allowed_roots: list[Path] | None = None,
+    dataset: Dataset | None = None,
+    resume: bool = True,
+) -> FitResult:
+    """Train `run` to its budget, checkpointing into `run_dir`; continue from its last checkpoint if any."""
+    sink = sink or NullSink()
+    dataset = dataset if dataset is not None else load_dataset(run.data, home=home, allowed_roots=allowed_roots)
+    trainer = _Trainer(run, run_dir, sink, dataset)
+    if resume:
+        trainer.restore()
+    logger.info(
+        "training %s on %s: %d iterations, device %s, precision %s, channels_last %s",
+        trainer.net.name, dataset.info.name, trainer.total, trainer.device,
+        trainer.autocast_dtype or "fp32", trainer.channels_last,
+    )
+    status = trainer.loop()
+    return FitResult(
+        status=status,
+        iteration=trainer.iteration,
+        total_iterations=trainer.total,
+        best_error=trainer.best_error,
+        last_error=trainer.last_error,
+        net=trainer.net,
+        device=str(trainer.device),
+        precision=str(trainer.autocast_dtype or "fp32").removeprefix("torch."),
+        info=dataset.info.to_dict(),
+    )
