@@ -134,3 +134,11 @@ def test_network_output_follows_the_dataset_classes(tmp_path):
     result = fit(run, tmp_path / "run", NullSink(), dataset=data)
     assert result.net.num_classes == 10
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["run_spec"]["net"]["num_classes"] == 10
+
+
+def test_unit_input_gradient_norms_are_recorded_at_the_configured_interval(tiny_data, tmp_path):
+    sink = NullSink()
+    fit(tiny_run(epochs=1, grad_norm_every=3), tmp_path, sink, dataset=tiny_data)
+    recorded = sorted({(r["iteration"], r["name"]) for r in sink.rows if r["name"].startswith("unit_grad/")})
+    assert recorded == [(i, f"unit_grad/{u}") for i in (3, 6) for u in (1, 2, 3)]
+    assert all(r["value"] > 0 for r in sink.rows if r["name"].startswith("unit_grad/"))

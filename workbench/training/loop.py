@@ -6,6 +6,7 @@ to a progress bar, tests to a list.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -20,6 +21,7 @@ from torch import nn
 from workbench.data import Dataset, TrainBatches, eval_batches, load_dataset
 from workbench.errors import WorkbenchError
 from workbench.models import ResNet
+from workbench.science.gradient_flow import UnitInputGradients
 from workbench.spec import NetSpec, RunSpec
 from workbench.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from workbench.training.schedule import LearningRateSchedule
@@ -360,12 +362,16 @@ class _Trainer:
     def step(self, images: torch.Tensor, labels: torch.Tensor, want_grad_norms: bool) -> dict[str, float]:
         for group in self.optimizer.param_groups:
             group["lr"] = self.schedule.lr(self.iteration)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            logits = self.step_model(images)
-            loss = F.cross_entropy(logits.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        every = self.train.grad_norm_every
+        record_units = every > 0 and (self.iteration + 1) % every == 0
+        with contextlib.ExitStack() as stack:
+            recorder = stack.enter_context(UnitInputGradients(self.model)) if record_units else None
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                logits = self.step_model(images)
+                loss = F.cross_entropy(logits.float(), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         grad_norms = _stage_gradient_norms(self.model) if want_grad_norms else {}
         self.optimizer.step()
         self.iteration += 1
@@ -374,6 +380,12 @@ class _Trainer:
         self.interval_wrong += (logits.detach().argmax(1) != labels).sum()
         self.interval_images += count
         self.interval_steps += 1
+        if recorder is not None:
+            now = time.time()
+            self.sink.metrics([
+                self._row("train", f"unit_grad/{index}", value, now)
+                for index, value in enumerate(recorder.norms(), start=1) if value is not None
+            ])
         return grad_norms
 
     def loop(self) -> str:

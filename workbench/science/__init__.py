@@ -1,0 +1,1 @@
+"""Residual science tools: gradient flow, lesion studies, degradation checks."""
