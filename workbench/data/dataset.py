@@ -1,0 +1,103 @@
+"""`load_dataset`: one entry point from a DataSpec to uint8 tensors plus the info the UI shows."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from workbench.data.base import (
+    Dataset,
+    DatasetInfo,
+    Splits,
+    channel_stats,
+    class_counts,
+    hold_out,
+    search_roots,
+    select_classes,
+    subset_tensors,
+)
+from workbench.data.cifar import locate_cifar, read_cifar
+from workbench.data.imagefolder import load_folder, locate_folder
+from workbench.data.synthetic import make_synthetic
+from workbench.paths import cache_dir, home_dir
+from workbench.spec import DataSpec
+
+logger = logging.getLogger(__name__)
+
+
+def _pick_classes(splits: Splits, spec: DataSpec) -> Splits:
+    """Apply `classes` and `per_class_cap` to sources that load everything (CIFAR, synthetic)."""
+    keep = select_classes(splits.class_names, spec.classes, splits.source)
+    if keep == list(range(len(splits.class_names))) and spec.per_class_cap is None:
+        return splits
+    num_classes = len(splits.class_names)
+    splits.train_images, splits.train_labels = subset_tensors(
+        splits.train_images, splits.train_labels, num_classes, keep, spec.per_class_cap, spec.seed
+    )
+    splits.test_images, splits.test_labels = subset_tensors(
+        splits.test_images, splits.test_labels, num_classes, keep, spec.per_class_cap, spec.seed + 1
+    )
+    splits.class_names = [splits.class_names[i] for i in keep]
+    return splits
+
+
+def load_dataset(spec: DataSpec, home: Path | None = None, allowed_roots: list[Path] | None = None) -> Dataset:
+    """Load the dataset a DataSpec describes, hold out a validation split and compute train statistics.
+
+    `home` holds downloads and caches (default: the workbench home folder). `allowed_roots`, when
+    given, are the only folders data may be read from (besides home/datasets and the cache folder);
+    they are also searched, after home/datasets, when the spec gives no path.
+    """
+    if spec.name == "synthetic":
+        splits = _pick_classes(make_synthetic(spec.synthetic_train, spec.synthetic_test, spec.seed), spec)
+    else:
+        home = home_dir(home)
+        roots = search_roots(home, allowed_roots)
+        permitted = None if allowed_roots is None else [home / "datasets", cache_dir(home), *allowed_roots]
+        if spec.name == "folder":
+            splits = load_folder(locate_folder(spec, roots, permitted), spec, home, permitted)
+        else:
+            if spec.resolution not in (None, 32):
+                logger.warning("resolution %s ignored: CIFAR images stay 32x32", spec.resolution)
+            source = locate_cifar(spec.name, spec.path, spec.download, home, roots, permitted)
+            splits = _pick_classes(read_cifar(spec.name, source), spec)
+
+    train_images, train_labels = splits.train_images, splits.train_labels
+    val_images = val_labels = None
+    if spec.validation_size:
+        train_images, train_labels, val_images, val_labels = hold_out(
+            train_images, train_labels, spec.validation_size, spec.seed
+        )
+    mean, std = channel_stats(train_images)
+    num_classes = len(splits.class_names)
+    counts = {"train": len(train_labels), "test": len(splits.test_labels)}
+    per_class = {
+        "train": class_counts(train_labels, num_classes),
+        "test": class_counts(splits.test_labels, num_classes),
+    }
+    if val_labels is not None:
+        counts["val"] = len(val_labels)
+        per_class["val"] = class_counts(val_labels, num_classes)
+    info = DatasetInfo(
+        name=spec.name,
+        class_names=splits.class_names,
+        counts=counts,
+        class_counts=per_class,
+        image_size=int(train_images.shape[-1]),
+        mean=mean,
+        std=std,
+        source=splits.source,
+        augment=splits.augment,
+        skipped=splits.skipped,
+        cache_hit=splits.cache_hit,
+    )
+    logger.info("dataset %s: %s images from %s", spec.name, counts, splits.source)
+    return Dataset(
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=splits.test_images,
+        test_labels=splits.test_labels,
+        info=info,
+        val_images=val_images,
+        val_labels=val_labels,
+    )
