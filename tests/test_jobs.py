@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from storage import open_store
+from workbench import load_model
 from workbench.jobs import LocalExecutor
 from workbench.paths import database_url
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
@@ -141,3 +142,15 @@ def test_cli_train_runs_and_lists_the_run(tmp_path):
     runs = json.loads(out)
     assert [(r["id"], r["status"], r["progress"]) for r in runs] == [(run_id, "completed", 1.0)]
     assert {"id", "name", "status", "progress", "best_test_error"} <= set(runs[0])
+
+    bundle = tmp_path / "model.zip"
+    export = cli(tmp_path, "export", str(run_id), "--format", "bundle", "--checkpoint", "last", "-o", str(bundle))
+    out, err = export.communicate(timeout=120)
+    assert export.returncode == 0, err
+    model = load_model(bundle)
+    assert model.spec.depth == 20 and model.metadata["run_id"] == run_id
+    with open_store(tmp_path) as store:
+        assert [Path(a.path).name for a in store.list_artifacts(run_id, kind="export")] == ["model.zip"]
+    missing = cli(tmp_path, "export", "999", "--format", "onnx", "-o", str(tmp_path / "x.onnx"))
+    _, err = missing.communicate(timeout=60)
+    assert missing.returncode == 2 and "999" in err and "Traceback" not in err

@@ -89,7 +89,15 @@ def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
             "compile": args.compile, "log_every": args.log_every, "eval_every": args.eval_every,
         }.items() if value is not None
     })
-    return RunSpec(net=preset.spec, data=data, train=train), preset.name
+    transfer = {
+        key: value for key, value in {
+            "init_from": args.init_from, "finetune": args.finetune, "finetune_stages": args.finetune_stages,
+            "head_hidden": args.head_hidden,
+        }.items() if value is not None
+    }
+    run = parse_spec(RunSpec, {"net": preset.spec.model_dump(), "data": data.model_dump(),
+                               "train": train.model_dump(), **transfer})
+    return run, preset.name
 
 
 def _run_name(args: argparse.Namespace, preset: str, spec: RunSpec) -> str:
@@ -184,6 +192,35 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_run(store, run_id: int, fmt: str, out_path: Path, checkpoint: str = "best") -> Path:
+    """Export a run's best or last checkpoint in `fmt` to `out_path` and record it as an artifact."""
+    from workbench.export import EXPORT_FORMATS, export_from_checkpoint
+
+    if fmt not in EXPORT_FORMATS:
+        raise WorkbenchError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    run = store.get_run(run_id)
+    path = store.run_dir(run_id) / "checkpoints" / f"{checkpoint}.pt"
+    if not path.exists():
+        raise WorkbenchError(
+            f"run {run_id} ({run.status}) has no {checkpoint} checkpoint yet; it is written after the first epoch"
+        )
+    metadata = {
+        "run_id": run.id, "run_name": run.name, "preset": run.preset, "checkpoint": checkpoint,
+        "best_test_error": run.best_test_error, "last_test_error": run.last_test_error,
+        "last_train_error": run.last_train_error, "iterations": run.iteration,
+    }
+    written = export_from_checkpoint(path, fmt, Path(out_path), metadata)
+    store.add_artifact(run_id, "export", written)
+    return written
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    written = export_run(store, args.run, args.format, args.output, args.checkpoint)
+    print(written)
+    return 0
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, help="network preset (see `presets`)")
     parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "cifar10", "cifar100", "folder"])
@@ -207,6 +244,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--name", default=None)
+    parser.add_argument("--init-from", default=None, help="start from a bundle, checkpoint or state_dict file")
+    parser.add_argument("--finetune", choices=["all", "last_stages", "head"], default=None)
+    parser.add_argument("--finetune-stages", type=int, default=None, help="last_stages: how many stages train")
+    parser.add_argument("--head-hidden", type=int, default=None, help="head: width of an extra hidden layer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel a queued or running run")
     cancel.add_argument("run", type=int)
     cancel.set_defaults(handler=cmd_cancel)
+
+    export = commands.add_parser("export", help="export a run's model: bundle, ONNX, torch.export or torchvision")
+    export.add_argument("run", type=int)
+    export.add_argument("--format", required=True, choices=["bundle", "onnx", "pt2", "torchvision"])
+    export.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    export.add_argument("-o", "--output", type=Path, required=True)
+    export.set_defaults(handler=cmd_export)
 
     resume = commands.add_parser("resume", help="queue an interrupted, cancelled or failed run again")
     resume.add_argument("run", type=int)

@@ -275,5 +275,19 @@ class RunSpec(BaseModel):
     net: NetSpec
     data: DataSpec = Field(default_factory=DataSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
-    init_from: str | None = Field(default=None, description="checkpoint or model file to start from")
-    finetune: Literal["all", "last_stages", "head"] | None = None
+    init_from: str | None = Field(default=None, description="checkpoint, bundle or state_dict file to start from")
+    finetune: Literal["all", "last_stages", "head"] | None = Field(
+        default=None, description="with init_from: train everything, the last stage(s) and head, or a new head only"
+    )
+    finetune_stages: int = Field(default=1, description="last_stages: how many final stages train")
+    head_hidden: int | None = Field(default=None, description="head mode: width of one extra hidden layer")
+
+    @model_validator(mode="after")
+    def _check(self) -> RunSpec:
+        if self.finetune is not None and self.init_from is None:
+            raise ValueError(f"fine-tuning mode {self.finetune!r} needs init_from: the model to start from")
+        if self.head_hidden is not None and (self.finetune != "head" or self.head_hidden < 1):
+            raise ValueError("head_hidden is a positive width and only applies to fine-tuning mode 'head'")
+        if self.finetune_stages < 1:
+            raise ValueError(f"finetune_stages must be at least 1; got {self.finetune_stages}")
+        return self

@@ -197,7 +197,8 @@ class _Trainer:
         self.mean, self.std = tuple(info.mean), tuple(info.std)
 
         torch.manual_seed(self.train.seed)
-        self.model = ResNet(self.net).to(self.device)
+        self.model = self._build_model(load_source_weights=not (self.run_dir / "checkpoints" / LAST).exists())
+        self.model = self.model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step_model = torch.compile(self.model) if self.train.compile else self.model
@@ -227,6 +228,36 @@ class _Trainer:
         self.eval_splits = self._eval_splits()
         self._reset_interval()
 
+    def _build_model(self, load_source_weights: bool) -> ResNet:
+        """The run's network, initialised from `init_from` and partly frozen when fine-tuning.
+
+        When resuming, the structure (head, frozen parts) is rebuilt but the source's weights are not
+        read again: the run's own checkpoint supplies them.
+        """
+        run = self.run
+        if run.init_from is None:
+            return ResNet(self.net)
+        # Imported here because workbench.importers reads the checkpoint format from this package.
+        from workbench.importers import adapt_head, read_weights
+        from workbench.transfer import apply_finetune_mode, build_with_head, infer_head_hidden, load_checked
+
+        imported = read_weights(Path(run.init_from))
+        source_mean, source_std = imported.metadata.get("mean"), imported.metadata.get("std")
+        if source_mean and source_std:
+            self.mean, self.std = tuple(source_mean), tuple(source_std)
+            logger.info("using the source model's normalization mean %s std %s", self.mean, self.std)
+        mode = run.finetune or "all"
+        new_head = mode == "head"
+        model = build_with_head(self.net, None if new_head else infer_head_hidden(imported.state_dict))
+        if load_source_weights:
+            state_dict, dropped = adapt_head(imported.state_dict, model)
+            if dropped or new_head:
+                state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+                state_dict.update({k: v for k, v in model.state_dict().items() if k.startswith("fc.")})
+            load_checked(model, state_dict, source=run.init_from)
+        return apply_finetune_mode(model, mode, hidden=run.head_hidden, stages=run.finetune_stages,
+                                   num_classes=self.net.num_classes)
+
     def _eval_splits(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         splits = []
         if self.dataset.val_images is not None and len(self.dataset.val_labels):
@@ -255,6 +286,15 @@ class _Trainer:
         state: dict[str, Any] = {
             "run_spec": self._run_spec_data(),
             "dataset": self.dataset.info.to_dict(),
+            "metadata": {
+                "dataset": self.dataset.info.name,
+                "class_names": list(self.dataset.info.class_names),
+                "mean": list(self.mean),
+                "std": list(self.std),
+                "input_size": self.net.input_size,
+                "best_error": self.best_error,
+                "last_error": self.last_error,
+            },
             "model": self.model.state_dict(),
             "iteration": self.iteration,
             "best_error": self.best_error,

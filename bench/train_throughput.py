@@ -1,0 +1,155 @@
+"""Training throughput of the workbench engine next to a textbook PyTorch loop, in the same run.
+
+    python bench/train_throughput.py [--nets resnet20 resnet56] [--iterations 40]
+
+For each net, three figures on CIFAR-10 (../shared/data) at batch 128:
+- ours: images/s of `workbench.training.fit` (its device-side pipeline and the engine's
+  precision: bf16 autocast + channels_last where the CPU supports bf16), logging intervals
+  after the first (warm-up) one;
+- reference: a textbook loop, torchvision transforms (RandomCrop(32, padding=4),
+  RandomHorizontalFlip, ToTensor, Normalize) through a DataLoader, fp32, NCHW;
+- compute: the same model and precision stepping on one fixed resident batch, so
+  1 - ours/compute is the engine's overhead.
+The last line printed is JSON: a list of {"bench", "ours", "reference", "ratio", "unit"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torchvision import transforms  # noqa: E402
+
+from workbench import build_model  # noqa: E402
+from workbench.data import load_dataset  # noqa: E402
+from workbench.spec import DataSpec, RunSpec, TrainSpec  # noqa: E402
+from workbench.training import NullSink, fit  # noqa: E402
+from workbench.training.loop import resolve_channels_last, resolve_precision  # noqa: E402
+
+CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
+BATCH = 128
+
+
+class PilCifar(torch.utils.data.Dataset):
+    """CIFAR images as PIL images through a transform, the way torchvision's CIFAR10 class serves them."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
+        self.images = images.permute(0, 2, 3, 1).numpy()
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
+
+
+def engine_images_per_s(net: str, dataset, iterations: int) -> tuple[float, str]:
+    log_every = max(1, iterations // 4)
+    run = RunSpec(
+        net=build_model(net).spec,
+        data=DataSpec(name="cifar10"),
+        train=TrainSpec(iterations=iterations, batch_size=BATCH, log_every=log_every),
+    )
+    sink = NullSink()
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = fit(run, Path(run_dir), sink, dataset=dataset)
+    rates = [r["value"] for r in sink.rows if r["name"] == "images_per_s"][1:]
+    return float(np.mean(rates)), result.precision
+
+
+def reference_images_per_s(net: str, dataset, iterations: int, workers: int) -> float:
+    mean, std = dataset.info.mean, dataset.info.std
+    transform = transforms.Compose([
+        transforms.RandomCrop(32, padding=4),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+    loader = DataLoader(PilCifar(dataset.train_images, dataset.train_labels, transform), batch_size=BATCH,
+                        shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    torch.manual_seed(0)
+    model = build_model(net).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    warmup = max(1, iterations // 4)
+    batches = iter(loader)
+    start = None
+    for step in range(warmup + iterations):
+        if step == warmup:
+            start = time.perf_counter()
+        images, labels = next(batches)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return iterations * BATCH / (time.perf_counter() - start)
+
+
+def compute_images_per_s(net: str, iterations: int) -> float:
+    device = torch.device("cpu")
+    dtype = resolve_precision("auto", device)
+    channels_last = resolve_channels_last("auto", device, dtype)
+    torch.manual_seed(0)
+    model = build_model(net).train()
+    images = torch.randn(BATCH, 3, 32, 32)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (BATCH,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    warmup = max(1, iterations // 4)
+    start = None
+    for step in range(warmup + iterations):
+        if step == warmup:
+            start = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = F.cross_entropy(model(images).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return iterations * BATCH / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nets", nargs="+", default=["resnet20", "resnet56"])
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers of the reference")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if not CIFAR_ARCHIVE.exists():
+        sys.exit(f"CIFAR-10 archive not found at {CIFAR_ARCHIVE}; this benchmark needs ../shared/data")
+    with tempfile.TemporaryDirectory() as home:
+        dataset = load_dataset(DataSpec(name="cifar10", path=str(CIFAR_ARCHIVE)), home=Path(home))
+    results = []
+    for net in args.nets:
+        ours, precision = engine_images_per_s(net, dataset, args.iterations)
+        reference = reference_images_per_s(net, dataset, args.iterations, args.loader_workers)
+        compute = compute_images_per_s(net, args.iterations)
+        overhead = 1 - ours / compute
+        print(f"{net}: engine {ours:.0f} img/s ({precision}), textbook loop {reference:.0f} img/s (fp32, "
+              f"{args.loader_workers} loader workers) -> {ours / reference:.2f}x; pure compute {compute:.0f} img/s, "
+              f"engine overhead {100 * overhead:.1f}%")
+        results.append({"bench": f"train_throughput/{net}", "ours": round(ours, 1), "reference": round(reference, 1),
+                        "ratio": round(ours / reference, 3), "unit": "images/s"})
+        results.append({"bench": f"train_overhead/{net}", "ours": round(ours, 1), "reference": round(compute, 1),
+                        "ratio": round(ours / compute, 3), "unit": "images/s (engine vs pure compute)"})
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
