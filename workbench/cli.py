@@ -221,6 +221,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lesion(args: argparse.Namespace) -> int:
+    from workbench.science.lesion import run_lesion_study
+
+    store = _open_store(args)
+    analysis_id, result = run_lesion_study(
+        store, args.run, draws=args.draws, max_k=args.max_k, limit_images=args.limit_images, seed=args.seed,
+        checkpoint=args.checkpoint, device=args.device, allowed_roots=args.data_root or None,
+    )
+    worst = max(result["single"], key=lambda entry: entry["error"])
+    print(f"run {args.run}: lesion study stored as analysis {analysis_id}; intact error "
+          f"{result['baseline_error']:.2f}% on {result['images']} images; worst single deletion: unit "
+          f"{worst['unit']} ({worst['error']:.2f}%)")
+    return 0
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, help="network preset (see `presets`)")
     parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "cifar10", "cifar100", "folder"])
@@ -302,6 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="queue an interrupted, cancelled or failed run again")
     resume.add_argument("run", type=int)
     resume.set_defaults(handler=cmd_resume)
+    lesion = commands.add_parser("lesion", help="lesion study of a trained run (Veit et al. 2016); stores the result")
+    lesion.add_argument("run", type=int)
+    lesion.add_argument("--draws", type=int, default=3, help="random deletion sets per k")
+    lesion.add_argument("--max-k", type=int, default=10, help="delete up to this many random units")
+    lesion.add_argument("--limit-images", type=int, default=None, help="use a seeded subset of the test split")
+    lesion.add_argument("--seed", type=int, default=0)
+    lesion.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    lesion.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    lesion.set_defaults(handler=cmd_lesion)
     return parser
 
 

@@ -1,0 +1,214 @@
+"""Degradation ladder, verdict, variants and stochastic-depth comparisons, with the figures built from them."""
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from storage import open_store
+from workbench import summarize
+from workbench.errors import WorkbenchError
+from workbench.models import ResNet
+from workbench.presets import get_preset
+from workbench.science.degradation import (
+    CurveRun,
+    degradation_observed,
+    group_verdict,
+    launch_degradation_ladder,
+    paper_reference_errors,
+    smoothed_at,
+)
+from workbench.science.figures import (
+    error_vs_depth,
+    figure6,
+    final_errors,
+    gradient_heatmaps,
+    gradient_profile_chart,
+    lesion_by_k,
+    lesion_by_unit,
+)
+from workbench.science.gradient_flow import unit_gradient_matrix
+from workbench.science.variants import (
+    IDENTITY_VARIANTS,
+    launch_identity_variants,
+    launch_stochastic_depth_comparison,
+    stochastic_depth_pair,
+)
+from workbench.spec import DataSpec, RunSpec, TrainSpec
+
+DATA = DataSpec(synthetic_train=256, synthetic_test=64)
+TRAIN = TrainSpec(iterations=20, batch_size=32, seed=3)
+
+
+def curve(final: float, start: float = 90.0, iterations: int = 100, every: int = 10, split: str = "train"):
+    """Rows of a training-error curve falling linearly from `start` to `final`."""
+    steps = list(range(every, iterations + 1, every))
+    return [{"iteration": it, "split": split, "name": "error",
+             "value": start + (final - start) * i / (len(steps) - 1)} for i, it in enumerate(steps)]
+
+
+def run(name: str, depth: int, residual: bool, final: float, iterations: int = 100) -> CurveRun:
+    rows = curve(final, iterations=iterations) + curve(final + 5, iterations=iterations, every=50, split="test")
+    return CurveRun(name=name, depth=depth, residual=residual, rows=rows)
+
+
+def test_degradation_is_observed_when_the_deeper_plain_net_trains_worse():
+    verdict = degradation_observed([
+        run("plain20", 20, False, 20.0), run("plain56", 56, False, 35.0),
+        run("resnet20", 20, True, 18.0), run("resnet56", 56, True, 12.0),
+    ])
+    assert verdict.observed is True and verdict.verdict == "degradation observed"
+    assert verdict.iteration == 100 and verdict.window == 10
+    assert verdict.degraded_pairs[0]["shallow"] == "plain20" and verdict.degraded_pairs[0]["deep"] == "plain56"
+    assert verdict.train_errors["plain56"] == pytest.approx(35.0)
+    assert verdict.residual_pairs == []
+    assert "plain56" in verdict.explanation and "do not degrade" in verdict.explanation
+
+
+def test_no_degradation_when_deeper_plain_nets_train_as_well_within_tolerance():
+    verdict = degradation_observed([run("plain20", 20, False, 20.0), run("plain32", 32, False, 20.3),
+                                    run("plain44", 44, False, 15.0)])
+    assert verdict.observed is False and verdict.degraded_pairs == []
+
+
+def test_comparison_is_at_the_last_iteration_every_plain_run_reached():
+    # plain56 is still early (60 iterations): compare both at iteration 60, where plain20 is higher.
+    shallow = run("plain20", 20, False, 20.0)
+    deep = CurveRun("plain56", 56, False, curve(60.0, start=70.0, iterations=60))
+    verdict = degradation_observed([shallow, deep])
+    assert verdict.iteration == 60
+    assert verdict.train_errors["plain20"] == pytest.approx(smoothed_at(
+        [(r["iteration"], r["value"]) for r in shallow.rows if r["split"] == "train"], 60, 6))
+    assert verdict.observed is True
+
+
+def test_not_enough_data_without_two_plain_depths():
+    assert degradation_observed([run("plain20", 20, False, 20.0), run("resnet56", 56, True, 10.0)]).observed is None
+    assert degradation_observed([CurveRun("plain20", 20, False, []), CurveRun("plain56", 56, False, [])]).observed is None
+
+
+def test_smoothed_at_averages_the_trailing_window_or_takes_the_latest_point():
+    points = [(10, 50.0), (20, 40.0), (30, 30.0)]
+    assert smoothed_at(points, 30, 10) == pytest.approx(30.0)
+    assert smoothed_at(points, 30, 15) == pytest.approx(35.0)
+    assert smoothed_at(points, 30, 25) == pytest.approx(40.0)
+    assert smoothed_at(points, 25, 2) == 40.0
+    assert smoothed_at(points, 5, 2) is None
+
+
+def test_ladder_queues_plain_and_residual_twins_with_identical_data_and_recipe(tmp_path):
+    with open_store(tmp_path) as store:
+        ids = launch_degradation_ladder(store, [56, 20, 32], data=DATA, train=TRAIN, group_name="ladder-1")
+        assert list(ids) == ["plain20", "resnet20", "plain32", "resnet32", "plain56", "resnet56"]
+        runs = store.list_runs(group_name="ladder-1")
+        assert {r.group_kind for r in runs} == {"ladder"} and {r.status for r in runs} == {"queued"}
+        specs = [RunSpec.model_validate(r.spec) for r in runs]
+        assert all(s.data == DATA and s.train == TRAIN for s in specs)
+        nets = {r.preset: RunSpec.model_validate(r.spec).net for r in runs}
+        assert nets["plain32"].shortcut == "none" and nets["resnet32"].shortcut == "A"
+        assert nets["plain32"].depth == nets["resnet32"].depth == 32
+        with pytest.raises(WorkbenchError):
+            launch_degradation_ladder(store, [20, 20], data=DATA, train=TRAIN, group_name="bad")
+        curves, verdict = group_verdict(store, "ladder-1")
+    assert [c.name for c in curves] == list(ids) and verdict.observed is None
+
+
+def test_ladder_through_an_executor_uses_submit():
+    class RecordingExecutor:
+        def __init__(self):
+            self.calls = []
+
+        def submit(self, spec, **kwargs):
+            self.calls.append((spec, kwargs))
+            return len(self.calls)
+
+    executor = RecordingExecutor()
+    ids = launch_degradation_ladder(executor, [20, 26], data=DATA, train=TRAIN, group_name="g")
+    assert ids == {"plain20": 1, "resnet20": 2, "plain26": 3, "resnet26": 4}
+    assert executor.calls[2][0].net.depth == 26 and executor.calls[2][1]["preset"] == "plain26"
+    assert all(kwargs["group_kind"] == "ladder" for _, kwargs in executor.calls)
+
+
+def test_identity_variant_presets_differ_only_in_placement_and_carry_table_2_errors(tmp_path):
+    with open_store(tmp_path) as store:
+        ids = launch_identity_variants(store, data=DATA, train=TRAIN, group_name="he2016")
+        runs = {r.preset: RunSpec.model_validate(r.spec) for r in store.list_runs(group_name="he2016")}
+    assert list(ids) == list(IDENTITY_VARIANTS)
+    placements = {name: spec.net.placement for name, spec in runs.items()}
+    assert placements == {"resnet110-original": "post", "resnet110-bn-after-add": "bn_after_add",
+                          "resnet110-relu-before-add": "relu_before_add",
+                          "resnet110-relu-only-preact": "relu_only_preact", "resnet110-full-preact": "full_preact"}
+    stripped = {spec.net.model_copy(update={"placement": "post", "name": "x"}).model_dump_json() for spec in runs.values()}
+    assert len(stripped) == 1
+    assert [get_preset(n).reference_error for n in IDENTITY_VARIANTS] == [6.61, 8.17, 7.84, 6.71, 6.37]
+
+
+def test_stochastic_depth_comparison_differs_only_in_drop_probability(tmp_path):
+    without, with_sd = stochastic_depth_pair("resnet110-sd", 0.5)
+    assert without.stochastic_depth == 0.0 and with_sd.stochastic_depth == 0.5
+    assert without.model_copy(update={"name": "x"}) == with_sd.model_copy(update={"name": "x", "stochastic_depth": 0.0})
+    # Linear decay to 0.5 over 54 units leaves (3 * 54 - 1) / 4 units in expectation (Huang et al. 2016).
+    assert summarize(with_sd)["expected_units"] == pytest.approx((3 * 54 - 1) / 4)
+    assert summarize(without)["expected_units"] == 54
+    with open_store(tmp_path) as store:
+        ids = launch_stochastic_depth_comparison(store, "resnet20", 0.2, data=DATA, train=TRAIN, group_name="sd")
+        specs = [RunSpec.model_validate(store.get_run(i).spec) for i in ids.values()]
+    assert list(ids) == ["resnet20", "resnet20-sd0.2"]
+    assert specs[0].train == specs[1].train and specs[0].data == specs[1].data
+    with pytest.raises(WorkbenchError, match="plain"):
+        stochastic_depth_pair("plain20")
+
+
+def test_stochastic_depth_twins_start_from_identical_weights():
+    without, with_sd = stochastic_depth_pair("resnet20", 0.5)
+    torch.manual_seed(TRAIN.seed)
+    first = ResNet(without).state_dict()
+    torch.manual_seed(TRAIN.seed)
+    second = ResNet(with_sd).state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_figure6_puts_plain_left_residual_right_with_dashed_train_and_bold_test():
+    runs = [run("plain20", 20, False, 20.0), run("resnet20", 20, True, 15.0), run("resnet56", 56, True, 10.0)]
+    figure = figure6(runs)
+    assert isinstance(figure, go.Figure)
+    traces = {trace.name: trace for trace in figure.data}
+    assert traces["plain20 train (20.0%)"].xaxis == "x" and traces["resnet56 test (15.0%)"].xaxis == "x2"
+    assert traces["plain20 train (20.0%)"].line.dash == "dash"
+    assert traces["plain20 test (25.0%)"].line.width > traces["plain20 train (20.0%)"].line.width
+    assert traces["plain20 test (25.0%)"].line.color == traces["resnet20 test (20.0%)"].line.color
+    assert len(figure6(runs, max_points=3).data[0].x) <= 4
+
+
+def test_error_vs_depth_has_paper_markers():
+    runs = [run("plain20", 20, False, 20.0), run("plain56", 56, False, 30.0), run("resnet56", 56, True, 10.0)]
+    finals = [final_errors(r) for r in runs]
+    assert finals[1]["train_error"] == pytest.approx(30.0) and finals[1]["test_error"] == pytest.approx(35.0)
+    references = paper_reference_errors([20, 56, 57])
+    assert references == {20: 8.75, 56: 6.97}
+    figure = error_vs_depth(finals, references)
+    names = [trace.name for trace in figure.data]
+    assert "plain train" in names and "ResNet test" in names
+    paper = figure.data[names.index("ResNet, He et al. 2015 Table 6")]
+    assert list(paper.x) == [20, 56] and paper.marker.symbol == "star"
+
+
+def test_lesion_and_gradient_figures_from_plain_data():
+    study = {"units": 3, "baseline_error": 10.0,
+             "single": [{"unit": i, "stage": i, "block": 1, "kept": "identity" if i == 1 else "pad", "error": 10.0 + i}
+                        for i in (1, 2, 3)],
+             "random": [{"k": 1, "errors": [12.0, 14.0], "mean": 13.0, "std": 1.0, "deleted": [[1], [2]]}]}
+    by_unit = lesion_by_unit([("resnet", study), ("plain", study)])
+    assert list(by_unit.data[0].y) == [11.0, 12.0, 13.0] and by_unit.data[0].marker.symbol[1] == "diamond"
+    by_k = lesion_by_k([("resnet", study)])
+    assert list(by_k.data[0].x) == [0, 1] and list(by_k.data[0].y) == [10.0, 13.0]
+    assert lesion_by_unit([]).layout.annotations[0].text == "no lesion study yet"
+    rows = [{"iteration": it, "split": "train", "name": f"unit_grad/{u}", "value": float(u * it)}
+            for it in (10, 20) for u in (1, 2, 3)] + [{"iteration": 10, "split": "train", "name": "error", "value": 1.0}]
+    iterations, units, matrix = unit_gradient_matrix(rows)
+    assert iterations == [10, 20] and units == [1, 2, 3] and matrix[2] == [30.0, 60.0]
+    heat = gradient_heatmaps([("plain", iterations, units, matrix), ("resnet", iterations, units, matrix)])
+    assert len(heat.data) == 2 and heat.data[0].zmax == heat.data[1].zmax
+    assert heat.data[0].z[0][0] == pytest.approx(1.0)
+    assert "no gradient" in gradient_heatmaps([("x", [], [], [])]).layout.annotations[0].text
+    profile = gradient_profile_chart([("plain", [1.0, 0.1]), ("resnet", [1.0, 0.9])])
+    assert profile.layout.yaxis.type == "log" and len(profile.data) == 2

@@ -1,0 +1,234 @@
+"""The degradation experiment (He et al. 2015, Sec. 4.2, Fig. 6): plain and residual twins across depths.
+
+`launch_degradation_ladder` queues the twins as one group; `degradation_observed` reads their
+training curves and says whether a deeper plain net trains worse than a shallower one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from workbench.errors import PresetNotFound, WorkbenchError
+from workbench.presets import get_preset
+from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DEPTHS = (20, 32, 44, 56)
+LADDER = "ladder"
+DEFAULT_TOLERANCE = 0.5
+
+
+def twin_nets(depth: int, home=None) -> tuple[tuple[str, NetSpec], tuple[str, NetSpec]]:
+    """(plain, residual) named CIFAR nets of one depth: the presets where they exist, else built alike."""
+    pair = []
+    for prefix, shortcut in (("plain", "none"), ("resnet", "A")):
+        name = f"{prefix}{depth}"
+        try:
+            preset = get_preset(name, home)
+            spec = preset.spec
+        except PresetNotFound:
+            spec = NetSpec(name=name, family="cifar", unit="basic", depth=depth, shortcut=shortcut)
+        pair.append((name, spec))
+    return pair[0], pair[1]
+
+
+def submit_run(target: Any, spec: RunSpec, *, name: str, preset: str | None, group_name: str, group_kind: str) -> int:
+    """Queue one run through an Executor (`submit`) or straight into a RunStore (`create_run`)."""
+    if hasattr(target, "submit"):
+        return target.submit(spec, name=name, preset=preset, group_name=group_name, group_kind=group_kind)
+    if hasattr(target, "create_run"):
+        return target.create_run(spec, name=name, preset=preset, dataset=spec.data.name,
+                                 group_name=group_name, group_kind=group_kind)
+    raise TypeError(f"expected an Executor or a RunStore, got {type(target).__name__}")
+
+
+def launch_degradation_ladder(
+    target: Any,
+    depths: Sequence[int] = DEFAULT_DEPTHS,
+    *,
+    data: DataSpec,
+    train: TrainSpec,
+    group_name: str,
+    home=None,
+) -> dict[str, int]:
+    """Queue plain and residual twins for every depth as one ladder group; returns {net name: run id}.
+
+    Every run gets the same DataSpec and TrainSpec, hence the same data subset, batch order,
+    augmentation and seed; only the network differs.
+    """
+    if len(set(depths)) < 2:
+        raise WorkbenchError("a degradation ladder needs at least two different depths (for example 20 and 56)")
+    run_ids: dict[str, int] = {}
+    for depth in sorted(set(depths)):
+        for name, net in twin_nets(depth, home):
+            spec = RunSpec(net=net, data=data, train=train)
+            run_ids[name] = submit_run(target, spec, name=f"{name} ({group_name})", preset=name,
+                                       group_name=group_name, group_kind=LADDER)
+    logger.info("queued degradation ladder %s: %s", group_name, ", ".join(run_ids))
+    return run_ids
+
+
+@dataclass(frozen=True)
+class CurveRun:
+    """One run's curves as the degradation check needs them."""
+
+    name: str
+    depth: int
+    residual: bool
+    rows: Sequence[Any] = field(repr=False)
+
+    @classmethod
+    def from_spec(cls, name: str, spec: Mapping[str, Any], rows: Sequence[Any]) -> CurveRun:
+        """From a stored run spec (JSON) and its metric rows."""
+        net = NetSpec.model_validate(spec["net"])
+        return cls(name=name, depth=net.depth, residual=net.shortcut != "none", rows=rows)
+
+
+def _field(row: Any, name: str) -> Any:
+    return row[name] if isinstance(row, Mapping) else getattr(row, name)
+
+
+def metric_points(rows: Iterable[Any], split: str, name: str) -> list[tuple[int, float]]:
+    """(iteration, value) pairs of one metric, in iteration order, skipping missing values."""
+    points = [
+        (int(_field(row, "iteration")), float(_field(row, "value")))
+        for row in rows
+        if _field(row, "split") == split and _field(row, "name") == name and _field(row, "value") is not None
+    ]
+    return sorted(points)
+
+
+def smoothed_at(points: Sequence[tuple[int, float]], iteration: int, window: int) -> float | None:
+    """Mean of the values logged in (iteration - window, iteration]; the latest one before that if none."""
+    inside = [value for it, value in points if iteration - window < it <= iteration]
+    if inside:
+        return sum(inside) / len(inside)
+    earlier = [value for it, value in points if it <= iteration]
+    return earlier[-1] if earlier else None
+
+
+@dataclass
+class DegradationVerdict:
+    """Whether degradation shows, at which iteration, and the numbers behind the answer."""
+
+    observed: bool | None
+    verdict: str
+    explanation: str
+    iteration: int | None = None
+    window: int | None = None
+    train_errors: dict[str, float] = field(default_factory=dict)
+    degraded_pairs: list[dict[str, Any]] = field(default_factory=list)
+    residual_pairs: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _compare_pairs(runs: list[CurveRun], errors: dict[str, float], tolerance: float) -> list[dict[str, Any]]:
+    """Every (shallower, deeper) pair whose deeper net's training error is higher by more than `tolerance`."""
+    pairs = []
+    ordered = sorted(runs, key=lambda r: r.depth)
+    for i, shallow in enumerate(ordered):
+        for deep in ordered[i + 1:]:
+            if deep.depth > shallow.depth and errors[deep.name] > errors[shallow.name] + tolerance:
+                pairs.append({
+                    "shallow": shallow.name, "deep": deep.name,
+                    "shallow_error": errors[shallow.name], "deep_error": errors[deep.name],
+                    "gap": errors[deep.name] - errors[shallow.name],
+                })
+    return pairs
+
+
+def _smoothed_errors(
+    runs: list[CurveRun], curves: dict[str, list[tuple[int, float]]], window: int | None
+) -> tuple[int, int, dict[str, float]]:
+    """(last common iteration, window, smoothed training error per run) for runs compared together."""
+    common = min(curves[run.name][-1][0] for run in runs)
+    window = window or max(1, common // 10)
+    errors = {}
+    for run in runs:
+        value = smoothed_at(curves[run.name], common, window)
+        if value is not None:
+            errors[run.name] = value
+    return common, window, errors
+
+
+def degradation_observed(
+    runs: Sequence[CurveRun], *, tolerance: float = DEFAULT_TOLERANCE, window: int | None = None
+) -> DegradationVerdict:
+    """Is a deeper plain net's training error higher than a shallower one's at the same iteration?
+
+    Compares training error (%) smoothed over the trailing `window` iterations (default: a tenth
+    of the iterations compared) at the last iteration every plain run has reached. A gap above
+    `tolerance` percentage points counts. Residual runs are compared among themselves the same way
+    (at their own last common iteration) and reported alongside.
+    """
+    curves = {run.name: metric_points(run.rows, "train", "error") for run in runs}
+    plain = [run for run in runs if not run.residual and curves[run.name]]
+    residual = [run for run in runs if run.residual and curves[run.name]]
+    if len({run.depth for run in plain}) < 2:
+        return DegradationVerdict(
+            observed=None, verdict="not enough data",
+            explanation="Degradation needs training curves of plain nets of at least two depths; "
+                        f"{len(plain)} plain run(s) have logged training error so far.",
+        )
+    common, used_window, errors = _smoothed_errors(plain, curves, window)
+    degraded = _compare_pairs(plain, errors, tolerance)
+    table = ", ".join(f"{run.name} {errors[run.name]:.1f}%" for run in sorted(plain, key=lambda r: r.depth))
+    where = f"training error averaged over iterations {common - used_window + 1}-{common}: {table}."
+    if degraded:
+        worst = max(degraded, key=lambda pair: pair["gap"])
+        verdict = "degradation observed"
+        explanation = (
+            f"The deeper plain net {worst['deep']} trains worse than the shallower {worst['shallow']} "
+            f"({worst['deep_error']:.1f}% vs {worst['shallow_error']:.1f}% training error at iteration {common}); "
+            f"{where}"
+        )
+    else:
+        verdict = "no degradation observed"
+        explanation = f"No deeper plain net is more than {tolerance:g} points above a shallower one in {where}"
+    residual_degraded: list[dict[str, Any]] = []
+    if len({run.depth for run in residual}) >= 2:
+        res_common, _, res_errors = _smoothed_errors(residual, curves, window)
+        residual_degraded = _compare_pairs(residual, res_errors, tolerance)
+        errors.update(res_errors)
+        res_table = ", ".join(f"{run.name} {res_errors[run.name]:.1f}%" for run in sorted(residual, key=lambda r: r.depth))
+        if residual_degraded:
+            explanation += " Residual nets at iteration {}: {}; {}.".format(res_common, res_table, ", ".join(
+                f"{p['deep']} is above {p['shallow']}" for p in residual_degraded))
+        else:
+            explanation += f" Residual nets at iteration {res_common}: {res_table}; they do not degrade with depth."
+    return DegradationVerdict(
+        observed=bool(degraded), verdict=verdict, explanation=explanation, iteration=common, window=used_window,
+        train_errors=errors, degraded_pairs=degraded, residual_pairs=residual_degraded,
+    )
+
+
+def paper_reference_errors(depths: Iterable[int], home=None) -> dict[int, float]:
+    """{depth: CIFAR-10 test error (%)} of the paper's ResNets at these depths, from the presets."""
+    references = {}
+    for depth in depths:
+        try:
+            error = get_preset(f"resnet{depth}", home).reference_error
+        except PresetNotFound:
+            continue
+        if error is not None:
+            references[depth] = error
+    return references
+
+
+def load_curve_runs(store: Any, runs: Sequence[Any]) -> list[CurveRun]:
+    """Training and test error curves of stored runs (RunRecords), ready for the check and the figures."""
+    batches = store.fetch_metrics_since({run.id: 0 for run in runs}, names=["error"])
+    return [CurveRun.from_spec(run.preset or run.name, run.spec, batches[run.id].rows) for run in runs]
+
+
+def group_verdict(store: Any, group_name: str, **options: Any) -> tuple[list[CurveRun], DegradationVerdict]:
+    """The curves of a stored group's runs and the degradation verdict on them."""
+    runs = store.list_runs(group_name=group_name)
+    curves = load_curve_runs(store, list(reversed(runs)))
+    return curves, degradation_observed(curves, **options)

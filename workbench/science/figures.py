@@ -1,0 +1,225 @@
+"""Plotly figures for the science tools: plain data in, a figure out, nothing else touched.
+
+Figure 6 of He et al. 2015 (plain nets left, residual nets right, dashed training error, bold
+test error), error against depth with the paper's numbers as markers, lesion plots (Veit et al.
+2016, Fig. 3 and 5) and gradient-flow heatmaps and profiles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from workbench.science.degradation import CurveRun, metric_points, smoothed_at
+
+PALETTE = qualitative.Plotly
+HEIGHT = 420
+TEMPLATE = "plotly_white"
+TRAIN_DASH = "dash"
+TRAIN_WIDTH = 1.5
+TEST_WIDTH = 3.5
+
+
+def _thin(points: Sequence[tuple[int, float]], max_points: int) -> list[tuple[int, float]]:
+    """At most about `max_points` points, evenly strided, always keeping the last."""
+    if len(points) <= max_points:
+        return list(points)
+    stride = math.ceil(len(points) / max_points)
+    thinned = list(points[::stride])
+    if thinned[-1] != points[-1]:
+        thinned.append(points[-1])
+    return thinned
+
+
+def _depth_colors(runs: Sequence[CurveRun]) -> dict[int, str]:
+    return {depth: PALETTE[i % len(PALETTE)] for i, depth in enumerate(sorted({run.depth for run in runs}))}
+
+
+def _empty(message: str, height: int = HEIGHT) -> go.Figure:
+    figure = go.Figure()
+    figure.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    figure.update_layout(template=TEMPLATE, height=height, xaxis_visible=False, yaxis_visible=False)
+    return figure
+
+
+def figure6(runs: Sequence[CurveRun], *, title: str | None = None, max_points: int = 2000,
+            height: int = HEIGHT) -> go.Figure:
+    """Training (dashed) and test (bold) error against iteration: plain nets left, residual nets right."""
+    figure = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                           subplot_titles=("plain networks", "residual networks"))
+    colors = _depth_colors(runs)
+    for run in sorted(runs, key=lambda r: (r.residual, r.depth)):
+        column = 2 if run.residual else 1
+        for split, dash, width in (("train", TRAIN_DASH, TRAIN_WIDTH), ("test", "solid", TEST_WIDTH)):
+            points = _thin(metric_points(run.rows, split, "error"), max_points)
+            if not points:
+                continue
+            figure.add_trace(
+                go.Scatter(
+                    x=[p[0] for p in points], y=[p[1] for p in points], mode="lines",
+                    name=f"{run.name} {split} ({points[-1][1]:.1f}%)", legendgroup=run.name,
+                    line={"color": colors[run.depth], "dash": dash, "width": width},
+                    hovertemplate=f"{run.name} {split}<br>iteration %{{x}}<br>error %{{y:.2f}}%<extra></extra>",
+                ),
+                row=1, col=column,
+            )
+    figure.update_xaxes(title_text="iteration")
+    figure.update_yaxes(title_text="error (%)", row=1, col=1)
+    figure.update_layout(template=TEMPLATE, height=height, title=title,
+                         legend={"orientation": "h", "y": -0.2}, margin={"t": 60, "b": 40})
+    return figure
+
+
+def final_errors(run: CurveRun, window: int | None = None) -> dict[str, Any]:
+    """The run's last test error and its training error smoothed over the last tenth of its iterations."""
+    train = metric_points(run.rows, "train", "error")
+    test = metric_points(run.rows, "test", "error")
+    train_error = None
+    if train:
+        last = train[-1][0]
+        train_error = smoothed_at(train, last, window or max(1, last // 10))
+    return {"name": run.name, "depth": run.depth, "residual": run.residual, "train_error": train_error,
+            "test_error": test[-1][1] if test else None}
+
+
+def error_vs_depth(finals: Sequence[Mapping[str, Any]], references: Mapping[int, float] | None = None, *,
+                   reference_label: str = "ResNet, He et al. 2015 Table 6", height: int = HEIGHT) -> go.Figure:
+    """Final error against depth for plain and residual nets, with the paper's numbers as star markers."""
+    figure = go.Figure()
+    families = (("plain", False, PALETTE[1]), ("ResNet", True, PALETTE[0]))
+    for label, residual, color in families:
+        entries = sorted((f for f in finals if bool(f["residual"]) == residual), key=lambda f: f["depth"])
+        for split, dash, width in (("train", TRAIN_DASH, TRAIN_WIDTH), ("test", "solid", TEST_WIDTH)):
+            shown = [f for f in entries if f.get(f"{split}_error") is not None]
+            if not shown:
+                continue
+            figure.add_trace(go.Scatter(
+                x=[f["depth"] for f in shown], y=[f[f"{split}_error"] for f in shown], mode="lines+markers",
+                name=f"{label} {split}", line={"color": color, "dash": dash, "width": width},
+                text=[f["name"] for f in shown],
+                hovertemplate="%{text} " + split + "<br>depth %{x}<br>error %{y:.2f}%<extra></extra>",
+            ))
+    if references:
+        depths = sorted(references)
+        figure.add_trace(go.Scatter(
+            x=depths, y=[references[d] for d in depths], mode="markers", name=reference_label,
+            marker={"symbol": "star", "size": 13, "color": "black"},
+            hovertemplate="paper: depth %{x}, test error %{y:.2f}%<extra></extra>",
+        ))
+    depths_shown = sorted({f["depth"] for f in finals} | set(references or {}))
+    figure.update_layout(template=TEMPLATE, height=height, xaxis={"title": "depth (layers)", "tickvals": depths_shown},
+                         yaxis={"title": "error (%)", "rangemode": "tozero"}, legend={"orientation": "h", "y": -0.2})
+    return figure
+
+
+def _lesion_color(index: int) -> str:
+    return PALETTE[index % len(PALETTE)]
+
+
+def lesion_by_unit(studies: Sequence[tuple[str, Mapping[str, Any]]], *, height: int = HEIGHT) -> go.Figure:
+    """Test error with each single unit deleted, per study, against the intact net (dotted line)."""
+    if not studies:
+        return _empty("no lesion study yet", height)
+    figure = go.Figure()
+    for index, (label, study) in enumerate(studies):
+        color = _lesion_color(index)
+        single = study["single"]
+        units = [entry["unit"] for entry in single]
+        figure.add_trace(go.Scatter(
+            x=units, y=[entry["error"] for entry in single], mode="lines+markers", name=f"{label}: unit deleted",
+            line={"color": color, "width": 2},
+            marker={"symbol": ["diamond" if entry["kept"] != "identity" else "circle" for entry in single], "size": 8},
+            customdata=[[entry["stage"], entry["block"], entry["kept"]] for entry in single],
+            hovertemplate=(f"{label}<br>unit %{{x}} (stage %{{customdata[0]}}, block %{{customdata[1]}}, keeps "
+                           "%{customdata[2]})<br>error %{y:.2f}%<extra></extra>"),
+        ))
+        figure.add_trace(go.Scatter(
+            x=[min(units), max(units)], y=[study["baseline_error"]] * 2, mode="lines",
+            name=f"{label}: intact ({study['baseline_error']:.1f}%)", line={"color": color, "dash": "dot", "width": 1.5},
+            hoverinfo="skip",
+        ))
+    figure.update_layout(
+        template=TEMPLATE, height=height, title="Deleting one unit (diamonds: units that change the shape)",
+        xaxis={"title": "deleted unit (forward order)", "dtick": 1 if max(s["units"] for _, s in studies) <= 30 else None},
+        yaxis={"title": "test error (%)", "range": [0, 100]}, legend={"orientation": "h", "y": -0.2},
+    )
+    return figure
+
+
+def lesion_by_k(studies: Sequence[tuple[str, Mapping[str, Any]]], *, height: int = HEIGHT) -> go.Figure:
+    """Test error against the number of randomly deleted units: mean and spread of the draws (k = 0 is intact)."""
+    if not studies:
+        return _empty("no lesion study yet", height)
+    figure = go.Figure()
+    for index, (label, study) in enumerate(studies):
+        color = _lesion_color(index)
+        entries = study["random"]
+        ks = [0] + [entry["k"] for entry in entries]
+        means = [study["baseline_error"]] + [entry["mean"] for entry in entries]
+        spreads = [0.0] + [entry["std"] for entry in entries]
+        figure.add_trace(go.Scatter(
+            x=ks, y=means, mode="lines+markers", name=f"{label}: mean of draws", line={"color": color, "width": 2.5},
+            error_y={"type": "data", "array": spreads, "visible": True, "thickness": 1},
+            hovertemplate=f"{label}<br>%{{x}} units deleted<br>mean error %{{y:.2f}}%<extra></extra>",
+        ))
+        draws_x = [entry["k"] for entry in entries for _ in entry["errors"]]
+        draws_y = [error for entry in entries for error in entry["errors"]]
+        figure.add_trace(go.Scatter(
+            x=draws_x, y=draws_y, mode="markers", name=f"{label}: each draw", showlegend=False,
+            marker={"color": color, "size": 5, "opacity": 0.45}, hoverinfo="skip",
+        ))
+    figure.update_layout(template=TEMPLATE, height=height, title="Deleting k random units",
+                         xaxis={"title": "units deleted (k)", "dtick": 1}, yaxis={"title": "test error (%)", "range": [0, 100]},
+                         legend={"orientation": "h", "y": -0.2})
+    return figure
+
+
+def _log10(value: float | None) -> float | None:
+    return math.log10(value) if value is not None and value > 0 else None
+
+
+def gradient_heatmaps(panels: Sequence[tuple[str, Sequence[int], Sequence[int], Sequence[Sequence[float | None]]]],
+                      *, height: int = HEIGHT) -> go.Figure:
+    """log10 of the gradient norm at each unit's input (unit x iteration), one panel per run, one colour scale."""
+    panels = [panel for panel in panels if panel[1]]
+    if not panels:
+        return _empty("no gradient norms recorded (set grad_norm_every in the training recipe)", height)
+    figure = make_subplots(rows=1, cols=len(panels), shared_yaxes=False, horizontal_spacing=0.08,
+                           subplot_titles=[panel[0] for panel in panels])
+    logs = [[[_log10(v) for v in row] for row in panel[3]] for panel in panels]
+    finite = [v for z in logs for row in z for v in row if v is not None]
+    zmin, zmax = (min(finite), max(finite)) if finite else (None, None)
+    for column, ((label, iterations, units, _), z) in enumerate(zip(panels, logs, strict=True), start=1):
+        figure.add_trace(go.Heatmap(
+            x=list(iterations), y=list(units), z=z, zmin=zmin, zmax=zmax, colorscale="Viridis",
+            showscale=column == len(panels), colorbar={"title": "log10 norm"},
+            hovertemplate=f"{label}<br>iteration %{{x}}<br>unit %{{y}}<br>log10 norm %{{z:.2f}}<extra></extra>",
+        ), row=1, col=column)
+        figure.update_yaxes(title_text="unit (input side at the bottom)" if column == 1 else None, row=1, col=column)
+        figure.update_xaxes(title_text="iteration", row=1, col=column)
+    figure.update_layout(template=TEMPLATE, height=height, title="Gradient norm at each unit's input")
+    return figure
+
+
+def gradient_profile_chart(profiles: Sequence[tuple[str, Sequence[float | None]]], *, title: str | None = None,
+                           height: int = HEIGHT) -> go.Figure:
+    """Gradient norm at each unit's input for one batch (log scale), one line per network."""
+    if not profiles:
+        return _empty("no gradient profile yet", height)
+    figure = go.Figure()
+    for index, (label, norms) in enumerate(profiles):
+        figure.add_trace(go.Scatter(
+            x=list(range(1, len(norms) + 1)), y=list(norms), mode="lines+markers", name=label,
+            line={"color": _lesion_color(index), "width": 2},
+            hovertemplate=f"{label}<br>unit %{{x}}<br>norm %{{y:.3g}}<extra></extra>",
+        ))
+    figure.update_layout(template=TEMPLATE, height=height,
+                         title=title or "Gradient norm at each unit's input at initialization",
+                         xaxis={"title": "unit (forward order)"}, yaxis={"title": "||dL/dx||", "type": "log"},
+                         legend={"orientation": "h", "y": -0.2})
+    return figure
