@@ -142,3 +142,12 @@ def test_unit_input_gradient_norms_are_recorded_at_the_configured_interval(tiny_
     recorded = sorted({(r["iteration"], r["name"]) for r in sink.rows if r["name"].startswith("unit_grad/")})
     assert recorded == [(i, f"unit_grad/{u}") for i in (3, 6) for u in (1, 2, 3)]
     assert all(r["value"] > 0 for r in sink.rows if r["name"].startswith("unit_grad/"))
+
+
+def test_resuming_a_run_that_already_reached_its_budget_takes_no_extra_step(tiny_data, tmp_path):
+    fit(tiny_run(epochs=1), tmp_path, NullSink(), dataset=tiny_data)
+    before = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
+    again = fit(tiny_run(epochs=1), tmp_path, NullSink(), dataset=tiny_data)
+    assert again.status == "completed" and again.iteration == 8
+    after = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)

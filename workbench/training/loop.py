@@ -432,6 +432,8 @@ class _Trainer:
         log_every, eval_every = self.train.log_every, self.train.eval_every
         self.model.train()
         epoch_start = time.perf_counter()
+        if self.iteration >= self.total:
+            return "completed"
         while True:
             for images, labels in self.batches:
                 want_norms = (self.iteration + 1) % log_every == 0
