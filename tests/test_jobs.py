@@ -154,3 +154,16 @@ def test_cli_train_runs_and_lists_the_run(tmp_path):
     missing = cli(tmp_path, "export", "999", "--format", "onnx", "-o", str(tmp_path / "x.onnx"))
     _, err = missing.communicate(timeout=60)
     assert missing.returncode == 2 and "999" in err and "Traceback" not in err
+
+
+def test_on_start_runs_left_running_by_a_dead_session_resume_automatically(store, tmp_path):
+    run_id = store.create_run(tiny_spec(epochs=1), name="orphan")
+    store.claim_run(run_id, "worker-of-a-crashed-app")
+    time.sleep(1.0)
+    executor = LocalExecutor(store, db_url=database_url(tmp_path), workers=1, auto_resume=True, stale_after_s=0.5)
+    executor.start()
+    try:
+        wait_for(lambda: store.get_run(run_id).status == "completed", timeout=300, what="the orphaned run")
+    finally:
+        executor.shutdown()
+    assert store.get_run(run_id).worker_id != "worker-of-a-crashed-app"

@@ -81,8 +81,10 @@ class LocalExecutor(Executor):
         workers: int | None = None,
         auto_resume: bool = False,
         data_roots: list[Path] | None = None,
+        stale_after_s: float = STALE_AFTER_S,
     ) -> None:
         super().__init__(store)
+        self.stale_after_s = stale_after_s
         self.db_url = db_url
         self.worker_count = workers if workers is not None else default_worker_count()
         self.auto_resume = auto_resume
@@ -93,11 +95,10 @@ class LocalExecutor(Executor):
         self._lock = threading.Lock()
 
     def _worker_command(self, worker_id: str) -> list[str]:
-        command = [sys.executable, "-m", "workbench", "--home", str(self.store.home), "--db", self.db_url,
-                   "worker", "--worker-id", worker_id]
+        command = [sys.executable, "-m", "workbench", "--home", str(self.store.home), "--db", self.db_url]
         for root in self.data_roots:
             command += ["--data-root", str(root)]
-        return command
+        return command + ["worker", "--worker-id", worker_id]
 
     def _spawn(self) -> str:
         worker_id = f"local-{uuid.uuid4().hex[:8]}"
@@ -108,7 +109,7 @@ class LocalExecutor(Executor):
 
     def start(self) -> None:
         """Recover runs left running by a previous session, then start the workers and their watcher."""
-        for run_id in self.store.mark_stale_interrupted(STALE_AFTER_S):
+        for run_id in self.store.mark_stale_interrupted(self.stale_after_s):
             self._after_interruption(run_id)
         with self._lock:
             for _ in range(self.worker_count):
