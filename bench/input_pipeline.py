@@ -24,32 +24,15 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader
-from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.textbook import textbook_loader  # noqa: E402
 from workbench.data import TrainBatches, load_dataset  # noqa: E402
 from workbench.spec import DataSpec  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 log = logging.getLogger("bench.input_pipeline")
-
-
-class PilCifar(torch.utils.data.Dataset):
-    """What torchvision's CIFAR10 class does per item: a PIL image from an HWC uint8 array, then transforms."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
-        self.images = images.permute(0, 2, 3, 1).contiguous().numpy()
-        self.labels = labels.tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
 
 
 def load_cifar10():
@@ -88,22 +71,7 @@ def measure_ours(data, batch_size: int, device: str, epochs: int) -> float:
 
 
 def measure_reference(data, batch_size: int, workers: int, batches: int) -> float:
-    transform = transforms.Compose(
-        [
-            transforms.RandomCrop(32, padding=4),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(data.info.mean, data.info.std),
-        ]
-    )
-    loader = DataLoader(
-        PilCifar(data.train_images, data.train_labels, transform),
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=workers,
-        drop_last=True,
-        persistent_workers=False,
-    )
+    loader = textbook_loader(data, batch_size, workers)
     iterator = iter(loader)
     for _ in range(5):  # warm-up, includes worker start-up
         next(iterator)

@@ -29,10 +29,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from torchvision import transforms  # noqa: E402
 
+from bench.textbook import textbook_loader  # noqa: E402
 from workbench import build_model  # noqa: E402
 from workbench.data import load_dataset  # noqa: E402
 from workbench.spec import DataSpec, RunSpec, TrainSpec  # noqa: E402
@@ -41,21 +39,6 @@ from workbench.training.loop import resolve_channels_last, resolve_precision  # 
 
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 BATCH = 128
-
-
-class PilCifar(torch.utils.data.Dataset):
-    """CIFAR images as PIL images through a transform, the way torchvision's CIFAR10 class serves them."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
-        self.images = images.permute(0, 2, 3, 1).numpy()
-        self.labels = labels.tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
 
 
 def engine_images_per_s(net: str, dataset, iterations: int) -> tuple[float, str]:
@@ -73,15 +56,7 @@ def engine_images_per_s(net: str, dataset, iterations: int) -> tuple[float, str]
 
 
 def reference_images_per_s(net: str, dataset, iterations: int, workers: int) -> float:
-    mean, std = dataset.info.mean, dataset.info.std
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
-    loader = DataLoader(PilCifar(dataset.train_images, dataset.train_labels, transform), batch_size=BATCH,
-                        shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    loader = textbook_loader(dataset, BATCH, workers)
     torch.manual_seed(0)
     model = build_model(net).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
