@@ -1,0 +1,92 @@
+"""Shared fixtures: a real workbench server on a free port, and Debian's Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class ServedWorkbench:
+    """A workbench app served on 127.0.0.1: its URL and the app (store, executor, context)."""
+
+    url: str
+    app: object
+
+    @property
+    def store(self):
+        return self.app.store
+
+
+@pytest.fixture(scope="module")
+def serve_workbench() -> Iterator[Callable[..., ServedWorkbench]]:
+    """Start workbenches the way `python app.py` does (same flags); they stop after the test module."""
+    from app import parse_args
+    from workbench.ui.app import create_app, launch_options
+
+    started = []
+    environment = pytest.MonkeyPatch()
+    # One thread per worker: on a shared, busy CPU, torch's thread pool otherwise slows steps several-fold.
+    environment.setenv("OMP_NUM_THREADS", "1")
+
+    def start(home: Path, *flags: str) -> ServedWorkbench:
+        args = parse_args(["--home", str(home), "--port", str(free_port()), *flags])
+        app = create_app(args)
+        started.append(app)
+        app.demo.launch(**launch_options(args, app.context.home), prevent_thread_lock=True, quiet=True)
+        return ServedWorkbench(f"http://127.0.0.1:{args.port}/", app)
+
+    yield start
+    for app in started:
+        app.demo.close()
+        app.close()
+    environment.undo()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium under Playwright (skipped when /usr/bin/chromium is absent)."""
+    if not CHROMIUM.exists():
+        pytest.skip("browser tests need Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium):
+    """A fresh browser page that may only reach 127.0.0.1."""
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("http://127.0.0.1")
+               else route.abort())
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests leave screenshots and other files worth looking at (gitignored)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

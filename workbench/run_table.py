@@ -1,0 +1,64 @@
+"""The runs table as text cells: what the Runs tab shows for each stored run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from storage import RunRecord
+
+RUN_TABLE_COLUMNS = [
+    "id", "name", "preset", "dataset", "status", "progress", "epoch", "best test err", "last test err",
+    "images/s", "device", "started", "duration",
+]
+
+
+def format_duration(seconds: float | None) -> str:
+    """"42 s", "3 min 05 s", "2 h 07 min"; empty for None."""
+    if seconds is None:
+        return ""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _percent(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}%"
+
+
+def run_duration(run: RunRecord, now: datetime | None = None) -> float | None:
+    """Seconds from start to finish, or to `now` while the run is going."""
+    if run.started_at is None:
+        return None
+    end = run.finished_at if run.finished_at is not None and run.status != "running" else now or datetime.now(UTC)
+    return (end - run.started_at).total_seconds()
+
+
+def run_row(run: RunRecord, now: datetime | None = None) -> list[str | int]:
+    """The table cells of one run, in RUN_TABLE_COLUMNS order."""
+    total = run.total_iterations
+    progress = f"{100 * run.iteration / total:.0f}% ({run.iteration}/{total})" if total else ""
+    started = run.started_at.astimezone().strftime("%Y-%m-%d %H:%M") if run.started_at else ""
+    return [
+        run.id, run.name, run.preset or "custom", run.dataset or "", run.status, progress,
+        "" if run.epoch is None else f"{run.epoch:.1f}",
+        _percent(run.best_test_error), _percent(run.last_test_error),
+        "" if run.images_per_s is None else f"{run.images_per_s:,.0f}",
+        run.device or "", started, format_duration(run_duration(run, now)),
+    ]
+
+
+def run_rows(runs: Sequence[RunRecord], now: datetime | None = None) -> list[list[str | int]]:
+    """Table cells of several runs."""
+    now = now or datetime.now(UTC)
+    return [run_row(run, now) for run in runs]
+
+
+def run_label(run: RunRecord) -> str:
+    """How a run is named in pickers: "#12 resnet20" (no status, so a picked entry keeps its label)."""
+    return f"#{run.id} {run.name}"
