@@ -236,6 +236,20 @@ def cmd_lesion(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from workbench.science.reproduction import ReproductionConfig, reproduce
+
+    config = ReproductionConfig(
+        **({"data_path": args.data} if args.data else {}), per_class_cap=args.per_class_cap, iterations=args.iterations, depths=tuple(args.depths),
+        lesion_images=args.lesion_images, lesion_draws=args.lesion_draws, lesion_max_k=args.lesion_max_k,
+        group_name=args.group,
+    )
+    result = reproduce(home_dir(args.home), args.docs, config)
+    print(f"{result.verdict['verdict']}: {result.verdict['explanation']}")
+    print(f"report: {result.report}")
+    return 0
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, help="network preset (see `presets`)")
     parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "cifar10", "cifar100", "folder"])
@@ -326,6 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     lesion.add_argument("--checkpoint", choices=["best", "last"], default="best")
     lesion.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     lesion.set_defaults(handler=cmd_lesion)
+    reproduce = commands.add_parser(
+        "reproduce", help="train a plain/residual depth ladder on CIFAR-10, lesion it, write docs/reproduction.md")
+    reproduce.add_argument("--data", type=Path, default=None, help="CIFAR-10 archive (default ../shared/data)")
+    reproduce.add_argument("--docs", type=Path, default=Path("docs"), help="where the report and figures go")
+    reproduce.add_argument("--per-class-cap", type=int, default=500)
+    reproduce.add_argument("--iterations", type=int, default=160)
+    reproduce.add_argument("--depths", type=int, nargs="+", default=[20, 56])
+    reproduce.add_argument("--lesion-images", type=int, default=1000)
+    reproduce.add_argument("--lesion-draws", type=int, default=2)
+    reproduce.add_argument("--lesion-max-k", type=int, default=8)
+    reproduce.add_argument("--group", default=None, help="ladder group name (default from the subset and budget)")
+    reproduce.set_defaults(handler=cmd_reproduce)
     return parser
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -95,3 +96,34 @@ def initial_gradient_profile(
     """Per-unit input gradient norms of `net` freshly initialised with `seed` (as `fit` does), on one batch."""
     torch.manual_seed(seed)
     return gradient_profile(ResNet(net), images, labels)
+
+
+def initial_profiles_of_runs(
+    store: Any, run_ids: Sequence[int], *, batch_size: int = 128, allowed_roots: list[Path] | None = None
+) -> list[tuple[int, list[float | None]]]:
+    """(run id, per-unit input gradient norms at initialization) for stored runs.
+
+    Each net is initialised with its run's seed, as `fit` does, and sees the first `batch_size`
+    training images of its run's dataset, normalised without augmentation. Each distinct DataSpec
+    is loaded once.
+    """
+    from workbench.data import eval_batches, load_dataset
+    from workbench.spec import RunSpec
+    from workbench.training.loop import adapt_net_to_data
+
+    loaded: dict[str, tuple[Any, torch.Tensor, torch.Tensor]] = {}
+    profiles = []
+    for run_id in run_ids:
+        spec = RunSpec.model_validate(store.get_run(run_id).spec)
+        key = spec.data.model_dump_json()
+        if key not in loaded:
+            dataset = load_dataset(spec.data, home=store.home, allowed_roots=allowed_roots)
+            images, labels = next(eval_batches(
+                dataset.train_images[:batch_size], dataset.train_labels[:batch_size], batch_size,
+                mean=dataset.info.mean, std=dataset.info.std, device="cpu",
+            ))
+            loaded[key] = (dataset, images, labels)
+        dataset, images, labels = loaded[key]
+        net = adapt_net_to_data(spec.net, dataset)
+        profiles.append((run_id, initial_gradient_profile(net, images, labels, seed=spec.train.seed)))
+    return profiles

@@ -1,0 +1,395 @@
+"""A reproduction made by the tool itself: train a plain/residual depth ladder through the store and a
+worker, lesion the deepest pair, and write PNG figures plus `reproduction.md` with the numbers.
+
+Run it with `python -m workbench --home DIR reproduce ...`; running it again with the same home and
+group reuses the trained runs and stored lesion studies and only redraws what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import torch
+
+from storage.status import COMPLETED, INTERRUPTED, QUEUED
+from workbench.errors import WorkbenchError
+from workbench.jobs.worker import run_worker
+from workbench.models import ResNet
+from workbench.models.analysis import count_parameters
+from workbench.science.degradation import (
+    CurveRun,
+    degradation_observed,
+    launch_degradation_ladder,
+    load_curve_runs,
+    paper_reference_errors,
+)
+from workbench.science.figures import (
+    error_vs_depth,
+    figure6,
+    final_errors,
+    gradient_heatmaps,
+    gradient_profile_chart,
+    lesion_by_k,
+    lesion_by_unit,
+)
+from workbench.science.gradient_flow import initial_profiles_of_runs, unit_gradient_matrix
+from workbench.science.lesion import ANALYSIS_KIND, run_lesion_study
+from workbench.spec import DataSpec, RunSpec, TrainSpec
+from workbench.training.loop import cpu_has_native_bf16
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
+FIGURE_SIZE = (1100, 460)
+PAPER_ITERATIONS = 64000
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@dataclass
+class ReproductionConfig:
+    """The subset, budget and lesion settings of one reproduction."""
+
+    data_path: Path = DEFAULT_DATA
+    per_class_cap: int = 500
+    iterations: int = 160
+    batch_size: int = 128
+    depths: tuple[int, ...] = (20, 56)
+    log_every: int = 5
+    grad_norm_every: int = 10
+    seed: int = 0
+    lesion_images: int = 1000
+    lesion_draws: int = 2
+    lesion_max_k: int = 8
+    group_name: str | None = None
+    profile_batch: int = 128
+
+    def __post_init__(self) -> None:
+        if self.group_name is None:
+            self.group_name = f"degradation-cifar10-cap{self.per_class_cap}-it{self.iterations}"
+
+    def data(self) -> DataSpec:
+        return DataSpec(name="cifar10", path=str(Path(self.data_path).resolve()), per_class_cap=self.per_class_cap,
+                        seed=self.seed)
+
+    def train(self) -> TrainSpec:
+        return TrainSpec(iterations=self.iterations, batch_size=self.batch_size, log_every=self.log_every,
+                         grad_norm_every=self.grad_norm_every, seed=self.seed)
+
+
+@dataclass
+class Reproduction:
+    """What a reproduction produced: run ids, curves, lesion results, figure files, the report."""
+
+    config: ReproductionConfig
+    run_ids: dict[str, int]
+    curves: list[CurveRun]
+    verdict: dict[str, Any]
+    finals: list[dict[str, Any]]
+    lesions: dict[str, dict[str, Any]]
+    figures: dict[str, Path] = field(default_factory=dict)
+    report: Path | None = None
+
+
+def write_png(figure: go.Figure, path: Path, width: int = FIGURE_SIZE[0], height: int = FIGURE_SIZE[1]) -> Path:
+    """Render a Plotly figure to PNG: kaleido when installed, else Playwright driving Debian's Chromium."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure = go.Figure(figure).update_layout(width=width, height=height)
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        logger.info("kaleido is not installed; rendering %s through Playwright and Chromium", path.name)
+    else:
+        figure.write_image(path, width=width, height=height, scale=1)
+        return path
+    from playwright.sync_api import sync_playwright
+
+    html = figure.to_html(include_plotlyjs="inline", full_html=True, config={"staticPlot": True})
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width + 40, "height": height + 40})
+            page.route("**/*", lambda route: route.abort() if not route.request.url.startswith(("data:", "about:"))
+                       else route.continue_())
+            page.set_content(html)
+            page.wait_for_selector(".main-svg")
+            page.locator(".plotly-graph-div").first.screenshot(path=str(path))
+        finally:
+            browser.close()
+    return path
+
+
+def _group_runs(store: Any, config: ReproductionConfig) -> dict[str, int]:
+    """The group's runs by preset name, queuing the ladder first when the group is new."""
+    runs = store.list_runs(group_name=config.group_name)
+    if not runs:
+        return launch_degradation_ladder(store, config.depths, data=config.data(), train=config.train(),
+                                         group_name=config.group_name)
+    expected = (config.data(), config.train())
+    for run in runs:
+        spec = RunSpec.model_validate(run.spec)
+        if (spec.data, spec.train) != expected:
+            raise WorkbenchError(
+                f"group {config.group_name!r} in {store.home} was trained with other settings (run {run.id}); "
+                "use another --group or the same subset and budget"
+            )
+    return {run.preset: run.id for run in reversed(runs)}
+
+
+def train_ladder(store: Any, config: ReproductionConfig) -> dict[str, int]:
+    """Queue (if needed) and train the ladder with an in-process worker; resumes interrupted runs."""
+    run_ids = _group_runs(store, config)
+    for run_id in run_ids.values():
+        if store.get_run(run_id).status == INTERRUPTED:
+            store.transition(run_id, QUEUED)
+    pending = [name for name, run_id in run_ids.items() if store.get_run(run_id).status != COMPLETED]
+    if pending:
+        logger.info("training %s (%d iterations each)", ", ".join(pending), config.iterations)
+        run_worker(store, exit_when_idle=True)
+    failed = {name: store.get_run(run_id) for name, run_id in run_ids.items()
+              if store.get_run(run_id).status != COMPLETED}
+    if failed:
+        details = "; ".join(f"{name}: {run.status} {run.error_message or ''}".strip() for name, run in failed.items())
+        raise WorkbenchError(f"not every run of the ladder completed ({details})")
+    return run_ids
+
+
+def lesion_params(config: ReproductionConfig) -> dict[str, Any]:
+    return {"draws": config.lesion_draws, "max_k": config.lesion_max_k, "limit_images": config.lesion_images,
+            "seed": config.seed}
+
+
+def ensure_lesion(store: Any, run_id: int, config: ReproductionConfig) -> tuple[dict[str, Any], float | None]:
+    """(the stored lesion result with this config's settings, seconds spent if it was computed now)."""
+    wanted = lesion_params(config)
+    for analysis in reversed(store.list_analyses(run_id, ANALYSIS_KIND)):
+        if all(analysis.params.get(key) == value for key, value in wanted.items()):
+            return analysis.result, None
+    start = time.perf_counter()
+    _, result = run_lesion_study(store, run_id, draws=config.lesion_draws, max_k=config.lesion_max_k,
+                                 limit_images=config.lesion_images, seed=config.seed)
+    return result, time.perf_counter() - start
+
+
+def _duration(run: Any) -> float | None:
+    if run.started_at is None or run.finished_at is None:
+        return None
+    return (run.finished_at - run.started_at).total_seconds()
+
+
+def regenerate_command(home: Path, config: ReproductionConfig) -> str:
+    """The command line that regenerates this reproduction."""
+    try:
+        shown_home = home.resolve().relative_to(PROJECT_ROOT)
+    except ValueError:
+        shown_home = home
+    parts = [".venv/bin/python", "-m", "workbench", "--home", str(shown_home), "reproduce",
+             "--data", _shown_path(config.data_path), "--per-class-cap", str(config.per_class_cap),
+             "--iterations", str(config.iterations), "--depths", *map(str, config.depths),
+             "--lesion-images", str(config.lesion_images), "--lesion-draws", str(config.lesion_draws),
+             "--lesion-max-k", str(config.lesion_max_k)]
+    if config.group_name != ReproductionConfig(per_class_cap=config.per_class_cap, iterations=config.iterations).group_name:
+        parts += ["--group", config.group_name]
+    return shlex.join(parts)
+
+
+def _shown_path(path: Path) -> str:
+    """A path relative to the project root when that is shorter (as the docs show it)."""
+    return os.path.relpath(Path(path).resolve(), PROJECT_ROOT)
+
+
+def reproduce(home: Path, docs_dir: Path, config: ReproductionConfig) -> Reproduction:
+    """Train, lesion, draw and report; see the module docstring."""
+    from storage import open_store
+
+    with open_store(home) as store:
+        run_ids = train_ladder(store, config)
+        runs = [store.get_run(run_id) for run_id in run_ids.values()]
+        curves = load_curve_runs(store, runs)
+        verdict = degradation_observed(curves).to_dict()
+        finals = [final_errors(curve) for curve in curves]
+        deepest = max(config.depths)
+        lesion_names = [f"resnet{deepest}", f"plain{deepest}"]
+        lesions, lesion_seconds = {}, {}
+        for name in lesion_names:
+            lesions[name], lesion_seconds[name] = ensure_lesion(store, run_ids[name], config)
+        profile_names = [f"plain{deepest}", f"resnet{deepest}"]
+        profiles = [(name, norms) for name, (_, norms) in zip(profile_names, initial_profiles_of_runs(
+            store, [run_ids[name] for name in profile_names], batch_size=config.profile_batch), strict=True)]
+        gradient_rows = store.fetch_metrics_since(
+            {run_ids[name]: 0 for name in lesion_names},
+            names=[f"unit_grad/{k}" for k in range(1, len(lesions[lesion_names[0]]["single"]) + 1)],
+        )
+        heat_panels = [(name, *unit_gradient_matrix(gradient_rows[run_ids[name]].rows))
+                       for name in reversed(lesion_names)]
+        parameters = {run.preset: count_parameters(ResNet(RunSpec.model_validate(run.spec).net))[0] for run in runs}
+        figure_files = {
+            "figure6": write_png(figure6(curves, title="Training (dashed) and test (bold) error"),
+                                 docs_dir / "figures" / "degradation_curves.png"),
+            "error_vs_depth": write_png(error_vs_depth(finals, paper_reference_errors(config.depths)),
+                                        docs_dir / "figures" / "error_vs_depth.png"),
+            "lesion_by_unit": write_png(lesion_by_unit([(name, lesions[name]) for name in lesion_names]),
+                                        docs_dir / "figures" / "lesion_by_unit.png"),
+            "lesion_by_k": write_png(lesion_by_k([(name, lesions[name]) for name in lesion_names]),
+                                     docs_dir / "figures" / "lesion_by_k.png"),
+            "gradient_profile": write_png(gradient_profile_chart(profiles), docs_dir / "figures" / "gradient_profile_init.png"),
+            "gradient_heatmap": write_png(gradient_heatmaps(heat_panels), docs_dir / "figures" / "gradient_heatmap.png"),
+        }
+        report = docs_dir / "reproduction.md"
+        report.write_text(render_report(
+            home=home, config=config, runs=runs, finals=finals, verdict=verdict, lesions=lesions,
+            lesion_seconds=lesion_seconds, parameters=parameters, profiles=profiles, figures=figure_files,
+            docs_dir=docs_dir, dataset_counts=_dataset_counts(store, runs[0].id),
+        ))
+    logger.info("reproduction written to %s", report)
+    return Reproduction(config=config, run_ids=run_ids, curves=curves, verdict=verdict, finals=finals,
+                        lesions=lesions, figures=figure_files, report=report)
+
+
+def _dataset_counts(store: Any, run_id: int) -> dict[str, int]:
+    from workbench.training import load_checkpoint
+
+    state = load_checkpoint(store.run_dir(run_id) / "checkpoints" / "last.pt")
+    return dict(state["dataset"]["counts"])
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def render_report(*, home: Path, config: ReproductionConfig, runs: list, finals: list[dict], verdict: dict,
+                  lesions: dict[str, dict], lesion_seconds: dict[str, float | None], parameters: dict[str, int],
+                  profiles: list[tuple[str, list]], figures: dict[str, Path], docs_dir: Path,
+                  dataset_counts: dict[str, int]) -> str:
+    """The Markdown report: setup, numbers, verdicts, figures and the regenerating command."""
+    by_name = {final["name"]: final for final in finals}
+    train_images = dataset_counts.get("train", 0)
+    epochs = config.iterations * config.batch_size / train_images if train_images else float("nan")
+    first = runs[0]
+    device = first.device or "cpu"
+    total_train = sum(filter(None, (_duration(run) for run in runs)))
+    references = paper_reference_errors(config.depths)
+
+    def rel(path: Path) -> str:
+        return os.path.relpath(path, docs_dir)
+
+    lines = [
+        "# Reproduction: degradation and lesion study on this CPU",
+        "",
+        "Generated by the workbench itself (`workbench/science/reproduction.py`): the runs were queued in a run store,",
+        "trained by a workbench worker with the engine's `fit`, lesioned with `workbench.science.lesion`, and the",
+        "figures are the same Plotly charts the Analysis tab shows, saved as PNG. Every number below is read from",
+        "the store; nothing was edited by hand.",
+        "",
+        "## Setup",
+        "",
+        f"- **Data:** CIFAR-10 from `../shared/data/cifar-10-python.tar.gz`, at most {config.per_class_cap} images per "
+        f"class (DataSpec `per_class_cap`, seed {config.seed}): {dataset_counts.get('train')} training and "
+        f"{dataset_counts.get('test')} test images. That copy was re-encoded through JPEG (see its README), so "
+        "absolute errors are not comparable with the paper.",
+        f"- **Budget:** {config.iterations} iterations of batch {config.batch_size} (about {epochs:.1f} epochs of the "
+        "subset) per network, the paper's recipe otherwise (SGD, momentum 0.9, weight decay 1e-4, learning rate 0.1 "
+        "divided by 10 at 50% and 75% of the budget, flip + 4-pixel-pad crop augmentation). The paper trains for "
+        f"{PAPER_ITERATIONS:,} iterations ({PAPER_ITERATIONS / config.iterations:,.0f} times as many) on 45k of the 50k "
+        "training images.",
+        f"- **Networks:** {', '.join(run.preset for run in runs)} (option A shortcuts for the ResNets), identical data "
+        "order and seed for every run (one ladder group).",
+        f"- **Machine:** {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, device "
+        f"`{device}` (native bf16: {cpu_has_native_bf16()}); the two cores were shared with other work, so times "
+        f"are indicative. Training took {_minutes(total_train)} in total.",
+        f"- **Regenerate:** `{regenerate_command(home, config)}` (reuses the stored runs of group "
+        f"`{config.group_name}` in that home; use a fresh `--home` to retrain).",
+        "",
+        "## Degradation (He et al. 2015, Fig. 6)",
+        "",
+        f"**Verdict: {verdict['verdict']}.** {verdict['explanation']}",
+        "",
+        "| network | params | training error (last tenth, %) | final test error (%) | best test error (%) | "
+        "paper test error (%) | train time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in sorted(runs, key=lambda r: (RunSpec.model_validate(r.spec).net.shortcut != "none",
+                                           RunSpec.model_validate(r.spec).net.depth)):
+        final = by_name[run.preset]
+        depth = final["depth"]
+        paper = _fmt(references.get(depth), 2) if final["residual"] else "-"
+        lines.append(
+            f"| {run.preset} | {parameters[run.preset]:,} | {_fmt(final['train_error'])} | {_fmt(final['test_error'])} | "
+            f"{_fmt(run.best_test_error)} | {paper} | {_minutes(_duration(run))} |"
+        )
+    lines += [
+        "",
+        f"![Figure 6 layout: plain nets left, residual nets right]({rel(figures['figure6'])})",
+        "",
+        f"![Error against depth with the paper's ResNet numbers as stars]({rel(figures['error_vs_depth'])})",
+        "",
+        "## Lesion study (Veit et al. 2016)",
+        "",
+        f"Each unit of the trained {', '.join(lesions)} deleted in turn (a residual unit keeps only its shortcut; a "
+        "plain unit becomes the identity, or option A's subsample + zero-pad where it changes the shape), then k "
+        f"random units deleted for k = 1..{config.lesion_max_k} ({config.lesion_draws} seeded draws each), on "
+        f"{config.lesion_images} test images of the subset.",
+        "",
+        "| network | intact error (%) | mean error, one unit deleted (%) | worst single deletion (%) | "
+        + " | ".join(f"k={entry['k']}" for entry in next(iter(lesions.values()))["random"]) + " | time |",
+        "|---|---|---|---|" + "---|" * len(next(iter(lesions.values()))["random"]) + "---|",
+    ]
+    for name, study in lesions.items():
+        single = [entry["error"] for entry in study["single"]]
+        worst = max(study["single"], key=lambda entry: entry["error"])
+        lines.append(
+            f"| {name} | {_fmt(study['baseline_error'])} | {_fmt(sum(single) / len(single))} | "
+            f"{_fmt(worst['error'])} (unit {worst['unit']}, keeps {worst['kept']}) | "
+            + " | ".join(_fmt(entry["mean"]) for entry in study["random"])
+            + f" | {_minutes(lesion_seconds.get(name)) if lesion_seconds.get(name) else 'stored'} |"
+        )
+    lines += [
+        "",
+        f"![Error with one unit deleted]({rel(figures['lesion_by_unit'])})",
+        "",
+        f"![Error with k random units deleted]({rel(figures['lesion_by_k'])})",
+        "",
+        "## Gradient flow",
+        "",
+        f"Gradient norm at each unit's input, at initialization (one batch of {config.profile_batch} training images, "
+        f"same seed as the runs) and during training (recorded every {config.grad_norm_every} iterations by the engine).",
+        "",
+        "| network | norm at unit 1 | norm at the last unit | ratio first/last |",
+        "|---|---|---|---|",
+    ]
+    for name, norms in profiles:
+        values = [n for n in norms if n is not None]
+        if values:
+            lines.append(f"| {name} (init) | {values[0]:.3g} | {values[-1]:.3g} | {values[0] / values[-1]:.3g} |")
+    lines += [
+        "",
+        f"![Gradient norm per unit at initialization]({rel(figures['gradient_profile'])})",
+        "",
+        f"![Gradient norm per unit during training]({rel(figures['gradient_heatmap'])})",
+        "",
+        "## Caveats",
+        "",
+        "- A short budget on a subset: these curves show the start of training, where the paper's Fig. 6 already",
+        "  separates the plain nets; they say nothing about final accuracies, and the errors are far above the",
+        "  paper's.",
+        "- One seed per network; differences of a point or two are within run-to-run noise at this budget.",
+        "- Lesion errors use a seeded subset of test images; the per-unit curve has a few points of sampling noise.",
+        "",
+        "Settings as recorded: `" + str({**asdict(config), "data_path": _shown_path(config.data_path)}) + "`",
+        "",
+    ]
+    return "\n".join(lines)
