@@ -12,7 +12,7 @@ import subprocess
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -32,6 +32,9 @@ from workbench.science.gradient_flow import UNIT_GRAD_PREFIX, initial_profiles_o
 from workbench.science.jobs import start_lesion_job
 from workbench.science.lesion import ANALYSIS_KIND, DEFAULT_DRAWS, DEFAULT_MAX_K
 from workbench.spec import NetSpec
+
+if TYPE_CHECKING:
+    from workbench.ui.context import WorkbenchContext
 
 REFRESH_SECONDS = 3.0
 DEFAULT_LESION_IMAGES = 1000
@@ -76,7 +79,7 @@ class LesionJobs:
     jobs: dict[int, LesionJob] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self, ctx: Any, run_id: int, *, draws: int, max_k: int, limit_images: int | None) -> LesionJob:
+    def start(self, ctx: WorkbenchContext, run_id: int, *, draws: int, max_k: int, limit_images: int | None) -> LesionJob:
         """Start a lesion study of a completed run, unless one is already running for it."""
         run = ctx.store.get_run(run_id)
         if run.status != COMPLETED:
@@ -150,7 +153,7 @@ def gradient_view(store: Any, run_ids: Sequence[int]) -> Any:
     return gradient_heatmaps([(run_title(run), *unit_gradient_matrix(batches[run.id].rows)) for run in runs])
 
 
-def profile_view(ctx: Any, run_ids: Sequence[int]) -> Any:
+def profile_view(ctx: WorkbenchContext, run_ids: Sequence[int]) -> Any:
     """Per-unit input gradient norms at initialization of the runs' nets, on a batch of their data."""
     ids = [int(run_id) for run_id in run_ids]
     if not ids:
@@ -171,7 +174,7 @@ def degradation_view(store: Any, group: str | None) -> tuple[str, Any, Any]:
     return text, figure6(curves, title=group), error_vs_depth(finals, references)
 
 
-def build_analysis_tab(ctx: Any, demo: gr.Blocks | None = None, jobs: LesionJobs | None = None) -> LesionJobs:
+def build_analysis_tab(ctx: WorkbenchContext, demo: gr.Blocks | None = None, jobs: LesionJobs | None = None) -> LesionJobs:
     """Create the Analysis tab inside the current Blocks; returns the registry of its lesion jobs."""
     jobs = jobs or LesionJobs()
     bound = functools.partial

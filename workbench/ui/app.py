@@ -18,6 +18,7 @@ from storage import RunStore, open_store  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
 from workbench.jobs import LocalExecutor  # noqa: E402
 from workbench.paths import database_url, home_dir  # noqa: E402
+from workbench.ui.analysis_tab import build_analysis_tab  # noqa: E402
 from workbench.ui.build_tab import build_tab  # noqa: E402
 from workbench.ui.compare_tab import compare_tab  # noqa: E402
 from workbench.ui.context import WorkbenchContext  # noqa: E402
@@ -90,6 +91,7 @@ def build_ui(ctx: WorkbenchContext) -> gr.Blocks:
             runs_tab(ctx, demo)
             compare_tab(ctx, demo, launched)
             export_tab(ctx, demo)
+            build_analysis_tab(ctx, demo)
     return demo
 
 
