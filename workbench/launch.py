@@ -244,7 +244,12 @@ def residual_counterpart(net: NetSpec, presets: Sequence[Preset] = ()) -> NetSpe
     channels = [net.widths[0], *(w * expansion for w in net.widths)]
     can_pad = all(b >= a for a, b in zip(channels, channels[1:], strict=False))
     shortcut = "A" if net.family == "cifar" and can_pad else "B"
-    name = f"resnet{net.name.removeprefix('plain').lstrip('-')}" if net.name.startswith("plain") else f"res-{net.name}"
+    if net.name.startswith("plain-"):
+        name = net.name.removeprefix("plain-")
+    elif net.name.startswith("plain"):
+        name = f"resnet{net.name.removeprefix('plain')}"
+    else:
+        name = f"res-{net.name}"
     return _renamed(net, name, presets, shortcut=shortcut)
 
 

@@ -74,7 +74,7 @@ def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis
 
     Nothing is redrawn when the selection and options are what is already shown and no rows arrived.
     """
-    wanted = [int(run_id) for run_id in run_ids or []]
+    wanted = [int(run_id) for run_id in run_ids or [] if str(run_id).isdigit()]
     drawn = (tuple(wanted), metric, x_axis, smoothing, bool(log_y))
     if drawn == view.drawn and not view.cache.refresh(ctx.store):
         return gr.skip(), gr.skip(), gr.skip()
@@ -101,7 +101,8 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
         with gr.Row():
             group = gr.Dropdown([("(none)", NO_GROUP)], value=NO_GROUP, label="Group", elem_id="compare-group",
                                 scale=2)
-            runs = gr.Dropdown([], value=[], multiselect=True, label="Runs", elem_id="compare-runs", scale=3)
+            runs = gr.Dropdown([], value=[], multiselect=True, label="Runs", elem_id="compare-runs", scale=3,
+                               allow_custom_value=True)
         with gr.Row():
             metric = gr.Radio(["error", "loss"], value="error", label="Metric")
             x_axis = gr.Radio(["iterations", "epochs"], value="iterations", label="x axis")

@@ -38,11 +38,13 @@ def run_choices(ctx: WorkbenchContext):
     return gr.update(choices=[(run_label(run), run.id) for run in exportable_runs(ctx)])
 
 
-def prepare_export(ctx: WorkbenchContext, run_id: int | None, which: str, fmt: str):
+def prepare_export(ctx: WorkbenchContext, run_id: int | str | None, which: str, fmt: str):
     """Export the run's checkpoint into the exports folder; returns (message, download button)."""
     hidden = gr.update(visible=False)
-    if run_id is None:
+    if run_id in (None, ""):
         return "Pick a run with a checkpoint first.", hidden
+    if not str(run_id).isdigit():
+        return f"**Not exported:** {run_id!r} is not a run id; pick a run from the list.", hidden
     try:
         run = ctx.store.get_run(int(run_id))
         checkpoint = checkpoint_file(ctx, run.id, which)
@@ -62,7 +64,8 @@ def export_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
     """Create the Export tab inside the current Blocks."""
     bound = functools.partial
     with gr.Tab("Export", id="export") as tab:
-        run = gr.Dropdown([], value=None, label="Run (with a checkpoint)", elem_id="export-run")
+        run = gr.Dropdown([], value=None, label="Run (with a checkpoint)", elem_id="export-run",
+                          allow_custom_value=True)
         with gr.Row():
             which = gr.Radio(list(CHECKPOINT_FILES), value="best", label="Checkpoint")
             fmt = gr.Radio([(f"{name}: {spec.description}", name) for name, spec in EXPORT_FORMATS.items()],

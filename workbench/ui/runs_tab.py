@@ -59,20 +59,22 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
         return (pd.DataFrame(rows, columns=RUN_TABLE_COLUMNS), rows, gr.update(choices=run_choices(runs)),
                 *details)
 
-    def show_run(run_id: int | None):
-        if run_id is None:
+    def show_run(run_id: int | str | None):
+        if run_id in (None, ""):
             return "", gr.update(value="", visible=False), "", "", ""
         try:
             run = ctx.store.get_run(int(run_id))
-        except WorkbenchError as exc:
+        except (ValueError, WorkbenchError) as exc:
             return str(exc), gr.update(value="", visible=False), "", "", ""
         return run_details(run), _traceback(run), json.dumps(run.spec, indent=2), run.name, run.notes
 
-    def act(action, run_id: int | None, *args) -> tuple:
-        if run_id is None:
+    def act(action, run_id: int | str | None, *args) -> tuple:
+        if run_id in (None, ""):
             return ("Pick a run first.", *list_runs())
         try:
             message = action(int(run_id), *args)
+        except ValueError:
+            message = f"**Not done:** {run_id!r} is not a run id; pick a run from the list."
         except WorkbenchError as exc:
             message = f"**Not done:** {exc}"
         return (message, *list_runs())
@@ -110,7 +112,7 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
         table = gr.Dataframe(headers=RUN_TABLE_COLUMNS, interactive=False, wrap=True, elem_id="runs-table",
                              label="Runs (click a row to pick it)", max_height=420)
         with gr.Row():
-            picker = gr.Dropdown([], value=None, label="Run", elem_id="run-picker", scale=3)
+            picker = gr.Dropdown([], value=None, label="Run", elem_id="run-picker", scale=3, allow_custom_value=True)
             cancel_button = gr.Button("Cancel", elem_id="cancel-run", variant="stop", scale=1)
             resume_button = gr.Button("Resume", elem_id="resume-run", scale=1)
             delete_button = gr.Button("Delete...", elem_id="delete-run", scale=1)

@@ -1,0 +1,194 @@
+"""Launch planning: form parsing, twins with identical data and seed, depth ladders, data-path checks."""
+
+from pathlib import Path
+
+import pytest
+
+from workbench.errors import DataError, SpecError
+from workbench.launch import (
+    at_depth,
+    check_data_source,
+    data_spec_from_fields,
+    net_spec_from_fields,
+    parse_classes,
+    parse_int_list,
+    plain_counterpart,
+    plan_ladder,
+    plan_single,
+    plan_twin,
+    residual_counterpart,
+    submit_plan,
+    train_spec_from_fields,
+    unique_group_name,
+)
+from workbench.presets import get_preset, list_presets
+from workbench.spec import DataSpec, NetSpec, TrainSpec
+
+PRESETS = list_presets()
+TINY = NetSpec(name="tiny", blocks=[1, 1, 1], widths=[4, 8, 16])
+
+
+def form(**changes) -> dict:
+    fields = dict(
+        name="net", family="cifar", unit="basic", size_by="depth", depth=20, blocks="3, 3, 3", widths="16, 32, 64",
+        bottleneck_stride="3x3", placement="post", shortcut="A", zero_init_residual=False, stochastic_depth=0,
+        num_classes=10, input_size=32, in_channels=3,
+    )
+    return {**fields, **changes}
+
+
+@pytest.mark.parametrize("text", ["3, 3, 3", "3 3 3", "[3,3,3]", " 3,3 ,3 "])
+def test_parse_int_list_accepts_common_spellings(text):
+    assert parse_int_list(text, "blocks") == [3, 3, 3]
+
+
+@pytest.mark.parametrize("text", ["", "3, x", "3.5"])
+def test_parse_int_list_names_the_field_when_it_fails(text):
+    with pytest.raises(SpecError, match="^blocks"):
+        parse_int_list(text, "blocks")
+
+
+def test_parse_classes():
+    assert parse_classes("") is None and parse_classes(None) is None
+    assert parse_classes("5") == 5
+    assert parse_classes("cat, dog ,") == ["cat", "dog"]
+
+
+def test_net_spec_from_depth_or_blocks():
+    by_depth = net_spec_from_fields(**form())
+    assert by_depth.blocks == [3, 3, 3] and by_depth.depth == 20
+    by_blocks = net_spec_from_fields(**form(size_by="blocks", blocks="1, 2, 3", depth=999))
+    assert by_blocks.blocks == [1, 2, 3] and by_blocks.depth == 14
+
+
+def test_net_spec_from_fields_reports_the_builders_message():
+    with pytest.raises(SpecError, match="21 is not one; the nearest are 20 and 26"):
+        net_spec_from_fields(**form(depth=21))
+    with pytest.raises(SpecError, match="widths"):
+        net_spec_from_fields(**form(widths="sixteen"))
+    with pytest.raises(SpecError, match="whole number"):
+        net_spec_from_fields(**form(depth=20.5))
+
+
+def test_data_spec_keeps_only_fields_that_apply():
+    synthetic = data_spec_from_fields(name="synthetic", path="/ignored", synthetic_train=256, synthetic_test=64,
+                                      per_class_cap=0, seed=3)
+    assert synthetic.path is None and synthetic.synthetic_train == 256 and synthetic.per_class_cap is None
+    assert synthetic.seed == 3
+    folder = data_spec_from_fields(name="folder", path=" pets ", resolution=64, classes="cat, dog", per_class_cap=10)
+    assert (folder.path, folder.resolution, folder.classes, folder.per_class_cap) == ("pets", 64, ["cat", "dog"], 10)
+    cifar = data_spec_from_fields(name="cifar10", download=True, resolution=64)
+    assert cifar.download and cifar.resolution is None
+
+
+def test_train_spec_budget_in_epochs_or_iterations():
+    epochs = train_spec_from_fields(budget_unit="epochs", budget=2.5, batch_size=32, lr=0.1, schedule="step",
+                                    log_every=0, eval_every=0)
+    assert epochs.epochs == 2.5 and epochs.iterations is None and epochs.log_every == 20 and epochs.eval_every is None
+    iterations = train_spec_from_fields(budget_unit="iterations", budget=64000, batch_size=128, lr=0.1,
+                                        schedule="cosine", warmup_iterations=400, precision="fp32", device="cpu")
+    assert iterations.iterations == 64000 and iterations.epochs is None and iterations.warmup_iterations == 400
+    with pytest.raises(SpecError, match="lr"):
+        train_spec_from_fields(budget_unit="epochs", budget=1, batch_size=32, lr=50, schedule="step")
+
+
+def test_counterparts_match_presets_by_network_not_name():
+    resnet56 = get_preset("resnet56").spec
+    assert plain_counterpart(resnet56, PRESETS).name == "plain56"
+    assert residual_counterpart(get_preset("plain20").spec, PRESETS) == get_preset("resnet20").spec
+    assert residual_counterpart(get_preset("plain34").spec, PRESETS).name == "resnet34"
+    assert residual_counterpart(get_preset("plain34").spec, PRESETS).shortcut == "B"
+    plain_sd = plain_counterpart(get_preset("resnet110-sd").spec, PRESETS)
+    assert plain_sd.stochastic_depth == 0 and plain_sd.shortcut == "none" and plain_sd.name == "plain110"
+
+
+def test_counterparts_of_custom_networks():
+    plain = plain_counterpart(TINY)
+    assert plain.name == "plain-tiny" and plain.blocks == [1, 1, 1] and plain.widths == [4, 8, 16]
+    assert residual_counterpart(plain) == TINY
+    assert residual_counterpart(NetSpec(name="deep", depth=20, shortcut="none")).name == "res-deep"
+    shrinking = NetSpec(name="plain-odd", blocks=[1, 1], widths=[32, 16], shortcut="none")
+    assert residual_counterpart(shrinking).shortcut == "B"
+
+
+def test_twin_has_identical_data_order_and_seed():
+    data, train = DataSpec(synthetic_train=256, seed=7), TrainSpec(epochs=2, seed=7)
+    plain, residual = plan_twin(get_preset("resnet20").spec, data, train, PRESETS, group="g")
+    assert (plain.name, residual.name) == ("plain20", "resnet20")
+    assert (plain.preset, residual.preset) == ("plain20", "resnet20")
+    assert plain.spec.net.shortcut == "none" and residual.spec.net.shortcut == "A"
+    assert plain.spec.data == residual.spec.data == data and plain.spec.train == residual.spec.train == train
+    assert {plain.group_kind, residual.group_kind} == {"twin"} and {plain.group_name, residual.group_name} == {"g"}
+
+
+def test_single_run_has_no_group():
+    (run,) = plan_single(TINY, DataSpec(), TrainSpec(), PRESETS)
+    assert run.group_name is None and run.preset is None and run.name == "tiny"
+
+
+def test_ladder_is_a_twin_per_depth_in_one_group():
+    plan = plan_ladder(get_preset("resnet20").spec, [56, 20, 32, 44], DataSpec(), TrainSpec(), PRESETS, group="L")
+    assert [run.name for run in plan] == [
+        "plain20", "resnet20", "plain32", "resnet32", "plain44", "resnet44", "plain56", "resnet56"]
+    assert {run.group_kind for run in plan} == {"ladder"} and {run.group_name for run in plan} == {"L"}
+    assert [run.spec.net.depth for run in plan] == [20, 20, 32, 32, 44, 44, 56, 56]
+
+
+def test_ladder_rejects_impossible_depths_with_the_builders_message():
+    with pytest.raises(SpecError, match="ladder depth 21: .*nearest are 20 and 26"):
+        plan_ladder(TINY, [8, 21], DataSpec(), TrainSpec(), group="L")
+    with pytest.raises(SpecError, match="at least two"):
+        plan_ladder(TINY, [8, 8], DataSpec(), TrainSpec(), group="L")
+
+
+def test_at_depth_renames_and_rebuilds():
+    deeper = at_depth(TINY, 14)
+    assert deeper.name == "tiny14" and deeper.blocks == [2, 2, 2] and deeper.widths == [4, 8, 16]
+
+
+def test_unique_group_name():
+    assert unique_group_name("twin a", []) == "twin a"
+    assert unique_group_name("twin a", ["twin a", "twin a (2)"]) == "twin a (3)"
+
+
+def test_submit_plan_queues_every_run_in_order():
+    submitted = []
+
+    class Recorder:
+        def submit(self, spec, **kwargs):
+            submitted.append(kwargs)
+            return len(submitted)
+
+    plan = plan_twin(TINY, DataSpec(), TrainSpec(), group="g")
+    assert submit_plan(Recorder(), plan) == [1, 2]
+    assert [s["name"] for s in submitted] == ["plain-tiny", "tiny"]
+    assert all(s["group_name"] == "g" and s["group_kind"] == "twin" for s in submitted)
+
+
+def test_data_paths_outside_the_data_roots_are_refused(tmp_path):
+    home, root, outside = tmp_path / "home", tmp_path / "data", tmp_path / "elsewhere"
+    for folder in (home / "datasets", root / "pets", outside / "pets"):
+        folder.mkdir(parents=True)
+    roots = [home / "datasets", root]
+    with pytest.raises(DataError, match="outside the allowed data roots"):
+        check_data_source(DataSpec(name="folder", path=str(outside / "pets")), home, roots)
+    check_data_source(DataSpec(name="folder", path=str(root / "pets")), home, roots)
+    check_data_source(DataSpec(name="folder", path="pets"), home, roots)
+    with pytest.raises(DataError, match="does not exist"):
+        check_data_source(DataSpec(name="folder", path=str(root / "missing")), home, roots)
+    with pytest.raises(DataError, match="outside the allowed data roots"):
+        check_data_source(DataSpec(name="cifar10", path=str(outside)), home, roots)
+
+
+def test_data_source_checks_skip_synthetic_and_downloads(tmp_path):
+    check_data_source(DataSpec(), tmp_path, [])
+    check_data_source(DataSpec(name="cifar10", download=True), tmp_path, [tmp_path / "datasets"])
+    with pytest.raises(DataError, match="CIFAR-10 not found"):
+        check_data_source(DataSpec(name="cifar10"), tmp_path, [tmp_path / "datasets"])
+
+
+def test_check_data_source_finds_shared_cifar_when_its_folder_is_a_root():
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not (shared / "cifar-10-python.tar.gz").exists():
+        pytest.skip("../shared/data/cifar-10-python.tar.gz is absent")
+    check_data_source(DataSpec(name="cifar10"), shared.parent, [shared])
