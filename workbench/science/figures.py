@@ -23,6 +23,7 @@ TEMPLATE = "plotly_white"
 TRAIN_DASH = "dash"
 TRAIN_WIDTH = 1.5
 TEST_WIDTH = 3.5
+SHOW_MARKERS_BELOW = 30
 
 
 def _thin(points: Sequence[tuple[int, float]], max_points: int) -> list[tuple[int, float]]:
@@ -59,9 +60,11 @@ def figure6(runs: Sequence[CurveRun], *, title: str | None = None, max_points: i
             points = _thin(metric_points(run.rows, split, "error"), max_points)
             if not points:
                 continue
+            few = len(points) <= SHOW_MARKERS_BELOW
             figure.add_trace(
                 go.Scatter(
-                    x=[p[0] for p in points], y=[p[1] for p in points], mode="lines",
+                    x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers" if few else "lines",
+                    marker={"size": 6 if split == "test" else 3},
                     name=f"{run.name} {split} ({points[-1][1]:.1f}%)", legendgroup=run.name,
                     line={"color": colors[run.depth], "dash": dash, "width": width},
                     hovertemplate=f"{run.name} {split}<br>iteration %{{x}}<br>error %{{y:.2f}}%<extra></extra>",
@@ -200,7 +203,8 @@ def gradient_heatmaps(panels: Sequence[tuple[str, Sequence[int], Sequence[int], 
             showscale=column == len(panels), colorbar={"title": "log10 norm"},
             hovertemplate=f"{label}<br>iteration %{{x}}<br>unit %{{y}}<br>log10 norm %{{z:.2f}}<extra></extra>",
         ), row=1, col=column)
-        figure.update_yaxes(title_text="unit (input side at the bottom)" if column == 1 else None, row=1, col=column)
+        figure.update_yaxes(title_text="unit (input side at the bottom)" if column == 1 else None,
+                            dtick=1 if len(units) <= SHOW_MARKERS_BELOW else None, row=1, col=column)
         figure.update_xaxes(title_text="iteration", row=1, col=column)
     figure.update_layout(template=TEMPLATE, height=height, title="Gradient norm at each unit's input")
     return figure

@@ -1,0 +1,35 @@
+"""The reproduction command end to end on a tiny CIFAR-10 subset (real data, real worker, PNG figures)."""
+
+from pathlib import Path
+
+import pytest
+
+from storage import open_store
+from workbench.science.reproduction import DEFAULT_DATA, ReproductionConfig, reproduce
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(not DEFAULT_DATA.exists(), reason=f"needs CIFAR-10 at {DEFAULT_DATA} (../shared/data)")
+def test_reproduce_trains_lesions_and_writes_the_report(tmp_path):
+    config = ReproductionConfig(per_class_cap=13, iterations=2, depths=(8, 14), lesion_images=16, lesion_draws=1,
+                                lesion_max_k=2, profile_batch=16)
+    result = reproduce(tmp_path / "home", tmp_path / "docs", config)
+    assert set(result.run_ids) == {"plain8", "resnet8", "plain14", "resnet14"}
+    assert result.verdict["observed"] in (True, False)
+    assert set(result.lesions) == {"resnet14", "plain14"}
+    for path in result.figures.values():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = result.report.read_text()
+    assert "--per-class-cap 13 --iterations 2 --depths 8 14" in report
+    assert "figures/lesion_by_k.png" in report and result.verdict["verdict"] in report
+    with open_store(tmp_path / "home") as store:
+        analyses = store.list_analyses(result.run_ids["resnet14"], "lesion")
+    assert len(analyses) == 1
+    # A second call reuses the trained runs and the stored lesion studies.
+    again = reproduce(tmp_path / "home", tmp_path / "docs", config)
+    assert again.run_ids == result.run_ids
+    with open_store(tmp_path / "home") as store:
+        assert len(store.list_analyses(result.run_ids["resnet14"], "lesion")) == 1
+        assert len(store.list_runs()) == 4
+    assert Path(again.report).exists()
