@@ -61,7 +61,7 @@ def test_degradation_is_observed_when_the_deeper_plain_net_trains_worse():
     assert verdict.degraded_pairs[0]["shallow"] == "plain20" and verdict.degraded_pairs[0]["deep"] == "plain56"
     assert verdict.train_errors["plain56"] == pytest.approx(35.0)
     assert verdict.residual_pairs == []
-    assert "plain56" in verdict.explanation and "do not degrade" in verdict.explanation
+    assert "plain56" in verdict.explanation and "no deeper residual net trains worse" in verdict.explanation
 
 
 def test_no_degradation_when_deeper_plain_nets_train_as_well_within_tolerance():
@@ -79,6 +79,13 @@ def test_comparison_is_at_the_last_iteration_every_plain_run_reached():
     assert verdict.train_errors["plain20"] == pytest.approx(smoothed_at(
         [(r["iteration"], r["value"]) for r in shallow.rows if r["split"] == "train"], 60, 6))
     assert verdict.observed is True
+
+
+def test_a_run_logged_only_after_the_common_iteration_is_read_at_its_first_point():
+    early = CurveRun("plain20", 20, False, curve(20.0, iterations=10, every=5))
+    late = CurveRun("plain56", 56, False, [{"iteration": 40, "split": "train", "name": "error", "value": 70.0}])
+    verdict = degradation_observed([early, late])
+    assert verdict.iteration == 10 and verdict.train_errors["plain56"] == 70.0 and verdict.observed is True
 
 
 def test_not_enough_data_without_two_plain_depths():

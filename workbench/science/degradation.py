@@ -152,8 +152,8 @@ def _smoothed_errors(
     errors = {}
     for run in runs:
         value = smoothed_at(curves[run.name], common, window)
-        if value is not None:
-            errors[run.name] = value
+        # A run whose first logged point comes after `common` is read at that first point.
+        errors[run.name] = value if value is not None else curves[run.name][0][1]
     return common, window, errors
 
 
@@ -201,7 +201,7 @@ def degradation_observed(
             explanation += " Residual nets at iteration {}: {}; {}.".format(res_common, res_table, ", ".join(
                 f"{p['deep']} is above {p['shallow']}" for p in residual_degraded))
         else:
-            explanation += f" Residual nets at iteration {res_common}: {res_table}; they do not degrade with depth."
+            explanation += f" Residual nets at iteration {res_common}: {res_table}; no deeper residual net trains worse."
     return DegradationVerdict(
         observed=bool(degraded), verdict=verdict, explanation=explanation, iteration=common, window=used_window,
         train_errors=errors, degraded_pairs=degraded, residual_pairs=residual_degraded,
