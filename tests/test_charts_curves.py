@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from storage import open_store
-from workbench.curves import CurveCache, curves_of, ladder_points
+from storage import METRIC_FIELDS, open_store
+from workbench.curves import CurveCache, curves_of, ladder_points, reference_errors
 from workbench.presets import list_presets
 from workbench.run_table import RUN_TABLE_COLUMNS, format_duration, run_label, run_row
 from workbench.spec import NetSpec, RunSpec
@@ -46,11 +46,11 @@ def test_refresh_fetches_only_new_rows(store):
 
 
 def test_resumed_run_replaces_the_rewound_tail():
-    row = namedtuple("row", "iteration epoch split name value")
+    row = namedtuple("row", METRIC_FIELDS)
     cache = CurveCache()
     cache.select([1])
-    cache.ingest(1, [row(i, i / 10, "train", "error", 50.0) for i in (10, 20, 30, 40)])
-    cache.ingest(1, [row(i, i / 10, "train", "error", 10.0) for i in (30, 40, 50)])
+    cache.ingest(1, [row(i, 1, i, i / 10, "train", "error", 50.0, 0.0) for i in (10, 20, 30, 40)])
+    cache.ingest(1, [row(i + 10, 1, i, i / 10, "train", "error", 10.0, 0.0) for i in (30, 40, 50)])
     series = cache.get(1, "train", "error")
     assert list(series.iterations) == [10, 20, 30, 40, 50]
     assert list(series.values) == [50.0, 50.0, 10.0, 10.0, 10.0]
@@ -92,7 +92,7 @@ def test_ladder_points_carry_the_presets_paper_numbers(store):
     resnet = store.create_run(spec(56), name="resnet56", preset="resnet56", group_name="L", group_kind="ladder")
     plain = store.create_run(spec(56, "none"), name="plain56", preset="plain56", group_name="L", group_kind="ladder")
     store.update_summary(resnet, test_error=9.0)
-    points = {p.residual: p for p in ladder_points(store.list_runs(group_name="L"), list_presets())}
+    points = {p.residual: p for p in ladder_points(store.list_runs(group_name="L"), reference_errors(list_presets()))}
     assert points[True].depth == 56 and points[True].reference_error == 6.97 and points[True].test_error == 9.0
     assert points[False].reference_error is None and points[False].test_error is None
     assert plain != resnet

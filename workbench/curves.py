@@ -7,11 +7,12 @@ deletes the old rows), so new rows at or before the last cached iteration replac
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from storage.records import METRIC_FIELDS
 
 CURVE_METRICS = ("error", "loss")
 
@@ -76,20 +77,25 @@ class CurveCache:
             changed |= self.ingest(run_id, batch.rows)
         return changed
 
-    def ingest(self, run_id: int, rows: Iterable) -> bool:
-        """Add metric rows (objects with iteration, epoch, split, name, value) of one run; True if any were kept."""
-        grouped: dict[tuple[str, str], tuple[list[int], list[float], list[float]]] = {}
-        for row in rows:
-            value = row.value
-            if value is None or not math.isfinite(value) or row.name not in self.metrics:
-                continue
-            iterations, epochs, values = grouped.setdefault((row.split, row.name), ([], [], []))
-            iterations.append(row.iteration)
-            epochs.append(row.epoch if row.epoch is not None else math.nan)
-            values.append(value)
-        for (split, name), (iterations, epochs, values) in grouped.items():
-            self.series.setdefault((run_id, split, name), Series()).extend(iterations, epochs, values)
-        return bool(grouped)
+    def ingest(self, run_id: int, rows: Sequence) -> bool:
+        """Add metric rows of one run (tuples with the fields of storage.METRIC_FIELDS); True if any were kept."""
+        if not len(rows):
+            return False
+        columns = dict(zip(METRIC_FIELDS, zip(*rows, strict=True), strict=True))
+        values = np.asarray(columns["value"], dtype=np.float64)
+        splits = np.asarray(columns["split"])
+        names = np.asarray(columns["name"])
+        usable = np.isfinite(values) & np.isin(names, self.metrics)
+        if not usable.any():
+            return False
+        iterations = np.asarray(columns["iteration"], dtype=np.int64)
+        epochs = np.asarray(columns["epoch"], dtype=np.float64)
+        for split in np.unique(splits[usable]):
+            for name in np.unique(names[usable & (splits == split)]):
+                chosen = usable & (splits == split) & (names == name)
+                series = self.series.setdefault((run_id, str(split), str(name)), Series())
+                series.extend(iterations[chosen], epochs[chosen], values[chosen])
+        return True
 
     def get(self, run_id: int, split: str, name: str) -> Series | None:
         """The cached series, or None when the run has logged none yet."""
@@ -125,9 +131,13 @@ def curves_of(cache: CurveCache, labels: dict[int, str], metric: str = "error") 
     ]
 
 
-def ladder_points(runs: Iterable, presets: Iterable) -> list[DepthPoint]:
-    """Depth, shortcut use, final test error and the paper's error (from a matching preset) of ladder runs."""
-    references = {preset.name: preset.reference_error for preset in presets}
+def reference_errors(presets: Iterable) -> dict[str, float | None]:
+    """The paper's error of each preset, by preset name."""
+    return {preset.name: preset.reference_error for preset in presets}
+
+
+def ladder_points(runs: Iterable, references: Mapping[str, float | None]) -> list[DepthPoint]:
+    """Depth, shortcut use, final test error and the paper's error (by the run's preset) of ladder runs."""
     return [
         DepthPoint(
             depth=int(run.spec["net"]["depth"]),

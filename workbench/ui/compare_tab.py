@@ -14,7 +14,7 @@ import gradio as gr
 
 from storage import RunRecord
 from workbench.charts import error_vs_depth_figure, training_curves_figure
-from workbench.curves import CurveCache, curves_of, ladder_points
+from workbench.curves import CurveCache, curves_of, ladder_points, reference_errors
 from workbench.run_table import run_label
 from workbench.ui.context import WorkbenchContext
 
@@ -24,12 +24,20 @@ NO_GROUP = ""
 
 @dataclass
 class CompareView:
-    """What one browser session follows: the curve cache, run labels and the ladder group (if any)."""
+    """What one browser session follows: the runs, one curve cache per metric, labels, the ladder group."""
 
-    cache: CurveCache = field(default_factory=CurveCache)
+    run_ids: list[int] = field(default_factory=list)
+    caches: dict[str, CurveCache] = field(default_factory=dict)
     labels: dict[int, str] = field(default_factory=dict)
     ladder_group: str | None = None
+    references: dict[str, float | None] = field(default_factory=dict)
     drawn: tuple | None = None
+
+    def cache(self, metric: str) -> CurveCache:
+        """The curves of `metric` for the followed runs (only the metric on screen is fetched)."""
+        cache = self.caches.setdefault(metric, CurveCache((metric,)))
+        cache.select(self.run_ids)
+        return cache
 
 
 def choices(ctx: WorkbenchContext):
@@ -50,12 +58,12 @@ def _ladder_figure(ctx: WorkbenchContext, view: CompareView):
     if view.ladder_group is None:
         return gr.update(visible=False)
     runs = ctx.store.list_runs(group_name=view.ladder_group)
-    return gr.update(value=error_vs_depth_figure(ladder_points(runs, ctx.presets())), visible=True)
+    return gr.update(value=error_vs_depth_figure(ladder_points(runs, view.references)), visible=True)
 
 
 def _curves_figure(view: CompareView, metric: str, x_axis: str, smoothing: float, log_y: bool):
     return training_curves_figure(
-        curves_of(view.cache, view.labels, metric), metric=metric, x_axis=x_axis, smoothing=smoothing or 0.0,
+        curves_of(view.cache(metric), view.labels, metric), metric=metric, x_axis=x_axis, smoothing=smoothing or 0.0,
         log_y=bool(log_y),
     )
 
@@ -76,20 +84,21 @@ def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis
     """
     wanted = [int(run_id) for run_id in run_ids or [] if str(run_id).isdigit()]
     drawn = (tuple(wanted), metric, x_axis, smoothing, bool(log_y))
-    if drawn == view.drawn and not view.cache.refresh(ctx.store):
+    if drawn == view.drawn and not view.cache(metric).refresh(ctx.store):
         return gr.skip(), gr.skip(), gr.skip()
     picked = [run for run in ctx.store.list_runs() if run.id in wanted]
-    view.cache.select(wanted)
+    view.run_ids = wanted
     view.labels = {run.id: f"#{run.id} {run.name}" for run in picked}
     view.ladder_group = _ladder_of(picked)
-    view.cache.refresh(ctx.store)
+    view.references = reference_errors(ctx.presets()) if view.ladder_group else {}
+    view.cache(metric).refresh(ctx.store)
     view.drawn = drawn
     return _curves_figure(view, metric, x_axis, smoothing, log_y), _ladder_figure(ctx, view), view
 
 
 def tick(ctx: WorkbenchContext, metric: str, x_axis: str, smoothing: float, log_y: bool, view: CompareView):
     """Fetch only rows newer than what is shown; redraw if any arrived, else leave the charts alone."""
-    if not view.cache.refresh(ctx.store):
+    if not view.cache(metric).refresh(ctx.store):
         return gr.skip(), gr.skip(), gr.skip()
     return _curves_figure(view, metric, x_axis, smoothing, log_y), _ladder_figure(ctx, view), view
 
