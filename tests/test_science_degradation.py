@@ -90,7 +90,8 @@ def test_a_run_logged_only_after_the_common_iteration_is_read_at_its_first_point
 
 def test_not_enough_data_without_two_plain_depths():
     assert degradation_observed([run("plain20", 20, False, 20.0), run("resnet56", 56, True, 10.0)]).observed is None
-    assert degradation_observed([CurveRun("plain20", 20, False, []), CurveRun("plain56", 56, False, [])]).observed is None
+    empty = [CurveRun("plain20", 20, False, []), CurveRun("plain56", 56, False, [])]
+    assert degradation_observed(empty).observed is None
 
 
 def test_smoothed_at_averages_the_trailing_window_or_takes_the_latest_point():
@@ -144,7 +145,8 @@ def test_identity_variant_presets_differ_only_in_placement_and_carry_table_2_err
     assert placements == {"resnet110-original": "post", "resnet110-bn-after-add": "bn_after_add",
                           "resnet110-relu-before-add": "relu_before_add",
                           "resnet110-relu-only-preact": "relu_only_preact", "resnet110-full-preact": "full_preact"}
-    stripped = {spec.net.model_copy(update={"placement": "post", "name": "x"}).model_dump_json() for spec in runs.values()}
+    stripped = {spec.net.model_copy(update={"placement": "post", "name": "x"}).model_dump_json()
+                for spec in runs.values()}
     assert len(stripped) == 1
     assert [get_preset(n).reference_error for n in IDENTITY_VARIANTS] == [6.61, 8.17, 7.84, 6.71, 6.37]
 
@@ -210,7 +212,8 @@ def test_lesion_and_gradient_figures_from_plain_data():
     assert list(by_k.data[0].x) == [0, 1] and list(by_k.data[0].y) == [10.0, 13.0]
     assert lesion_by_unit([]).layout.annotations[0].text == "no lesion study yet"
     rows = [{"iteration": it, "split": "train", "name": f"unit_grad/{u}", "value": float(u * it)}
-            for it in (10, 20) for u in (1, 2, 3)] + [{"iteration": 10, "split": "train", "name": "error", "value": 1.0}]
+            for it in (10, 20) for u in (1, 2, 3)]
+    rows.append({"iteration": 10, "split": "train", "name": "error", "value": 1.0})
     iterations, units, matrix = unit_gradient_matrix(rows)
     assert iterations == [10, 20] and units == [1, 2, 3] and matrix[2] == [30.0, 60.0]
     heat = gradient_heatmaps([("plain", iterations, units, matrix), ("resnet", iterations, units, matrix)])

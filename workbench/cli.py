@@ -240,7 +240,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from workbench.science.reproduction import ReproductionConfig, reproduce
 
     config = ReproductionConfig(
-        **({"data_path": args.data} if args.data else {}), per_class_cap=args.per_class_cap, iterations=args.iterations, depths=tuple(args.depths),
+        **({"data_path": args.data} if args.data else {}), per_class_cap=args.per_class_cap,
+        iterations=args.iterations, depths=tuple(args.depths),
         lesion_images=args.lesion_images, lesion_draws=args.lesion_draws, lesion_max_k=args.lesion_max_k,
         group_name=args.group,
     )

@@ -196,12 +196,14 @@ def degradation_observed(
         res_common, _, res_errors = _smoothed_errors(residual, curves, window)
         residual_degraded = _compare_pairs(residual, res_errors, tolerance)
         errors.update(res_errors)
-        res_table = ", ".join(f"{run.name} {res_errors[run.name]:.1f}%" for run in sorted(residual, key=lambda r: r.depth))
+        res_table = ", ".join(
+            f"{run.name} {res_errors[run.name]:.1f}%" for run in sorted(residual, key=lambda r: r.depth))
         if residual_degraded:
             explanation += " Residual nets at iteration {}: {}; {}.".format(res_common, res_table, ", ".join(
                 f"{p['deep']} is above {p['shallow']}" for p in residual_degraded))
         else:
-            explanation += f" Residual nets at iteration {res_common}: {res_table}; no deeper residual net trains worse."
+            explanation += (f" Residual nets at iteration {res_common}: {res_table}; "
+                            "no deeper residual net trains worse.")
     return DegradationVerdict(
         observed=bool(degraded), verdict=verdict, explanation=explanation, iteration=common, window=used_window,
         train_errors=errors, degraded_pairs=degraded, residual_pairs=residual_degraded,

@@ -143,12 +143,14 @@ def lesion_by_unit(studies: Sequence[tuple[str, Mapping[str, Any]]], *, height: 
         ))
         figure.add_trace(go.Scatter(
             x=[min(units), max(units)], y=[study["baseline_error"]] * 2, mode="lines",
-            name=f"{label}: intact ({study['baseline_error']:.1f}%)", line={"color": color, "dash": "dot", "width": 1.5},
+            name=f"{label}: intact ({study['baseline_error']:.1f}%)",
+            line={"color": color, "dash": "dot", "width": 1.5},
             hoverinfo="skip",
         ))
     figure.update_layout(
         template=TEMPLATE, height=height, title="Deleting one unit (diamonds: units that change the shape)",
-        xaxis={"title": "deleted unit (forward order)", "dtick": 1 if max(s["units"] for _, s in studies) <= 30 else None},
+        xaxis={"title": "deleted unit (forward order)",
+               "dtick": 1 if max(s["units"] for _, s in studies) <= SHOW_MARKERS_BELOW else None},
         yaxis={"title": "test error (%)", "range": [0, 100]}, legend={"orientation": "h", "y": -0.2},
     )
     return figure
@@ -177,7 +179,8 @@ def lesion_by_k(studies: Sequence[tuple[str, Mapping[str, Any]]], *, height: int
             marker={"color": color, "size": 5, "opacity": 0.45}, hoverinfo="skip",
         ))
     figure.update_layout(template=TEMPLATE, height=height, title="Deleting k random units",
-                         xaxis={"title": "units deleted (k)", "dtick": 1}, yaxis={"title": "test error (%)", "range": [0, 100]},
+                         xaxis={"title": "units deleted (k)", "dtick": 1},
+                         yaxis={"title": "test error (%)", "range": [0, 100]},
                          legend={"orientation": "h", "y": -0.2})
     return figure
 

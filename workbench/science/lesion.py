@@ -308,7 +308,9 @@ def load_trained_model(path: Path) -> tuple[ResNet, RunSpec, dict[str, Any]]:
     return model.eval(), spec, state["dataset"]
 
 
-def limit_test_split(images: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def limit_test_split(
+    images: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """At most `limit` test images, a seeded random choice kept in the original order."""
     if limit is None or limit >= len(labels):
         return images, labels
@@ -331,7 +333,7 @@ def run_lesion_study(
     device: str = "auto",
     allowed_roots: list[Path] | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """Lesion a stored run's checkpoint on its dataset's test split and store the result; returns (analysis id, result)."""
+    """Lesion a stored run's checkpoint on its test split and store the result; returns (analysis id, result)."""
     path = run_checkpoint(store.run_dir(run_id), checkpoint)
     model, spec, dataset_info = load_trained_model(path)
     dataset = load_dataset(spec.data, home=store.home, allowed_roots=allowed_roots)

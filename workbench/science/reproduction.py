@@ -198,7 +198,8 @@ def regenerate_command(home: Path, config: ReproductionConfig) -> str:
              "--iterations", str(config.iterations), "--depths", *map(str, config.depths),
              "--lesion-images", str(config.lesion_images), "--lesion-draws", str(config.lesion_draws),
              "--lesion-max-k", str(config.lesion_max_k)]
-    if config.group_name != ReproductionConfig(per_class_cap=config.per_class_cap, iterations=config.iterations).group_name:
+    default = ReproductionConfig(per_class_cap=config.per_class_cap, iterations=config.iterations)
+    if config.group_name != default.group_name:
         parts += ["--group", config.group_name]
     return shlex.join(parts)
 
@@ -242,8 +243,10 @@ def reproduce(home: Path, docs_dir: Path, config: ReproductionConfig) -> Reprodu
                                         docs_dir / "figures" / "lesion_by_unit.png"),
             "lesion_by_k": write_png(lesion_by_k([(name, lesions[name]) for name in lesion_names]),
                                      docs_dir / "figures" / "lesion_by_k.png"),
-            "gradient_profile": write_png(gradient_profile_chart(profiles), docs_dir / "figures" / "gradient_profile_init.png"),
-            "gradient_heatmap": write_png(gradient_heatmaps(heat_panels), docs_dir / "figures" / "gradient_heatmap.png"),
+            "gradient_profile": write_png(gradient_profile_chart(profiles),
+                                          docs_dir / "figures" / "gradient_profile_init.png"),
+            "gradient_heatmap": write_png(gradient_heatmaps(heat_panels),
+                                          docs_dir / "figures" / "gradient_heatmap.png"),
         }
         report = docs_dir / "reproduction.md"
         report.write_text(render_report(
@@ -304,7 +307,8 @@ def render_report(*, home: Path, config: ReproductionConfig, runs: list, finals:
         f"- **Budget:** {config.iterations} iterations of batch {config.batch_size} (about {epochs:.1f} epochs of the "
         "subset) per network, the paper's recipe otherwise (SGD, momentum 0.9, weight decay 1e-4, learning rate 0.1 "
         "divided by 10 at 50% and 75% of the budget, flip + 4-pixel-pad crop augmentation). The paper trains for "
-        f"{PAPER_ITERATIONS:,} iterations ({PAPER_ITERATIONS / config.iterations:,.0f} times as many) on 45k of the 50k "
+        f"{PAPER_ITERATIONS:,} iterations ({PAPER_ITERATIONS / config.iterations:,.0f} times as many) on 45k of "
+        "the 50k "
         "training images.",
         f"- **Networks:** {', '.join(run.preset for run in runs)} (option A shortcuts for the ResNets), identical data "
         "order and seed for every run (one ladder group).",
@@ -328,7 +332,8 @@ def render_report(*, home: Path, config: ReproductionConfig, runs: list, finals:
         depth = final["depth"]
         paper = _fmt(references.get(depth), 2) if final["residual"] else "-"
         lines.append(
-            f"| {run.preset} | {parameters[run.preset]:,} | {_fmt(final['train_error'])} | {_fmt(final['test_error'])} | "
+            f"| {run.preset} | {parameters[run.preset]:,} | {_fmt(final['train_error'])} | "
+            f"{_fmt(final['test_error'])} | "
             f"{_fmt(run.best_test_error)} | {paper} | {_minutes(_duration(run))} |"
         )
     lines += [
@@ -366,7 +371,8 @@ def render_report(*, home: Path, config: ReproductionConfig, runs: list, finals:
         "## Gradient flow",
         "",
         f"Gradient norm at each unit's input, at initialization (one batch of {config.profile_batch} training images, "
-        f"same seed as the runs) and during training (recorded every {config.grad_norm_every} iterations by the engine).",
+        f"same seed as the runs) and during training (recorded every {config.grad_norm_every} iterations by the "
+        "engine).",
         "",
         "| network | norm at unit 1 | norm at the last unit | ratio first/last |",
         "|---|---|---|---|",

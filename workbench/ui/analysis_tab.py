@@ -79,7 +79,9 @@ class LesionJobs:
     jobs: dict[int, LesionJob] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self, ctx: WorkbenchContext, run_id: int, *, draws: int, max_k: int, limit_images: int | None) -> LesionJob:
+    def start(
+        self, ctx: WorkbenchContext, run_id: int, *, draws: int, max_k: int, limit_images: int | None
+    ) -> LesionJob:
         """Start a lesion study of a completed run, unless one is already running for it."""
         run = ctx.store.get_run(run_id)
         if run.status != COMPLETED:
@@ -165,16 +167,19 @@ def profile_view(ctx: WorkbenchContext, run_ids: Sequence[int]) -> Any:
 def degradation_view(store: Any, group: str | None) -> tuple[str, Any, Any]:
     """(verdict markdown, Figure 6 layout, error against depth) for a ladder group."""
     if not group:
-        return "Pick a ladder group (launch plain and residual twins at several depths).", figure6([]), error_vs_depth([])
+        hint = "Pick a ladder group (launch plain and residual twins at several depths)."
+        return hint, figure6([]), error_vs_depth([])
     curves, verdict = group_verdict(store, group)
     finals = [final_errors(curve) for curve in curves]
-    icon = {True: "Degradation observed", False: "No degradation observed", None: "Not enough data yet"}[verdict.observed]
-    text = f"**{icon}.** {verdict.explanation}"
+    headline = {True: "Degradation observed", False: "No degradation observed", None: "Not enough data yet"}
+    text = f"**{headline[verdict.observed]}.** {verdict.explanation}"
     references = paper_reference_errors(sorted({curve.depth for curve in curves if curve.residual}))
     return text, figure6(curves, title=group), error_vs_depth(finals, references)
 
 
-def build_analysis_tab(ctx: WorkbenchContext, demo: gr.Blocks | None = None, jobs: LesionJobs | None = None) -> LesionJobs:
+def build_analysis_tab(
+    ctx: WorkbenchContext, demo: gr.Blocks | None = None, jobs: LesionJobs | None = None
+) -> LesionJobs:
     """Create the Analysis tab inside the current Blocks; returns the registry of its lesion jobs."""
     jobs = jobs or LesionJobs()
     bound = functools.partial
@@ -222,8 +227,8 @@ def build_analysis_tab(ctx: WorkbenchContext, demo: gr.Blocks | None = None, job
         if run_id is None:
             return "Pick a completed run first.", gr.skip(), jobs.states()
         try:
-            jobs.start(ctx, int(run_id), draws=int(draws_value or DEFAULT_DRAWS), max_k=int(max_k_value or DEFAULT_MAX_K),
-                       limit_images=int(limit_value) if limit_value else None)
+            jobs.start(ctx, int(run_id), draws=int(draws_value or DEFAULT_DRAWS),
+                       max_k=int(max_k_value or DEFAULT_MAX_K), limit_images=int(limit_value) if limit_value else None)
         except WorkbenchError as exc:
             return f"**Cannot start:** {exc}", gr.skip(), jobs.states()
         wanted = sorted({*map(int, shown_ids or []), int(run_id)})
