@@ -19,7 +19,7 @@ from typing import Any
 import plotly.graph_objects as go
 import torch
 
-from storage.status import COMPLETED, INTERRUPTED, QUEUED
+from storage.status import COMPLETED, INTERRUPTED, QUEUED, RUNNING
 from workbench.errors import WorkbenchError
 from workbench.jobs.worker import run_worker
 from workbench.models import ResNet
@@ -51,6 +51,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 FIGURE_SIZE = (1100, 460)
 PAPER_ITERATIONS = 64000
+WAIT_POLL_S = 10.0
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -155,7 +156,13 @@ def train_ladder(store: Any, config: ReproductionConfig) -> dict[str, int]:
     pending = [name for name, run_id in run_ids.items() if store.get_run(run_id).status != COMPLETED]
     if pending:
         logger.info("training %s (%d iterations each)", ", ".join(pending), config.iterations)
+    while True:
         run_worker(store, exit_when_idle=True)
+        elsewhere = [name for name, run_id in run_ids.items() if store.get_run(run_id).status in (QUEUED, RUNNING)]
+        if not elsewhere:
+            break
+        logger.info("waiting for %s, trained by another worker", ", ".join(elsewhere))
+        time.sleep(WAIT_POLL_S)
     failed = {name: store.get_run(run_id) for name, run_id in run_ids.items()
               if store.get_run(run_id).status != COMPLETED}
     if failed:
