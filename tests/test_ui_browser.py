@@ -104,6 +104,26 @@ def test_twin_completes_and_compare_shows_four_traces(page, workbench, artifacts
     assert runs[0].spec["data"] == runs[1].spec["data"] and runs[0].spec["train"] == runs[1].spec["train"]
 
 
+def test_export_tab_downloads_a_bundle_that_loads(page, workbench, artifacts_dir, tmp_path):
+    import workbench as library
+
+    completed = workbench.store.list_runs(status="completed")
+    assert completed, "needs the twin of the previous journey"
+    run = completed[-1]
+    open_app(page, workbench.url)
+    open_tab(page, "Export")
+    pick(page, "export-run", f"#{run.id} {run.name}")
+    page.locator("#prepare-export").click()
+    expect()(page.locator("#export-message")).to_contain_text("Ready", timeout=60_000)
+    with page.expect_download() as started:
+        page.locator("#download-export").click()
+    download = started.value
+    assert download.suggested_filename == f"run{run.id}-{run.name}-best.zip"
+    download.save_as(tmp_path / download.suggested_filename)
+    page.screenshot(path=artifacts_dir / "export-bundle-downloaded.png", full_page=True)
+    assert library.load_model(tmp_path / download.suggested_filename).spec.blocks == [1, 1, 1]
+
+
 def test_cancel_then_resume_a_running_run(page, workbench, artifacts_dir):
     open_app(page, workbench.url)
     pick(page, "preset-picker", "tiny")

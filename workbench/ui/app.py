@@ -86,7 +86,7 @@ def build_ui(ctx: WorkbenchContext) -> gr.Blocks:
         gr.Markdown("## ResNet Workbench\nBuild residual networks, train plain and residual twins in the "
                     "background, and compare their curves live.")
         with gr.Tabs():
-            built = build_tab(ctx)
+            built = build_tab(ctx, demo)
             launched = launch_tab(ctx, built.spec_json).launched
             runs_tab(ctx, demo)
             compare_tab(ctx, demo, launched)

@@ -90,7 +90,7 @@ def review_network(*values):
             json.dumps(spec.model_dump(mode="json"), indent=2))
 
 
-def build_tab(ctx: WorkbenchContext) -> BuildTab:
+def build_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> BuildTab:
     """Create the Build tab inside the current Blocks."""
     preset_names = [p.name for p in ctx.presets()]
     start = fields_of(get_preset(DEFAULT_PRESET, ctx.home).spec)
@@ -158,4 +158,5 @@ def build_tab(ctx: WorkbenchContext) -> BuildTab:
     preset.input(load_preset, preset, fields, api_visibility="private").then(
         review_network, fields, review_outputs, api_visibility="private")
     save.click(save_network, [preset_name, spec_json], [save_message, preset], api_name="save_preset")
+    demo.load(lambda: gr.update(choices=[p.name for p in ctx.presets()]), None, preset, api_visibility="private")
     return BuildTab(spec_json=spec_json, preset=preset)
