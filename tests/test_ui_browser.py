@@ -73,11 +73,12 @@ def test_invalid_depth_shows_message_and_launches_nothing(page, workbench, artif
     open_app(page, workbench.url)
     fill(page, "depth-field", "21")
     expect()(page.locator("#build-error")).to_contain_text("21 is not one; the nearest are 20 and 26")
+    page.screenshot(path=artifacts_dir / "journey2-invalid-depth-message.png", full_page=True)
     open_tab(page, "Launch")
     expect()(page.locator("#launch-network")).to_contain_text("invalid")
     for button in ("launch-run", "launch-twin", "launch-ladder"):
         expect()(page.locator(f"#{button}")).to_be_disabled()
-    page.screenshot(path=artifacts_dir / "journey2-invalid-depth.png", full_page=True)
+    page.screenshot(path=artifacts_dir / "journey2-launch-disabled.png", full_page=True)
     assert workbench.store.list_runs() == []
 
 

@@ -121,7 +121,8 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
                          elem_id="curves-plot")
         depth = gr.Plot(label="Final test error against depth", visible=False, elem_id="depth-plot")
         gr.Markdown("Dashed: training error (averaged over the logging interval); bold: test error. "
-                    "Paper markers are the published CIFAR-10 numbers of the matching preset.")
+                    "Paper markers are the errors published for the matching preset (see its source in the "
+                    "Build tab's presets), so they compare only on the same dataset.")
         view = gr.State(CompareView())
         timer = gr.Timer(REFRESH_SECONDS)
 
