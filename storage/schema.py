@@ -117,9 +117,12 @@ class Metric(Base):
     """
 
     __tablename__ = "metrics"
+    # AUTOINCREMENT: ids are never reused after rows are deleted (a resumed run drops the rows it
+    # logs again), so a chart's "rows after id K" cursor never misses re-logged rows.
     __table_args__ = (
         Index("ix_metrics_run_id_id", "run_id", "id"),
         Index("ix_metrics_run_id_name_id", "run_id", "name", "id"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

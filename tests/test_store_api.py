@@ -541,3 +541,15 @@ def test_store_works_as_a_context_manager(tmp_path):
         run_id = store.create_run(SPEC, name="ctx")
     with open_store(tmp_path) as reopened:
         assert reopened.get_run(run_id).name == "ctx"
+
+
+def test_metric_ids_are_not_reused_after_rows_are_deleted(store):
+    """A chart polling with a cursor must see rows a resumed run logs again."""
+    run_id = store.create_run(SPEC, name="resumed")
+    rows = [{"iteration": i, "split": "train", "name": "loss", "value": 1.0} for i in range(1, 11)]
+    store.append_metrics(run_id, rows)
+    cursor = store.fetch_metrics_since({run_id: 0})[run_id].cursor
+    store.delete_metrics_after(run_id, 5)
+    store.append_metrics(run_id, rows[5:])
+    relogged = store.fetch_metrics_since({run_id: cursor})[run_id].rows
+    assert [r.iteration for r in relogged] == [6, 7, 8, 9, 10]

@@ -103,6 +103,9 @@ class LocalExecutor(Executor):
     def _spawn(self) -> str:
         worker_id = f"local-{uuid.uuid4().hex[:8]}"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        if not torch.cuda.is_available():
+            # CPU workers share the cores instead of each spinning one thread per core.
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.worker_count)))
         self.processes[worker_id] = subprocess.Popen(self._worker_command(worker_id), env=env, cwd=PROJECT_ROOT)
         logger.info("started worker %s (pid %d)", worker_id, self.processes[worker_id].pid)
         return worker_id
