@@ -14,8 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import DataError, SpecError
-from workbench.paths import cache_dir
+from workbench.data import check_source
+from workbench.errors import SpecError
 from workbench.presets import Preset
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
 
@@ -181,24 +181,8 @@ def train_spec_from_fields(
 
 
 def check_data_source(data: DataSpec, home: Path, data_roots: Sequence[Path]) -> None:
-    """Fail early, with the loader's own message, when a dataset path is outside the data roots or missing.
-
-    A CIFAR set that will be downloaded is not checked (the worker downloads it).
-    """
-    if data.name == "synthetic":
-        return
-    from workbench.data.base import search_roots
-    from workbench.data.cifar import locate_cifar
-    from workbench.data.imagefolder import locate_folder
-
-    roots = search_roots(home, list(data_roots))
-    permitted = [home / "datasets", cache_dir(home), *data_roots]
-    if data.name == "folder":
-        folder = locate_folder(data, roots, permitted)
-        if not folder.is_dir():
-            raise DataError(f"image folder {folder} does not exist or is not a folder")
-    elif data.path is not None or not data.download:
-        locate_cifar(data.name, data.path, False, home, roots, permitted)
+    """Fail early, with the loader's own message, when a dataset path is outside the data roots or missing."""
+    check_source(data, home, list(data_roots))
 
 
 # -- twins and ladders ---------------------------------------------------------------------------

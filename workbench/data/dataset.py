@@ -19,6 +19,7 @@ from workbench.data.base import (
 from workbench.data.cifar import locate_cifar, read_cifar
 from workbench.data.imagefolder import load_folder, locate_folder
 from workbench.data.synthetic import make_synthetic
+from workbench.errors import DataError
 from workbench.paths import cache_dir, home_dir
 from workbench.spec import DataSpec
 
@@ -41,6 +42,30 @@ def _pick_classes(splits: Splits, spec: DataSpec) -> Splits:
     return splits
 
 
+def _roots(home: Path, allowed_roots: list[Path] | None) -> tuple[list[Path], list[Path] | None]:
+    """Folders searched for a dataset, and the folders it may be read from (None: anywhere)."""
+    permitted = None if allowed_roots is None else [home / "datasets", cache_dir(home), *allowed_roots]
+    return search_roots(home, allowed_roots), permitted
+
+
+def check_source(spec: DataSpec, home: Path | None = None, allowed_roots: list[Path] | None = None) -> None:
+    """Raise DataError, with the loader's own message, when the spec's data is missing or not allowed.
+
+    Cheap (no decoding): the UI calls it before queueing a run. A CIFAR set that will be downloaded
+    is not checked; the worker downloads it.
+    """
+    if spec.name == "synthetic":
+        return
+    home = home_dir(home)
+    roots, permitted = _roots(home, allowed_roots)
+    if spec.name == "folder":
+        folder = locate_folder(spec, roots, permitted)
+        if not folder.is_dir():
+            raise DataError(f"image folder {folder} does not exist or is not a folder")
+    elif spec.path is not None or not spec.download:
+        locate_cifar(spec.name, spec.path, False, home, roots, permitted)
+
+
 def load_dataset(spec: DataSpec, home: Path | None = None, allowed_roots: list[Path] | None = None) -> Dataset:
     """Load the dataset a DataSpec describes, hold out a validation split and compute train statistics.
 
@@ -52,8 +77,7 @@ def load_dataset(spec: DataSpec, home: Path | None = None, allowed_roots: list[P
         splits = _pick_classes(make_synthetic(spec.synthetic_train, spec.synthetic_test, spec.seed), spec)
     else:
         home = home_dir(home)
-        roots = search_roots(home, allowed_roots)
-        permitted = None if allowed_roots is None else [home / "datasets", cache_dir(home), *allowed_roots]
+        roots, permitted = _roots(home, allowed_roots)
         if spec.name == "folder":
             splits = load_folder(locate_folder(spec, roots, permitted), spec, home, permitted)
         else:
