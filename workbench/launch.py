@@ -180,6 +180,50 @@ def train_spec_from_fields(
     return parse_spec(TrainSpec, {key: value for key, value in data.items() if value is not None})
 
 
+FORM_FIELDS = (
+    "dataset", "path", "download", "classes", "per_class_cap", "resolution", "validation_size", "synthetic_train",
+    "synthetic_test", "budget_unit", "budget", "batch_size", "lr", "schedule", "warmup", "seed", "precision",
+    "device", "log_every", "eval_every",
+)
+
+
+def specs_from_form(
+    *,
+    dataset: str,
+    path: str | None,
+    download: bool,
+    classes: str | None,
+    per_class_cap: Any,
+    resolution: Any,
+    validation_size: Any,
+    synthetic_train: Any,
+    synthetic_test: Any,
+    budget_unit: str,
+    budget: Any,
+    batch_size: Any,
+    lr: Any,
+    schedule: str,
+    warmup: Any,
+    seed: Any,
+    precision: str,
+    device: str,
+    log_every: Any,
+    eval_every: Any,
+) -> tuple[DataSpec, TrainSpec]:
+    """The DataSpec and TrainSpec of a launch form (fields as in FORM_FIELDS); one seed drives both."""
+    data = data_spec_from_fields(
+        name=dataset, path=path, download=download, classes=classes, per_class_cap=per_class_cap,
+        resolution=resolution, validation_size=validation_size, synthetic_train=synthetic_train,
+        synthetic_test=synthetic_test, seed=seed,
+    )
+    train = train_spec_from_fields(
+        budget_unit=budget_unit, budget=budget, batch_size=batch_size, lr=lr, schedule=schedule,
+        warmup_iterations=warmup, seed=seed, precision=precision, device=device, log_every=log_every,
+        eval_every=eval_every,
+    )
+    return data, train
+
+
 def check_data_source(data: DataSpec, home: Path, data_roots: Sequence[Path]) -> None:
     """Fail early, with the loader's own message, when a dataset path is outside the data roots or missing."""
     check_source(data, home, list(data_roots))

@@ -23,6 +23,7 @@ from workbench.ui.build_tab import build_tab  # noqa: E402
 from workbench.ui.compare_tab import compare_tab  # noqa: E402
 from workbench.ui.context import WorkbenchContext  # noqa: E402
 from workbench.ui.export_tab import export_tab  # noqa: E402
+from workbench.ui.finetune_tab import finetune_tab  # noqa: E402
 from workbench.ui.launch_tab import launch_tab  # noqa: E402
 from workbench.ui.runs_tab import runs_tab  # noqa: E402
 
@@ -88,6 +89,7 @@ def build_ui(ctx: WorkbenchContext) -> gr.Blocks:
         with gr.Tabs():
             built = build_tab(ctx, demo)
             launched = launch_tab(ctx, built.spec_json).launched
+            finetune_tab(ctx, demo)
             runs_tab(ctx, demo)
             compare_tab(ctx, demo, launched)
             export_tab(ctx, demo)

@@ -10,15 +10,15 @@ import gradio as gr
 from workbench.errors import WorkbenchError
 from workbench.launch import (
     DEFAULT_LADDER_DEPTHS,
+    FORM_FIELDS,
     check_data_source,
-    data_spec_from_fields,
     default_group_name,
     parse_int_list,
     plan_ladder,
     plan_single,
     plan_twin,
+    specs_from_form,
     submit_plan,
-    train_spec_from_fields,
     unique_group_name,
 )
 from workbench.spec import NetSpec
@@ -38,6 +38,35 @@ class LaunchTab:
     """`launched` holds {"group": name or None, "run_ids": [...]} of the latest launch."""
 
     launched: gr.State
+
+
+@dataclass
+class RunForm:
+    """The data and training fields of a launch form; `components()` lists them in FORM_FIELDS order."""
+
+    dataset: gr.Dropdown
+    path: gr.Textbox
+    download: gr.Checkbox
+    classes: gr.Textbox
+    per_class_cap: gr.Number
+    resolution: gr.Number
+    validation_size: gr.Number
+    synthetic_train: gr.Number
+    synthetic_test: gr.Number
+    budget_unit: gr.Radio
+    budget: gr.Number
+    batch_size: gr.Number
+    lr: gr.Number
+    schedule: gr.Dropdown
+    warmup: gr.Number
+    seed: gr.Number
+    precision: gr.Dropdown
+    device: gr.Dropdown
+    log_every: gr.Number
+    eval_every: gr.Number
+
+    def components(self) -> list[gr.components.Component]:
+        return [getattr(self, name) for name in FORM_FIELDS]
 
 
 def network_line(spec_json: str):
@@ -66,14 +95,11 @@ def launch(ctx: WorkbenchContext, kind: str, spec_json: str, dataset: str, path:
         return "**Nothing launched:** the network in the Build tab is invalid; fix it there first.", gr.skip()
     try:
         net = NetSpec.model_validate_json(spec_json)
-        data = data_spec_from_fields(
-            name=dataset, path=path, download=download, classes=classes, per_class_cap=per_class_cap,
+        data, train = specs_from_form(
+            dataset=dataset, path=path, download=download, classes=classes, per_class_cap=per_class_cap,
             resolution=resolution, validation_size=validation_size, synthetic_train=synthetic_train,
-            synthetic_test=synthetic_test, seed=seed,
-        )
-        train = train_spec_from_fields(
-            budget_unit=budget_unit, budget=budget, batch_size=batch_size, lr=lr, schedule=schedule,
-            warmup_iterations=warmup, seed=seed, precision=precision, device=device, log_every=log_every,
+            synthetic_test=synthetic_test, budget_unit=budget_unit, budget=budget, batch_size=batch_size, lr=lr,
+            schedule=schedule, warmup=warmup, seed=seed, precision=precision, device=device, log_every=log_every,
             eval_every=eval_every,
         )
         check_data_source(data, ctx.home, ctx.data_roots)
@@ -98,51 +124,71 @@ def launch(ctx: WorkbenchContext, kind: str, spec_json: str, dataset: str, path:
     return message, {"group": group, "run_ids": run_ids}
 
 
+def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synthetic", budget: float = 5,
+             lr: float = 0.1) -> RunForm:
+    """Create the Data and Training columns of a launch form inside the current Blocks.
+
+    Element ids are `id_prefix` + a field name ("dataset-picker", "budget"...), so two tabs can hold a form each.
+    """
+    roots = ", ".join(f"`{root}`" for root in ctx.data_roots)
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown("#### Data")
+            dataset_picker = gr.Dropdown(DATASETS, value=dataset, label="Dataset", elem_id=f"{id_prefix}dataset-picker")
+            with gr.Row(visible=dataset == "synthetic") as synthetic_row:
+                synthetic_train = gr.Number(10000, label="Synthetic training images", precision=0,
+                                            elem_id=f"{id_prefix}synthetic-train")
+                synthetic_test = gr.Number(2000, label="Synthetic test images", precision=0,
+                                           elem_id=f"{id_prefix}synthetic-test")
+            with gr.Column(visible=dataset != "synthetic") as path_column:
+                path = gr.Textbox(label="Path (archive or folder)", elem_id=f"{id_prefix}dataset-path",
+                                  info=f"Must lie under the data folders: {roots}. Relative paths are looked "
+                                       "up there.")
+            with gr.Column(visible=dataset in ("cifar10", "cifar100")) as cifar_column:
+                download = gr.Checkbox(False, label="Download when not found")
+            with gr.Column(visible=dataset == "folder") as folder_column:
+                resolution = gr.Number(0, label="Resolution in px (0 = as stored)", precision=0,
+                                       elem_id=f"{id_prefix}resolution")
+            with gr.Row():
+                classes = gr.Textbox(label="Classes", placeholder="all; or first k (5); or names: cat, dog")
+                per_class_cap = gr.Number(0, label="Images per class (0 = all)", precision=0,
+                                          elem_id=f"{id_prefix}per-class-cap")
+                validation_size = gr.Number(0, label="Validation images", precision=0)
+        with gr.Column():
+            gr.Markdown("#### Training")
+            with gr.Row():
+                budget_unit = gr.Radio(["epochs", "iterations"], value="epochs", label="Budget in",
+                                       elem_id=f"{id_prefix}budget-unit")
+                budget_field = gr.Number(budget, label="Budget", elem_id=f"{id_prefix}budget")
+            with gr.Row():
+                batch_size = gr.Number(128, label="Batch size", precision=0, elem_id=f"{id_prefix}batch-size")
+                lr_field = gr.Number(lr, label="Learning rate", elem_id=f"{id_prefix}lr")
+                schedule = gr.Dropdown(["step", "cosine", "constant"], value="step", label="Schedule")
+            with gr.Row():
+                warmup = gr.Number(0, label="Warm-up iterations", precision=0)
+                seed = gr.Number(0, label="Seed", precision=0)
+            with gr.Row():
+                precision = gr.Dropdown(["auto", "fp32", "bf16"], value="auto", label="Precision")
+                device = gr.Dropdown(["auto", "cpu", "cuda", "mps"], value="auto", label="Device")
+            with gr.Row():
+                log_every = gr.Number(20, label="Log every (iterations)", precision=0, elem_id=f"{id_prefix}log-every")
+                eval_every = gr.Number(0, label="Extra evaluation every (0 = at epoch ends only)", precision=0)
+    dataset_picker.change(dataset_visibility, dataset_picker, [synthetic_row, path_column, cifar_column, folder_column],
+                          api_visibility="private")
+    return RunForm(
+        dataset=dataset_picker, path=path, download=download, classes=classes, per_class_cap=per_class_cap,
+        resolution=resolution, validation_size=validation_size, synthetic_train=synthetic_train,
+        synthetic_test=synthetic_test, budget_unit=budget_unit, budget=budget_field, batch_size=batch_size, lr=lr_field,
+        schedule=schedule, warmup=warmup, seed=seed, precision=precision, device=device, log_every=log_every,
+        eval_every=eval_every,
+    )
+
+
 def launch_tab(ctx: WorkbenchContext, spec_json: gr.Code) -> LaunchTab:
     """Create the Launch tab inside the current Blocks; `spec_json` is the Build tab's network."""
-    roots = ", ".join(f"`{root}`" for root in ctx.data_roots)
     with gr.Tab("Launch", id="launch"):
         network = gr.Markdown(network_line(spec_json.value)[0], elem_id="launch-network")
-        with gr.Row():
-            with gr.Column():
-                gr.Markdown("#### Data")
-                dataset = gr.Dropdown(DATASETS, value="synthetic", label="Dataset", elem_id="dataset-picker")
-                with gr.Row() as synthetic_row:
-                    synthetic_train = gr.Number(10000, label="Synthetic training images", precision=0,
-                                                elem_id="synthetic-train")
-                    synthetic_test = gr.Number(2000, label="Synthetic test images", precision=0,
-                                               elem_id="synthetic-test")
-                with gr.Column(visible=False) as path_column:
-                    path = gr.Textbox(label="Path (archive or folder)",
-                                      info=f"Must lie under the data folders: {roots}. Relative paths are looked "
-                                           "up there.")
-                with gr.Column(visible=False) as cifar_column:
-                    download = gr.Checkbox(False, label="Download when not found")
-                with gr.Column(visible=False) as folder_column:
-                    resolution = gr.Number(0, label="Resolution in px (0 = as stored)", precision=0)
-                with gr.Row():
-                    classes = gr.Textbox(label="Classes", placeholder="all; or first k (5); or names: cat, dog")
-                    per_class_cap = gr.Number(0, label="Images per class (0 = all)", precision=0)
-                    validation_size = gr.Number(0, label="Validation images", precision=0)
-            with gr.Column():
-                gr.Markdown("#### Training")
-                with gr.Row():
-                    budget_unit = gr.Radio(["epochs", "iterations"], value="epochs", label="Budget in")
-                    budget = gr.Number(5, label="Budget", elem_id="budget")
-                with gr.Row():
-                    batch_size = gr.Number(128, label="Batch size", precision=0, elem_id="batch-size")
-                    lr = gr.Number(0.1, label="Learning rate")
-                    schedule = gr.Dropdown(["step", "cosine", "constant"], value="step", label="Schedule")
-                with gr.Row():
-                    warmup = gr.Number(0, label="Warm-up iterations", precision=0)
-                    seed = gr.Number(0, label="Seed", precision=0)
-                with gr.Row():
-                    precision = gr.Dropdown(["auto", "fp32", "bf16"], value="auto", label="Precision")
-                    device = gr.Dropdown(["auto", "cpu", "cuda", "mps"], value="auto", label="Device")
-                with gr.Row():
-                    log_every = gr.Number(20, label="Log every (iterations)", precision=0, elem_id="log-every")
-                    eval_every = gr.Number(0, label="Extra evaluation every (0 = at epoch ends only)",
-                                           precision=0)
+        form = run_form(ctx)
         with gr.Row():
             launch_run = gr.Button("Launch run", variant="secondary", elem_id="launch-run")
             launch_twin = gr.Button("Launch plain + residual twin", variant="primary", elem_id="launch-twin")
@@ -152,14 +198,10 @@ def launch_tab(ctx: WorkbenchContext, spec_json: gr.Code) -> LaunchTab:
         message = gr.Markdown(elem_id="launch-message")
         launched = gr.State(None)
 
-    inputs = [spec_json, dataset, path, download, classes, per_class_cap, resolution, validation_size,
-              synthetic_train, synthetic_test, budget_unit, budget, batch_size, lr, schedule, warmup, seed,
-              precision, device, log_every, eval_every, ladder_depths]
+    inputs = [spec_json, *form.components(), ladder_depths]
     buttons = {"run": launch_run, "twin": launch_twin, "ladder": launch_ladder}
     for kind, button in buttons.items():
         button.click(functools.partial(launch, ctx, kind), inputs, [message, launched], api_name=f"launch_{kind}")
     spec_json.change(network_line, spec_json, [network, launch_run, launch_twin, launch_ladder],
                      api_visibility="private")
-    dataset.change(dataset_visibility, dataset, [synthetic_row, path_column, cifar_column, folder_column],
-                   api_visibility="private")
     return LaunchTab(launched=launched)
