@@ -21,7 +21,7 @@ def test_reproduce_trains_lesions_and_writes_the_report(tmp_path):
     for path in result.figures.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = result.report.read_text()
-    assert "--per-class-cap 13 --iterations 2 --depths 8 14" in report
+    assert "--per-class-cap 13 --iterations 2 --warmup 30 --depths 8 14" in report
     assert "figures/lesion_by_k.png" in report and result.verdict["verdict"] in report
     with open_store(tmp_path / "home") as store:
         analyses = store.list_analyses(result.run_ids["resnet14"], "lesion")

@@ -241,7 +241,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     config = ReproductionConfig(
         **({"data_path": args.data} if args.data else {}), per_class_cap=args.per_class_cap,
-        iterations=args.iterations, depths=tuple(args.depths),
+        iterations=args.iterations, warmup_iterations=args.warmup, depths=tuple(args.depths),
         lesion_images=args.lesion_images, lesion_draws=args.lesion_draws, lesion_max_k=args.lesion_max_k,
         group_name=args.group,
     )
@@ -347,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--docs", type=Path, default=Path("docs"), help="where the report and figures go")
     reproduce.add_argument("--per-class-cap", type=int, default=500)
     reproduce.add_argument("--iterations", type=int, default=160)
+    reproduce.add_argument("--warmup", type=int, default=30, help="linear learning-rate warm-up iterations")
     reproduce.add_argument("--depths", type=int, nargs="+", default=[20, 56])
     reproduce.add_argument("--lesion-images", type=int, default=1000)
     reproduce.add_argument("--lesion-draws", type=int, default=2)

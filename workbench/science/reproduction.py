@@ -8,6 +8,7 @@ group reuses the trained runs and stored lesion studies and only redraws what is
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import shlex
@@ -20,8 +21,8 @@ import plotly.graph_objects as go
 import torch
 
 from storage.status import COMPLETED, INTERRUPTED, QUEUED, RUNNING
-from workbench.errors import WorkbenchError
-from workbench.jobs.worker import run_worker
+from workbench.errors import IllegalTransition, WorkbenchError
+from workbench.jobs.worker import default_worker_id, execute_run
 from workbench.models import ResNet
 from workbench.models.analysis import count_parameters
 from workbench.science.degradation import (
@@ -51,6 +52,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 FIGURE_SIZE = (1100, 460)
 PAPER_ITERATIONS = 64000
+NEAR_CHANCE_POINTS = 5.0
 WAIT_POLL_S = 10.0
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -65,6 +67,7 @@ class ReproductionConfig:
     per_class_cap: int = 500
     iterations: int = 160
     batch_size: int = 128
+    warmup_iterations: int = 30
     depths: tuple[int, ...] = (20, 56)
     log_every: int = 5
     grad_norm_every: int = 10
@@ -77,7 +80,8 @@ class ReproductionConfig:
 
     def __post_init__(self) -> None:
         if self.group_name is None:
-            self.group_name = f"degradation-cifar10-cap{self.per_class_cap}-it{self.iterations}"
+            warmup = f"-wu{self.warmup_iterations}" if self.warmup_iterations else ""
+            self.group_name = f"degradation-cifar10-cap{self.per_class_cap}-it{self.iterations}{warmup}"
 
     def data(self) -> DataSpec:
         return DataSpec(name="cifar10", path=str(Path(self.data_path).resolve()), per_class_cap=self.per_class_cap,
@@ -85,7 +89,7 @@ class ReproductionConfig:
 
     def train(self) -> TrainSpec:
         return TrainSpec(iterations=self.iterations, batch_size=self.batch_size, log_every=self.log_every,
-                         grad_norm_every=self.grad_norm_every, seed=self.seed)
+                         warmup_iterations=self.warmup_iterations, grad_norm_every=self.grad_norm_every, seed=self.seed)
 
 
 @dataclass
@@ -148,7 +152,10 @@ def _group_runs(store: Any, config: ReproductionConfig) -> dict[str, int]:
 
 
 def train_ladder(store: Any, config: ReproductionConfig) -> dict[str, int]:
-    """Queue (if needed) and train the ladder with an in-process worker; resumes interrupted runs."""
+    """Queue (if needed) and train the group's runs in this process, as a worker does; resumes interrupted runs.
+
+    Only this group's runs are claimed; runs another worker holds are waited for.
+    """
     run_ids = _group_runs(store, config)
     for run_id in run_ids.values():
         if store.get_run(run_id).status == INTERRUPTED:
@@ -156,8 +163,16 @@ def train_ladder(store: Any, config: ReproductionConfig) -> dict[str, int]:
     pending = [name for name, run_id in run_ids.items() if store.get_run(run_id).status != COMPLETED]
     if pending:
         logger.info("training %s (%d iterations each)", ", ".join(pending), config.iterations)
+    worker_id = default_worker_id()
     while True:
-        run_worker(store, exit_when_idle=True)
+        for run_id in run_ids.values():
+            if store.get_run(run_id).status != QUEUED:
+                continue
+            try:
+                store.claim_run(run_id, worker_id)
+            except IllegalTransition:
+                continue
+            execute_run(store, run_id, worker_id)
         elsewhere = [name for name, run_id in run_ids.items() if store.get_run(run_id).status in (QUEUED, RUNNING)]
         if not elsewhere:
             break
@@ -194,18 +209,21 @@ def _duration(run: Any) -> float | None:
     return (run.finished_at - run.started_at).total_seconds()
 
 
-def regenerate_command(home: Path, config: ReproductionConfig) -> str:
+def regenerate_command(home: Path, docs_dir: Path, config: ReproductionConfig) -> str:
     """The command line that regenerates this reproduction."""
     try:
         shown_home = home.resolve().relative_to(PROJECT_ROOT)
     except ValueError:
         shown_home = home
     parts = [".venv/bin/python", "-m", "workbench", "--home", str(shown_home), "reproduce",
-             "--data", _shown_path(config.data_path), "--per-class-cap", str(config.per_class_cap),
-             "--iterations", str(config.iterations), "--depths", *map(str, config.depths),
+             "--docs", _shown_path(docs_dir), "--data", _shown_path(config.data_path),
+             "--per-class-cap", str(config.per_class_cap),
+             "--iterations", str(config.iterations), "--warmup", str(config.warmup_iterations),
+             "--depths", *map(str, config.depths),
              "--lesion-images", str(config.lesion_images), "--lesion-draws", str(config.lesion_draws),
              "--lesion-max-k", str(config.lesion_max_k)]
-    default = ReproductionConfig(per_class_cap=config.per_class_cap, iterations=config.iterations)
+    default = ReproductionConfig(per_class_cap=config.per_class_cap, iterations=config.iterations,
+                                 warmup_iterations=config.warmup_iterations)
     if config.group_name != default.group_name:
         parts += ["--group", config.group_name]
     return shlex.join(parts)
@@ -241,6 +259,10 @@ def reproduce(home: Path, docs_dir: Path, config: ReproductionConfig) -> Reprodu
         heat_panels = [(name, *unit_gradient_matrix(gradient_rows[run_ids[name]].rows))
                        for name in reversed(lesion_names)]
         parameters = {run.preset: count_parameters(ResNet(RunSpec.model_validate(run.spec).net))[0] for run in runs}
+        loss_rows = store.fetch_metrics_since({run.id: 0 for run in runs}, names=["loss"])
+        peak_losses = {run.preset: max((row.value for row in loss_rows[run.id].rows
+                                        if row.split == "train" and row.value is not None), default=None)
+                       for run in runs}
         figure_files = {
             "figure6": write_png(figure6(curves, title="Training (dashed) and test (bold) error"),
                                  docs_dir / "figures" / "degradation_curves.png"),
@@ -258,7 +280,8 @@ def reproduce(home: Path, docs_dir: Path, config: ReproductionConfig) -> Reprodu
         report = docs_dir / "reproduction.md"
         report.write_text(render_report(
             home=home, config=config, runs=runs, finals=finals, verdict=verdict, lesions=lesions,
-            lesion_seconds=lesion_seconds, parameters=parameters, profiles=profiles, figures=figure_files,
+            lesion_seconds=lesion_seconds, parameters=parameters, peak_losses=peak_losses, profiles=profiles,
+            figures=figure_files,
             docs_dir=docs_dir, dataset_counts=_dataset_counts(store, runs[0].id),
         ))
     logger.info("reproduction written to %s", report)
@@ -281,9 +304,30 @@ def _minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
 
+def observations(finals: list[dict], verdict: dict, peak_losses: dict[str, float | None],
+                 num_classes: int = 10) -> list[str]:
+    """Markdown bullets on what in these numbers departs from the paper's picture (empty when nothing does)."""
+    chance = 100.0 * (1 - 1 / num_classes)
+    notes = []
+    for final in sorted(finals, key=lambda f: (f["residual"], f["depth"])):
+        error = final["train_error"]
+        if error is not None and error >= chance - NEAR_CHANCE_POINTS:
+            peak = peak_losses.get(final["name"])
+            spike = f"; its training loss peaked at {peak:.2f} (chance level is {math.log(num_classes):.2f})" \
+                if peak is not None else ""
+            notes.append(f"- {final['name']} stayed near chance ({error:.1f}% training error against "
+                         f"{chance:.0f}% for guessing): it did not learn within this budget{spike}.")
+    if verdict.get("residual_pairs"):
+        pairs = ", ".join(f"{p['deep']} above {p['shallow']}" for p in verdict["residual_pairs"])
+        notes.append(f"- The residual nets also get worse with depth here ({pairs}), unlike the paper's Fig. 6 "
+                     "(right): this run does not reproduce the residual side.")
+    return ["Observations:", "", *notes, ""] if notes else []
+
+
 def render_report(*, home: Path, config: ReproductionConfig, runs: list, finals: list[dict], verdict: dict,
                   lesions: dict[str, dict], lesion_seconds: dict[str, float | None], parameters: dict[str, int],
-                  profiles: list[tuple[str, list]], figures: dict[str, Path], docs_dir: Path,
+                  peak_losses: dict[str, float | None], profiles: list[tuple[str, list]], figures: dict[str, Path],
+                  docs_dir: Path,
                   dataset_counts: dict[str, int]) -> str:
     """The Markdown report: setup, numbers, verdicts, figures and the regenerating command."""
     by_name = {final["name"]: final for final in finals}
@@ -313,25 +357,28 @@ def render_report(*, home: Path, config: ReproductionConfig, runs: list, finals:
         "absolute errors are not comparable with the paper.",
         f"- **Budget:** {config.iterations} iterations of batch {config.batch_size} (about {epochs:.1f} epochs of the "
         "subset) per network, the paper's recipe otherwise (SGD, momentum 0.9, weight decay 1e-4, learning rate 0.1 "
-        "divided by 10 at 50% and 75% of the budget, flip + 4-pixel-pad crop augmentation). The paper trains for "
+        "divided by 10 at 50% and 75% of the budget, flip + 4-pixel-pad crop augmentation), "
+        + (f"with a linear learning-rate warm-up over the first {config.warmup_iterations} iterations for every "
+           "network. " if config.warmup_iterations else "without warm-up. ")
+        + "The paper trains for "
         f"{PAPER_ITERATIONS:,} iterations ({PAPER_ITERATIONS / config.iterations:,.0f} times as many) on 45k of "
-        "the 50k "
-        "training images.",
+        "the 50k training images.",
         f"- **Networks:** {', '.join(run.preset for run in runs)} (option A shortcuts for the ResNets), identical data "
         "order and seed for every run (one ladder group).",
         f"- **Machine:** {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, device "
         f"`{device}` (native bf16: {cpu_has_native_bf16()}); the two cores were shared with other work, so times "
         f"are indicative. Training took {_minutes(total_train)} in total.",
-        f"- **Regenerate:** `{regenerate_command(home, config)}` (reuses the stored runs of group "
+        f"- **Regenerate:** `{regenerate_command(home, docs_dir, config)}` (reuses the stored runs of group "
         f"`{config.group_name}` in that home; use a fresh `--home` to retrain).",
         "",
         "## Degradation (He et al. 2015, Fig. 6)",
         "",
         f"**Verdict: {verdict['verdict']}.** {verdict['explanation']}",
         "",
+        *observations(finals, verdict, peak_losses),
         "| network | params | training error (last tenth, %) | final test error (%) | best test error (%) | "
-        "paper test error (%) | train time |",
-        "|---|---|---|---|---|---|---|",
+        "paper test error (%) | peak training loss (logged mean) | train time |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in sorted(runs, key=lambda r: (RunSpec.model_validate(r.spec).net.shortcut != "none",
                                            RunSpec.model_validate(r.spec).net.depth)):
@@ -341,7 +388,8 @@ def render_report(*, home: Path, config: ReproductionConfig, runs: list, finals:
         lines.append(
             f"| {run.preset} | {parameters[run.preset]:,} | {_fmt(final['train_error'])} | "
             f"{_fmt(final['test_error'])} | "
-            f"{_fmt(run.best_test_error)} | {paper} | {_minutes(_duration(run))} |"
+            f"{_fmt(run.best_test_error)} | {paper} | {_fmt(peak_losses.get(run.preset), 2)} | "
+            f"{_minutes(_duration(run))} |"
         )
     lines += [
         "",
