@@ -98,7 +98,8 @@ def test_a_failing_run_does_not_take_the_worker_down(store, tmp_path):
 
 
 def test_killed_worker_leaves_an_interrupted_run_that_resumes_with_every_iteration_once(store, tmp_path):
-    run_id = store.create_run(tiny_spec(epochs=4), name="survivor")
+    # Long enough that the kill lands mid-run even on an idle machine (about 100 iterations/s).
+    run_id = store.create_run(tiny_spec(epochs=30), name="survivor")
     executor = LocalExecutor(store, db_url=database_url(tmp_path), workers=1)
     executor.start()
     try:
@@ -117,7 +118,7 @@ def test_killed_worker_leaves_an_interrupted_run_that_resumes_with_every_iterati
     finally:
         executor.shutdown()
     assert train_iterations(store, run_id) == sorted(set(train_iterations(store, run_id)))
-    assert train_iterations(store, run_id) == list(range(1, 33))
+    assert train_iterations(store, run_id) == list(range(1, 241))
 
 
 def test_shutdown_interrupts_running_runs_so_they_can_resume(store, tmp_path):

@@ -13,6 +13,7 @@ import os
 import platform
 import shlex
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,9 +118,17 @@ def write_png(figure: go.Figure, path: Path, width: int = FIGURE_SIZE[0], height
     else:
         figure.write_image(path, width=width, height=height, scale=1)
         return path
+    html = figure.to_html(include_plotlyjs="inline", full_html=True, config={"staticPlot": True})
+    # A fresh thread: Playwright's sync API refuses to start in a thread that already runs an event
+    # loop (the caller's own Playwright session, for one).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(_screenshot_html, html, path, width, height).result()
+    return path
+
+
+def _screenshot_html(html: str, path: Path, width: int, height: int) -> None:
     from playwright.sync_api import sync_playwright
 
-    html = figure.to_html(include_plotlyjs="inline", full_html=True, config={"staticPlot": True})
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -131,7 +140,6 @@ def write_png(figure: go.Figure, path: Path, width: int = FIGURE_SIZE[0], height
             page.locator(".plotly-graph-div").first.screenshot(path=str(path))
         finally:
             browser.close()
-    return path
 
 
 def _group_runs(store: Any, config: ReproductionConfig) -> dict[str, int]:
