@@ -1,5 +1,7 @@
 """The builder against the papers and torchvision: exact counts, keys, outputs, every preset trains a step."""
 
+import itertools
+
 import pytest
 import torch
 import torchvision
@@ -160,7 +162,7 @@ def test_stochastic_depth_decays_linearly_and_rescales_at_test_time():
     probs = [u.drop_prob for u in model.units()]
     assert probs[-1] == pytest.approx(0.5)
     assert probs[0] == pytest.approx(0.5 / 54)
-    assert all(b > a for a, b in zip(probs, probs[1:]))
+    assert all(b > a for a, b in itertools.pairwise(probs))
     summary = summarize(model)
     assert summary["expected_units"] == pytest.approx(sum(1 - p for p in probs))
     unit = model.layer3[-1]
@@ -187,7 +189,8 @@ def test_every_preset_runs_forward_and_backward(preset):
     assert out.shape == (2, model.spec.num_classes)
     assert torch.isfinite(loss)
     # Units dropped by stochastic depth in this step get no gradient; everything else must.
-    dropped_free = [p for name, p in model.named_parameters() if model.spec.stochastic_depth == 0 or "layer" not in name]
+    dropped_free = [p for name, p in model.named_parameters()
+                    if model.spec.stochastic_depth == 0 or "layer" not in name]
     assert all(p.grad is not None for p in dropped_free)
 
 

@@ -10,7 +10,6 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 from sqlalchemy import text, update
 from sqlalchemy.exc import StatementError

@@ -56,9 +56,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
         return 0
     print(f"{summary['name']}: {spec.family} {spec.unit}, placement {spec.placement}, shortcut {spec.shortcut}")
     print(f"  parameters       {_format_int(summary['params'])} ({_format_int(summary['trainable_params'])} trainable)")
-    print(f"  multiply-adds    {_format_int(summary['macs'])} per {summary['input_size']}x{summary['input_size']} image")
+    size = summary["input_size"]
+    print(f"  multiply-adds    {_format_int(summary['macs'])} per {size}x{size} image")
     print(f"  weighted depth   {summary['depth']} ({summary['units']} units)")
-    print(f"  activations      {summary['activation_bytes'] / 2**20:.1f} MiB at batch {summary['activation_batch_size']}")
+    mebibytes = summary["activation_bytes"] / 2**20
+    print(f"  activations      {mebibytes:.1f} MiB at batch {summary['activation_batch_size']}")
     for stage in summary["stages"]:
         shape = "x".join(str(d) for d in stage["output_shape"])
         print(f"  {stage['stage']:<8} {stage['units']:>4} units  out {shape:<12} {_format_int(stage['params'])} params")

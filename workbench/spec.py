@@ -77,7 +77,9 @@ class NetSpec(BaseModel):
             raise ValueError(f"widths must be positive; got {self.widths}")
         if self.blocks is None:
             if self.depth is None:
-                raise ValueError("give either depth (for example 20, 56, 110) or blocks per stage (for example [3, 3, 3])")
+                raise ValueError(
+                    "give either depth (for example 20, 56, 110) or blocks per stage (for example [3, 3, 3])"
+                )
             self.blocks = self._blocks_from_depth(self.depth)
         if len(self.blocks) != len(self.widths):
             raise ValueError(
@@ -140,7 +142,9 @@ class NetSpec(BaseModel):
                 inplanes = width * expansion
         min_size = self.total_stride
         if self.input_size < min_size:
-            raise ValueError(f"input_size {self.input_size} is below this net's total stride {min_size}; use at least {min_size}")
+            raise ValueError(
+                f"input_size {self.input_size} is below this net's total stride {min_size}; use at least {min_size}"
+            )
 
     @property
     def expansion(self) -> int:

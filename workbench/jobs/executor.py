@@ -102,7 +102,8 @@ class LocalExecutor(Executor):
 
     def _spawn(self) -> str:
         worker_id = f"local-{uuid.uuid4().hex[:8]}"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        python_path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": python_path}
         if not torch.cuda.is_available():
             # CPU workers share the cores instead of each spinning one thread per core.
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.worker_count)))

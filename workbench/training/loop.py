@@ -133,7 +133,8 @@ def adapt_net_to_data(net: NetSpec, dataset: Dataset) -> NetSpec:
     """The net with as many outputs as the dataset has classes, and its image size as input size."""
     updates: dict[str, Any] = {}
     if net.num_classes != dataset.info.num_classes:
-        logger.info("network output %d -> %d classes of %s", net.num_classes, dataset.info.num_classes, dataset.info.name)
+        logger.info("network output %d -> %d classes of %s",
+                    net.num_classes, dataset.info.num_classes, dataset.info.name)
         updates["num_classes"] = dataset.info.num_classes
     if net.input_size != dataset.info.image_size:
         updates["input_size"] = dataset.info.image_size
@@ -157,7 +158,8 @@ def evaluate(
     model.eval()
     loss_sum = torch.zeros((), device=device)
     wrong = torch.zeros((), device=device, dtype=torch.long)
-    with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+    autocast = torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None)
+    with torch.no_grad(), autocast:
         for batch, target in eval_batches(
             images, labels, batch_size, mean=mean, std=std, device=device, channels_last=channels_last
         ):
