@@ -136,7 +136,8 @@ def lesion_by_unit(studies: Sequence[tuple[str, Mapping[str, Any]]], *, height: 
         figure.add_trace(go.Scatter(
             x=units, y=[entry["error"] for entry in single], mode="lines+markers", name=f"{label}: unit deleted",
             line={"color": color, "width": 2},
-            marker={"symbol": ["diamond" if entry["kept"] != "identity" else "circle" for entry in single], "size": 8},
+            marker={"symbol": ["diamond" if entry["kept"] != "identity" else "circle" for entry in single],
+                    "size": [12 if entry["kept"] != "identity" else 7 for entry in single]},
             customdata=[[entry["stage"], entry["block"], entry["kept"]] for entry in single],
             hovertemplate=(f"{label}<br>unit %{{x}} (stage %{{customdata[0]}}, block %{{customdata[1]}}, keeps "
                            "%{customdata[2]})<br>error %{y:.2f}%<extra></extra>"),

@@ -31,6 +31,7 @@ import contextlib
 import logging
 import math
 import random
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -344,11 +345,13 @@ def run_lesion_study(
     model = model.to(target)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    start = time.perf_counter()
     result = lesion_study(
         model, images, labels, mean=dataset_info["mean"], std=dataset_info["std"], draws=draws, max_k=max_k,
         seed=seed, device=target, autocast_dtype=autocast_dtype, channels_last=channels_last,
     )
     params = {
+        "seconds": round(time.perf_counter() - start, 1),
         "checkpoint": path.name, "draws": draws, "max_k": result["random"][-1]["k"] if result["random"] else 0,
         "limit_images": limit_images, "seed": seed, "device": str(target),
         "precision": str(autocast_dtype or "fp32").removeprefix("torch."),
