@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--data", type=Path, default=None, help="CIFAR-10 archive (default ../shared/data)")
     reproduce.add_argument("--docs", type=Path, default=Path("docs"), help="where the report and figures go")
     reproduce.add_argument("--per-class-cap", type=int, default=500)
-    reproduce.add_argument("--iterations", type=int, default=160)
+    reproduce.add_argument("--iterations", type=int, default=1000)
     reproduce.add_argument("--warmup", type=int, default=30, help="linear learning-rate warm-up iterations")
     reproduce.add_argument("--depths", type=int, nargs="+", default=[20, 56])
     reproduce.add_argument("--lesion-images", type=int, default=1000)

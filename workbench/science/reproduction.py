@@ -66,7 +66,7 @@ class ReproductionConfig:
 
     data_path: Path = DEFAULT_DATA
     per_class_cap: int = 500
-    iterations: int = 160
+    iterations: int = 1000
     batch_size: int = 128
     warmup_iterations: int = 30
     depths: tuple[int, ...] = (20, 56)
