@@ -207,3 +207,14 @@ def test_summary_reports_depth_stages_and_path_lengths():
     plain = summarize("plain56")["path_lengths"]
     assert plain[-1] == 1.0 and sum(plain) == 1.0
     assert summarize("resnet56", batch_size=256)["activation_bytes"] == 2 * summary["activation_bytes"]
+
+
+def test_a_dropped_preact_projection_unit_projects_the_pre_activated_input_as_when_kept():
+    model = build_model({"family": "cifar", "depth": 20, "placement": "full_preact", "shortcut": "C",
+                         "stochastic_depth": 0.9})
+    unit = model.layer3[-1].train()
+    unit.drop_prob = 1.0 - 1e-9  # dropped on every training step
+    unit.bn1.eval()  # running statistics, so both sides see the same normalisation
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(unit(x), unit.downsample(torch.relu(unit.bn1(x))))

@@ -91,6 +91,12 @@ class ResidualUnit(nn.Module):
         """The BN whose zero-init silences the residual branch."""
         return getattr(self, f"bn{self.convs}")
 
+    def _projection_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What a dropped unit's shortcut sees: a full pre-activation projection takes BN-ReLU(x), as when kept."""
+        if self.placement == "full_preact" and not isinstance(self.downsample, PadShortcut):
+            return F.relu(self.bn1(x))
+        return x
+
     def _branch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the residual branch; also return the input the shortcut projection sees."""
         out = x
@@ -114,7 +120,7 @@ class ResidualUnit(nn.Module):
         else:
             dropped = self.training and self.drop_prob > 0 and float(torch.rand(())) < self.drop_prob
             if dropped:
-                out = self.downsample(x) if self.downsample is not None else x
+                out = self.downsample(self._projection_input(x)) if self.downsample is not None else x
             else:
                 branch, shortcut_input = self._branch(x)
                 if not self.training and self.drop_prob > 0:
