@@ -14,6 +14,7 @@ import pytest
 import torch
 import torchvision
 
+from tests.gradio_page import fill, pick
 from workbench.jobs.worker import execute_run
 
 pytestmark = pytest.mark.browser
@@ -44,17 +45,6 @@ def open_finetune_tab(page, url: str) -> None:
     page.goto(url)
     page.get_by_role("tab", name="Fine-tune", exact=True).click()
     expect()(page.locator("#finetune-summary")).to_contain_text("Pick a model")
-
-
-def pick(page, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
-
-
-def fill(page, elem_id: str, value: str) -> None:
-    field = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    field.fill(value)
-    field.press("Tab")
 
 
 def choose(page, elem_id: str, label_start: str) -> None:

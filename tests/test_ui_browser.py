@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from tests.gradio_page import fill, pick
 from workbench.presets import save_preset
 from workbench.spec import NetSpec
 
@@ -40,18 +41,6 @@ def open_app(page, url: str) -> None:
 
 def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name, exact=True).click()
-
-
-def pick(page, elem_id: str, option: str) -> None:
-    """Choose an option of a Gradio dropdown."""
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
-
-
-def fill(page, elem_id: str, value: str) -> None:
-    field = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
-    field.fill(value)
-    field.press("Tab")
 
 
 def set_tiny_training(page, *, train: int, test: int, budget: str, unit: str = "epochs") -> None:
