@@ -6,8 +6,9 @@ Server side, with `runs` runs of `points` logged training iterations each (error
 images/s rows, plus a test point every 100 iterations) in a real SQLite store:
 
 - compare update: a timer tick after each run logged 10 more iterations; ours fetches only rows
-  newer than the cached cursors and redraws the downsampled curves, the reference refetches every
-  row and builds the figure from all points. Both times include Gradio's figure serialization.
+  newer than the cached cursors and redraws the downsampled curves and, the runs being one ladder
+  group, the degradation verdict, Figure 6 and error against depth; the reference refetches every
+  row and builds the curves figure from all points. Both times include Gradio's figure serialization.
   Target: ours under 150 ms.
 - compare open: picking the runs (ours reads the full history once, then downsamples).
 - idle tick: nothing new; ours answers gr.skip() (no redraw), the reference redraws anyway.
@@ -128,8 +129,9 @@ def server_benches(ctx: WorkbenchContext, run_ids: list[int], points: int, repea
         next_iteration["value"] = start + 10
 
     def serialized(outputs) -> int:
-        figure = outputs[0]
-        return 0 if figure == gr.skip() else len(plot.postprocess(figure).plot)
+        """Bytes of every figure the handler returned (curves, and for a ladder Figure 6 and error vs depth)."""
+        figures = [output.get("value") if isinstance(output, dict) else output for output in outputs[:-1]]
+        return sum(len(plot.postprocess(figure).plot) for figure in figures if isinstance(figure, go.Figure))
 
     view = CompareView()
     sizes = {"ours": serialized(redraw(ctx, run_ids, *OPTIONS, view)),

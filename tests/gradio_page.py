@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 
-def pick(page, elem_id: str, option: str) -> None:
-    """Choose an option of a Gradio dropdown."""
+def pick(page, elem_id: str, *options: str) -> None:
+    """Choose options of a Gradio dropdown (one, or several for a multiselect), then close its list."""
     page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
+    for option in options:
+        page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
+    page.keyboard.press("Escape")
 
 
 def fill(page, elem_id: str, value: str) -> None:

@@ -1,4 +1,4 @@
-"""Chart builders: paper-style curves, downsampling, smoothing, depth chart, unit diagram."""
+"""Chart builders: paper-style curves, downsampling, smoothing, unit diagram."""
 
 import numpy as np
 import pytest
@@ -6,13 +6,12 @@ import pytest
 from workbench.charts import (
     MAX_POINTS_PER_TRACE,
     downsample_minmax,
-    error_vs_depth_figure,
     path_length_figure,
     smooth,
     training_curves_figure,
     unit_diagram_figure,
 )
-from workbench.curves import DepthPoint, RunCurves, Series
+from workbench.curves import RunCurves, Series
 from workbench.spec import NetSpec
 
 
@@ -102,18 +101,6 @@ def test_empty_selection_gives_a_note_not_an_error():
     figure = training_curves_figure([RunCurves(1, "queued", None, None)])
     assert len(figure.data) == 0
     assert "No curves yet" in figure.layout.annotations[0].text
-
-
-def test_error_vs_depth_draws_runs_and_paper_markers():
-    points = [
-        DepthPoint(20, False, 10.0), DepthPoint(56, False, 14.0),
-        DepthPoint(20, True, 9.0, 8.75), DepthPoint(56, True, 7.5, 6.97),
-    ]
-    figure = error_vs_depth_figure(points)
-    names = [t.name for t in figure.data]
-    assert names == ["plain (this run)", "residual (this run)", "residual (He et al. 2015)"]
-    paper = figure.data[2]
-    assert list(paper.x) == [20, 56] and list(paper.y) == [8.75, 6.97] and paper.mode == "markers"
 
 
 def test_unit_diagram_follows_the_placement_recipe():

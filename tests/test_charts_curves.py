@@ -6,8 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from storage import METRIC_FIELDS, open_store
-from workbench.curves import CurveCache, curves_of, ladder_points, reference_errors
-from workbench.presets import list_presets
+from workbench.curves import CurveCache, curves_of, ladder_curve_runs
 from workbench.run_table import RUN_TABLE_COLUMNS, format_duration, run_label, run_row
 from workbench.spec import NetSpec, RunSpec
 
@@ -88,14 +87,19 @@ def test_curves_of_labels_runs_in_selection_order(store):
     assert curves[0].test is not None and curves[0].train is None and curves[1].test is None
 
 
-def test_ladder_points_carry_the_presets_paper_numbers(store):
+def test_ladder_curve_runs_read_the_cached_error_curves(store):
     resnet = store.create_run(spec(56), name="resnet56", preset="resnet56", group_name="L", group_kind="ladder")
     plain = store.create_run(spec(56, "none"), name="plain56", preset="plain56", group_name="L", group_kind="ladder")
-    store.update_summary(resnet, test_error=9.0)
-    points = {p.residual: p for p in ladder_points(store.list_runs(group_name="L"), reference_errors(list_presets()))}
-    assert points[True].depth == 56 and points[True].reference_error == 6.97 and points[True].test_error == 9.0
-    assert points[False].reference_error is None and points[False].test_error is None
-    assert plain != resnet
+    store.append_metrics(resnet, [{"iteration": i, "epoch": i / 10, "split": split, "name": name, "value": value}
+                                  for i in (10, 20) for split, name, value in
+                                  (("train", "error", 50.0 - i), ("test", "error", 60.0 - i), ("train", "loss", 2.0))])
+    cache = CurveCache(("error",))
+    cache.select([resnet, plain])
+    cache.refresh(store)
+    curves = ladder_curve_runs(cache, {resnet: ("resnet56", 56, True), plain: ("plain56", 56, False)})
+    assert [(c.name, c.depth, c.residual) for c in curves] == [("resnet56", 56, True), ("plain56", 56, False)]
+    assert curves[0].train == [(10, 40.0), (20, 30.0)] and curves[0].test == [(10, 50.0), (20, 40.0)]
+    assert curves[1].train == [] and curves[1].test == []
 
 
 def test_format_duration():

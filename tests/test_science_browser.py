@@ -1,10 +1,11 @@
-"""The Analysis tab in Chromium: a ladder's degradation verdict, and a lesion study started from the page."""
+"""The Analysis and Compare tabs in Chromium: a ladder's degradation verdict, a lesion study started from the page."""
 
 from __future__ import annotations
 
 import pytest
 
 from storage import open_store
+from tests.gradio_page import pick
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 from workbench.training import fit
 
@@ -18,14 +19,6 @@ def expect():
     from playwright.sync_api import expect as playwright_expect
 
     return playwright_expect
-
-
-def pick(page, elem_id: str, *options: str) -> None:
-    """Choose options of a Gradio dropdown, then close its list."""
-    page.locator(f"#{elem_id} input").click()
-    for option in options:
-        page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
-    page.keyboard.press("Escape")
 
 
 def ladder_run(store, name: str, shortcut: str, depth: int, final: float) -> int:
@@ -60,10 +53,6 @@ def test_analysis_tab_verdict_gradients_and_a_lesion_job(page, serve_workbench, 
     page.goto(served.url)
     page.get_by_role("tab", name="Analysis", exact=True).click()
 
-    pick(page, "degradation-group", "ladder-browser")
-    expect()(page.locator("#degradation-verdict")).to_contain_text("Degradation observed")
-    expect()(page.locator("#degradation-curves .scatterlayer .trace")).to_have_count(8)
-
     pick(page, "gradient-runs", "#1 plain8", "#3 resnet8")
     expect()(page.locator("#gradient-heatmap .heatmaplayer .hm")).to_have_count(2, timeout=30_000)
 
@@ -74,3 +63,10 @@ def test_analysis_tab_verdict_gradients_and_a_lesion_job(page, serve_workbench, 
     expect()(page.locator("#lesion-by-unit .scatterlayer .trace")).to_have_count(2, timeout=30_000)
     page.screenshot(path=artifacts_dir / "analysis-tab.png", full_page=True)
     assert len(served.store.list_analyses(trained, "lesion")) == 1
+
+    page.get_by_role("tab", name="Compare", exact=True).click()
+    pick(page, "compare-group", "ladder-browser [ladder]")
+    expect()(page.locator("#compare-verdict")).to_contain_text("Degradation observed")
+    expect()(page.locator("#compare-figure6 .scatterlayer .trace")).to_have_count(8)
+    expect()(page.locator("#depth-plot .scatterlayer .trace")).to_have_count(4)
+    page.screenshot(path=artifacts_dir / "compare-ladder.png", full_page=True)

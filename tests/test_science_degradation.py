@@ -12,8 +12,8 @@ from workbench.presets import get_preset
 from workbench.science.degradation import (
     CurveRun,
     degradation_observed,
-    group_verdict,
     launch_degradation_ladder,
+    load_curve_runs,
     paper_reference_errors,
     smoothed_at,
 )
@@ -48,7 +48,7 @@ def curve(final: float, start: float = 90.0, iterations: int = 100, every: int =
 
 def run(name: str, depth: int, residual: bool, final: float, iterations: int = 100) -> CurveRun:
     rows = curve(final, iterations=iterations) + curve(final + 5, iterations=iterations, every=50, split="test")
-    return CurveRun(name=name, depth=depth, residual=residual, rows=rows)
+    return CurveRun.from_rows(name, depth, residual, rows)
 
 
 def test_degradation_is_observed_when_the_deeper_plain_net_trains_worse():
@@ -73,24 +73,23 @@ def test_no_degradation_when_deeper_plain_nets_train_as_well_within_tolerance():
 def test_comparison_is_at_the_last_iteration_every_plain_run_reached():
     # plain56 is still early (60 iterations): compare both at iteration 60, where plain20 is higher.
     shallow = run("plain20", 20, False, 20.0)
-    deep = CurveRun("plain56", 56, False, curve(60.0, start=70.0, iterations=60))
+    deep = CurveRun.from_rows("plain56", 56, False, curve(60.0, start=70.0, iterations=60))
     verdict = degradation_observed([shallow, deep])
     assert verdict.iteration == 60
-    assert verdict.train_errors["plain20"] == pytest.approx(smoothed_at(
-        [(r["iteration"], r["value"]) for r in shallow.rows if r["split"] == "train"], 60, 6))
+    assert verdict.train_errors["plain20"] == pytest.approx(smoothed_at(shallow.train, 60, 6))
     assert verdict.observed is True
 
 
 def test_a_run_logged_only_after_the_common_iteration_is_read_at_its_first_point():
-    early = CurveRun("plain20", 20, False, curve(20.0, iterations=10, every=5))
-    late = CurveRun("plain56", 56, False, [{"iteration": 40, "split": "train", "name": "error", "value": 70.0}])
+    early = CurveRun.from_rows("plain20", 20, False, curve(20.0, iterations=10, every=5))
+    late = CurveRun("plain56", 56, False, train=[(40, 70.0)])
     verdict = degradation_observed([early, late])
     assert verdict.iteration == 10 and verdict.train_errors["plain56"] == 70.0 and verdict.observed is True
 
 
 def test_not_enough_data_without_two_plain_depths():
     assert degradation_observed([run("plain20", 20, False, 20.0), run("resnet56", 56, True, 10.0)]).observed is None
-    empty = [CurveRun("plain20", 20, False, []), CurveRun("plain56", 56, False, [])]
+    empty = [CurveRun("plain20", 20, False), CurveRun("plain56", 56, False)]
     assert degradation_observed(empty).observed is None
 
 
@@ -116,8 +115,8 @@ def test_ladder_queues_plain_and_residual_twins_with_identical_data_and_recipe(t
         assert nets["plain32"].depth == nets["resnet32"].depth == 32
         with pytest.raises(WorkbenchError):
             launch_degradation_ladder(store, [20, 20], data=DATA, train=TRAIN, group_name="bad")
-        curves, verdict = group_verdict(store, "ladder-1")
-    assert [c.name for c in curves] == list(ids) and verdict.observed is None
+        curves = load_curve_runs(store, list(reversed(runs)))
+    assert [c.name for c in curves] == list(ids) and degradation_observed(curves).observed is None
 
 
 def test_ladder_through_an_executor_uses_submit():

@@ -13,7 +13,6 @@ from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 from workbench.ui.analysis_tab import (
     LesionJobs,
     build_analysis_tab,
-    degradation_view,
     gradient_view,
     lesion_view,
     profile_view,
@@ -84,21 +83,13 @@ def test_profile_view_computes_initial_profiles_on_the_runs_data(store, ladder):
     assert all(value > 0 for value in figure.data[1].y)
 
 
-def test_degradation_view_gives_the_verdict_of_a_ladder(store, ladder):
-    text, curves, depth = degradation_view(store, "ladder-a")
-    assert text.startswith("**Degradation observed.**") and "plain14" in text
-    assert len(curves.data) == 8
-    assert "no group" not in text
-    assert degradation_view(store, None)[0].startswith("Pick a ladder group")
-
-
 def test_the_tab_builds_inside_blocks(store, ladder):
     ctx = SimpleNamespace(store=store, home=store.home, data_roots=[])
     with gr.Blocks() as demo, gr.Tabs():
         jobs = build_analysis_tab(ctx, demo)
     assert isinstance(jobs, LesionJobs)
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
-    assert {"lesion-start", "gradient-heatmap", "degradation-verdict"} <= ids
+    assert {"lesion-start", "gradient-heatmap", "gradient-profile"} <= ids
 
 
 def test_lesion_jobs_refuse_unfinished_runs_and_report_failures(store, ladder):

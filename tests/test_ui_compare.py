@@ -39,12 +39,13 @@ def twin(ctx, kind: str = "twin") -> list[int]:
 def test_tick_skips_until_new_rows_arrive(ctx):
     run_ids = twin(ctx)
     log(ctx.store, run_ids[0], [10, 20])
-    figure, depth, view = redraw(ctx, run_ids, *OPTIONS, CompareView())
-    assert len(figure.data) == 1 and depth == gr.update(visible=False)
+    figure, verdict, figure_6, depth, view = redraw(ctx, run_ids, *OPTIONS, CompareView())
+    assert len(figure.data) == 1
+    assert verdict == figure_6 == depth == gr.update(visible=False)
     assert all(is_skip(value) for value in tick(ctx, *OPTIONS, view))
     log(ctx.store, run_ids[1], [10])
     log(ctx.store, run_ids[1], [10], split="test")
-    figure, _, view = tick(ctx, *OPTIONS, view)
+    figure, *_, view = tick(ctx, *OPTIONS, view)
     assert len(figure.data) == 3
     assert all(is_skip(value) for value in tick(ctx, *OPTIONS, view))
 
@@ -52,17 +53,54 @@ def test_tick_skips_until_new_rows_arrive(ctx):
 def test_redraw_skips_when_selection_and_options_are_unchanged(ctx):
     run_ids = twin(ctx)
     log(ctx.store, run_ids[0], [10])
-    _, _, view = redraw(ctx, run_ids, *OPTIONS, CompareView())
+    *_, view = redraw(ctx, run_ids, *OPTIONS, CompareView())
     assert all(is_skip(value) for value in redraw(ctx, run_ids, *OPTIONS, view))
-    figure, _, _ = redraw(ctx, run_ids, "loss", "epochs", 0.0, True, view)
+    figure, *_ = redraw(ctx, run_ids, "loss", "epochs", 0.0, True, view)
     assert figure.layout.yaxis.type == "log" and figure.layout.xaxis.title.text == "epochs"
 
 
-def test_a_ladder_group_adds_the_error_vs_depth_chart(ctx):
-    run_ids = twin(ctx, kind="ladder")
-    ctx.store.update_summary(run_ids[1], test_error=9.5)
-    assert pick_group(ctx, "G") == sorted(run_ids)
-    _, depth, _ = redraw(ctx, run_ids, *OPTIONS, CompareView())
-    assert depth["visible"] is True
-    names = [trace.name for trace in depth["value"].data]
-    assert names == ["residual (this run)", "residual (He et al. 2015)"]
+def ladder(ctx) -> dict[str, int]:
+    return {
+        name: ctx.store.create_run(RunSpec(net=NetSpec(depth=depth, shortcut=shortcut)), name=f"{name} (L)",
+                                   group_name="L", group_kind="ladder", preset=name)
+        for name, depth, shortcut in (("plain20", 20, "none"), ("resnet20", 20, "A"),
+                                      ("plain56", 56, "none"), ("resnet56", 56, "A"))
+    }
+
+
+def log_error(store, run_id: int, iterations, value: float, split: str = "train") -> None:
+    store.append_metrics(run_id, [{"iteration": i, "epoch": i / 10, "split": split, "name": "error", "value": value}
+                                  for i in iterations])
+
+
+def test_a_ladder_group_shows_the_verdict_figure6_and_error_against_depth(ctx):
+    runs = ladder(ctx)
+    assert pick_group(ctx, "L") == sorted(runs.values())
+    curves, verdict, figure_6, depth, view = redraw(ctx, sorted(runs.values()), *OPTIONS, CompareView())
+    assert len(curves.data) == 0
+    assert verdict["visible"] is True and "Not enough data yet" in verdict["value"]
+    assert figure_6["visible"] is True and depth["visible"] is True
+    paper = [trace for trace in depth["value"].data if "He et al." in trace.name][0]
+    assert list(paper.x) == [20, 56] and list(paper.y) == [8.75, 6.97]
+
+    for name, error in (("plain20", 30.0), ("plain56", 45.0), ("resnet20", 25.0), ("resnet56", 20.0)):
+        log_error(ctx.store, runs[name], range(10, 101, 10), error)
+        log_error(ctx.store, runs[name], [50, 100], error + 5, split="test")
+    _, verdict, figure_6, depth, view = tick(ctx, *OPTIONS, view)
+    assert verdict["value"].startswith("**Degradation observed.**")
+    assert "plain56" in verdict["value"] and "no deeper residual net trains worse" in verdict["value"]
+    axes = {trace.name: trace.xaxis for trace in figure_6["value"].data}
+    assert axes["plain56 train (45.0%)"] == "x" and axes["resnet56 test (25.0%)"] == "x2"
+    finals = {trace.name: list(trace.y) for trace in depth["value"].data}
+    assert finals["plain train"] == [30.0, 45.0] and finals["ResNet test"] == [30.0, 25.0]
+    assert all(is_skip(value) for value in tick(ctx, *OPTIONS, view))
+
+
+def test_ladder_outputs_follow_new_error_rows_while_loss_is_on_screen(ctx):
+    runs = ladder(ctx)
+    *_, view = redraw(ctx, sorted(runs.values()), "loss", "iterations", 0.0, False, CompareView())
+    for name, error in (("plain20", 30.0), ("plain56", 25.0)):
+        log_error(ctx.store, runs[name], range(10, 101, 10), error)
+    curves, verdict, figure_6, _, view = tick(ctx, "loss", "iterations", 0.0, False, view)
+    assert is_skip(curves)
+    assert verdict["value"].startswith("**No degradation observed.**") and len(figure_6["value"].data) == 2

@@ -15,18 +15,16 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from workbench.curves import DepthPoint, RunCurves, Series
+from workbench.curves import RunCurves, Series
 from workbench.models.blocks import _unit_recipe
 from workbench.spec import CONVS_PER_UNIT, NetSpec
 
 CURVE_HEIGHT = 480
-DEPTH_CHART_HEIGHT = 380
 SMALL_CHART_HEIGHT = 260
 MAX_POINTS_PER_TRACE = 800
 RUN_COLOURS = qualitative.D3 + qualitative.Dark24
 METRIC_AXIS_TITLES = {"error": "error (%)", "loss": "cross-entropy loss"}
 OP_COLOURS = {"conv": "#4C78A8", "bn": "#54A24B", "relu": "#F58518", "add": "#7F7F7F", "io": "#FFFFFF"}
-PAPER_REFERENCE = "He et al. 2015"
 
 
 def run_colour(index: int) -> str:
@@ -121,34 +119,6 @@ def training_curves_figure(
     })
     if not traces:
         _add_note(figure, "No curves yet: pick runs or a group; curves appear after the first logged iterations.")
-    return figure
-
-
-def error_vs_depth_figure(points: Sequence[DepthPoint], *, height: int = DEPTH_CHART_HEIGHT) -> go.Figure:
-    """Final test error against depth, plain and residual lines, with the paper's numbers as markers."""
-    figure = go.Figure()
-    for residual, label, colour in ((False, "plain", run_colour(0)), (True, "residual", run_colour(1))):
-        chosen = sorted((p for p in points if p.residual == residual and p.test_error is not None),
-                        key=lambda p: p.depth)
-        if chosen:
-            figure.add_trace(go.Scatter(
-                x=[p.depth for p in chosen], y=[p.test_error for p in chosen], mode="lines+markers",
-                name=f"{label} (this run)", line={"color": colour, "width": 2.6}, marker={"size": 8},
-            ))
-        references = sorted((p for p in points if p.residual == residual and p.reference_error is not None),
-                            key=lambda p: p.depth)
-        if references:
-            figure.add_trace(go.Scatter(
-                x=[p.depth for p in references], y=[p.reference_error for p in references], mode="markers",
-                name=f"{label} ({PAPER_REFERENCE})",
-                marker={"color": colour, "symbol": "x-thin-open", "size": 12, "line": {"width": 2}},
-            ))
-    figure.update_layout(
-        height=height, template="plotly_white", margin={"l": 60, "r": 20, "t": 30, "b": 50},
-        xaxis_title="depth (weighted layers)", yaxis_title="final test error (%)",
-    )
-    if not figure.data:
-        _add_note(figure, "No finished ladder runs yet.")
     return figure
 
 

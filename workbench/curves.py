@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from storage.records import METRIC_FIELDS
+from workbench.science.degradation import CurveRun
 
 CURVE_METRICS = ("error", "loss")
 
@@ -36,6 +37,10 @@ class Series:
         self.iterations = np.concatenate([self.iterations[:keep], np.asarray(iterations, dtype=np.int64)])
         self.epochs = np.concatenate([self.epochs[:keep], np.asarray(epochs, dtype=np.float64)])
         self.values = np.concatenate([self.values[:keep], np.asarray(values, dtype=np.float64)])
+
+    def points(self) -> list[tuple[int, float]]:
+        """(iteration, value) pairs in iteration order."""
+        return list(zip(self.iterations.tolist(), self.values.tolist(), strict=True))
 
     def x(self, axis: str) -> np.ndarray:
         """The x values for an "iterations" or "epochs" axis."""
@@ -112,16 +117,6 @@ class RunCurves:
     test: Series | None
 
 
-@dataclass(frozen=True)
-class DepthPoint:
-    """One run of a depth ladder: depth, whether it has shortcuts, its final test error and the paper's number."""
-
-    depth: int
-    residual: bool
-    test_error: float | None
-    reference_error: float | None = None
-
-
 def curves_of(cache: CurveCache, labels: dict[int, str], metric: str = "error") -> list[RunCurves]:
     """The cached training and test curves of `metric` for each followed run, in selection order."""
     return [
@@ -131,19 +126,11 @@ def curves_of(cache: CurveCache, labels: dict[int, str], metric: str = "error") 
     ]
 
 
-def reference_errors(presets: Iterable) -> dict[str, float | None]:
-    """The paper's error of each preset, by preset name."""
-    return {preset.name: preset.reference_error for preset in presets}
-
-
-def ladder_points(runs: Iterable, references: Mapping[str, float | None]) -> list[DepthPoint]:
-    """Depth, shortcut use, final test error and the paper's error (by the run's preset) of ladder runs."""
-    return [
-        DepthPoint(
-            depth=int(run.spec["net"]["depth"]),
-            residual=run.spec["net"].get("shortcut") != "none",
-            test_error=run.last_test_error,
-            reference_error=references.get(run.preset),
-        )
-        for run in runs
-    ]
+def ladder_curve_runs(cache: CurveCache, members: Mapping[int, tuple[str, int, bool]]) -> list[CurveRun]:
+    """The cached error curves of ladder runs, {run id: (name, depth, residual)}, for the degradation check."""
+    runs = []
+    for run_id, (name, depth, residual) in members.items():
+        train, test = cache.get(run_id, "train", "error"), cache.get(run_id, "test", "error")
+        runs.append(CurveRun(name=name, depth=depth, residual=residual, train=train.points() if train else [],
+                             test=test.points() if test else []))
+    return runs

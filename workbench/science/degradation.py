@@ -74,18 +74,32 @@ def launch_degradation_ladder(
 
 @dataclass(frozen=True)
 class CurveRun:
-    """One run's curves as the degradation check needs them."""
+    """One run's training and test error curves, as (iteration, error %) points in iteration order."""
 
     name: str
     depth: int
     residual: bool
-    rows: Sequence[Any] = field(repr=False)
+    train: Sequence[tuple[int, float]] = field(default=(), repr=False)
+    test: Sequence[tuple[int, float]] = field(default=(), repr=False)
 
     @classmethod
-    def from_spec(cls, name: str, spec: Mapping[str, Any], rows: Sequence[Any]) -> CurveRun:
+    def from_rows(cls, name: str, depth: int, residual: bool, rows: Iterable[Any]) -> CurveRun:
+        """From metric rows (mappings or records with iteration, split, name and value)."""
+        rows = list(rows)
+        return cls(name=name, depth=depth, residual=residual, train=metric_points(rows, "train", "error"),
+                   test=metric_points(rows, "test", "error"))
+
+    @classmethod
+    def from_spec(cls, name: str, spec: Mapping[str, Any], rows: Iterable[Any]) -> CurveRun:
         """From a stored run spec (JSON) and its metric rows."""
-        net = NetSpec.model_validate(spec["net"])
-        return cls(name=name, depth=net.depth, residual=net.shortcut != "none", rows=rows)
+        depth, residual = net_depth_and_residual(spec)
+        return cls.from_rows(name, depth, residual, rows)
+
+
+def net_depth_and_residual(spec: Mapping[str, Any]) -> tuple[int, bool]:
+    """(depth, has shortcuts) of a stored run spec (JSON)."""
+    net = NetSpec.model_validate(spec["net"])
+    return net.depth, net.shortcut != "none"
 
 
 def _field(row: Any, name: str) -> Any:
@@ -167,7 +181,7 @@ def degradation_observed(
     `tolerance` percentage points counts. Residual runs are compared among themselves the same way
     (at their own last common iteration) and reported alongside.
     """
-    curves = {run.name: metric_points(run.rows, "train", "error") for run in runs}
+    curves = {run.name: list(run.train) for run in runs}
     plain = [run for run in runs if not run.residual and curves[run.name]]
     residual = [run for run in runs if run.residual and curves[run.name]]
     if len({run.depth for run in plain}) < 2:
@@ -210,6 +224,14 @@ def degradation_observed(
     )
 
 
+VERDICT_HEADLINES = {True: "Degradation observed", False: "No degradation observed", None: "Not enough data yet"}
+
+
+def verdict_markdown(verdict: DegradationVerdict) -> str:
+    """The verdict as one Markdown paragraph: a bold headline, then the numbers behind it."""
+    return f"**{VERDICT_HEADLINES[verdict.observed]}.** {verdict.explanation}"
+
+
 def paper_reference_errors(depths: Iterable[int], home=None) -> dict[int, float]:
     """{depth: CIFAR-10 test error (%)} of the paper's ResNets at these depths, from the presets."""
     references = {}
@@ -227,10 +249,3 @@ def load_curve_runs(store: Any, runs: Sequence[Any]) -> list[CurveRun]:
     """Training and test error curves of stored runs (RunRecords), ready for the check and the figures."""
     batches = store.fetch_metrics_since({run.id: 0 for run in runs}, names=["error"])
     return [CurveRun.from_spec(run.preset or run.name, run.spec, batches[run.id].rows) for run in runs]
-
-
-def group_verdict(store: Any, group_name: str, **options: Any) -> tuple[list[CurveRun], DegradationVerdict]:
-    """The curves of a stored group's runs and the degradation verdict on them."""
-    runs = store.list_runs(group_name=group_name)
-    curves = load_curve_runs(store, list(reversed(runs)))
-    return curves, degradation_observed(curves, **options)

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from workbench.science.degradation import CurveRun, metric_points, smoothed_at
+from workbench.science.degradation import CurveRun, smoothed_at
 
 PALETTE = qualitative.Plotly
 HEIGHT = 420
@@ -57,7 +57,7 @@ def figure6(runs: Sequence[CurveRun], *, title: str | None = None, max_points: i
     for run in sorted(runs, key=lambda r: (r.residual, r.depth)):
         column = 2 if run.residual else 1
         for split, dash, width in (("train", TRAIN_DASH, TRAIN_WIDTH), ("test", "solid", TEST_WIDTH)):
-            points = _thin(metric_points(run.rows, split, "error"), max_points)
+            points = _thin(run.train if split == "train" else run.test, max_points)
             if not points:
                 continue
             few = len(points) <= SHOW_MARKERS_BELOW
@@ -80,8 +80,7 @@ def figure6(runs: Sequence[CurveRun], *, title: str | None = None, max_points: i
 
 def final_errors(run: CurveRun, window: int | None = None) -> dict[str, Any]:
     """The run's last test error and its training error smoothed over the last tenth of its iterations."""
-    train = metric_points(run.rows, "train", "error")
-    test = metric_points(run.rows, "test", "error")
+    train, test = run.train, run.test
     train_error = None
     if train:
         last = train[-1][0]

@@ -1,4 +1,4 @@
-"""Analysis tab: lesion studies, gradient flow and the degradation verdict of stored runs.
+"""Analysis tab: lesion studies and gradient flow of stored runs (a ladder's degradation verdict is in Compare).
 
 Lesion studies run as detached background jobs (`python -m workbench lesion RUN`); the tab polls
 them on a timer and redraws the lesion charts only when one finishes. Everything shown is read
@@ -18,11 +18,7 @@ import gradio as gr
 
 from storage.status import COMPLETED
 from workbench.errors import WorkbenchError
-from workbench.science.degradation import LADDER, group_verdict, paper_reference_errors
 from workbench.science.figures import (
-    error_vs_depth,
-    figure6,
-    final_errors,
     gradient_heatmaps,
     gradient_profile_chart,
     lesion_by_k,
@@ -117,11 +113,6 @@ def all_runs(store: Any) -> list[tuple[str, int]]:
     return [(run_title(run), run.id) for run in store.list_runs()]
 
 
-def ladder_groups(store: Any) -> list[str]:
-    """Names of the stored ladder groups."""
-    return [name for name, kind in store.list_groups() if kind == LADDER]
-
-
 def lesion_view(store: Any, run_ids: Sequence[int]) -> tuple[Any, Any, str]:
     """(error vs deleted unit, error vs k, a summary) from the latest stored lesion study of each run."""
     studies = []
@@ -164,19 +155,6 @@ def profile_view(ctx: WorkbenchContext, run_ids: Sequence[int]) -> Any:
     return gradient_profile_chart([(run_title(ctx.store.get_run(run_id)), norms) for run_id, norms in profiles])
 
 
-def degradation_view(store: Any, group: str | None) -> tuple[str, Any, Any]:
-    """(verdict markdown, Figure 6 layout, error against depth) for a ladder group."""
-    if not group:
-        hint = "Pick a ladder group (launch plain and residual twins at several depths)."
-        return hint, figure6([]), error_vs_depth([])
-    curves, verdict = group_verdict(store, group)
-    finals = [final_errors(curve) for curve in curves]
-    headline = {True: "Degradation observed", False: "No degradation observed", None: "Not enough data yet"}
-    text = f"**{headline[verdict.observed]}.** {verdict.explanation}"
-    references = paper_reference_errors(sorted({curve.depth for curve in curves if curve.residual}))
-    return text, figure6(curves, title=group), error_vs_depth(finals, references)
-
-
 def build_analysis_tab(
     ctx: WorkbenchContext, demo: gr.Blocks | None = None, jobs: LesionJobs | None = None
 ) -> LesionJobs:
@@ -208,20 +186,15 @@ def build_analysis_tab(
         heatmap = gr.Plot(gradient_heatmaps([]), label="During training", elem_id="gradient-heatmap")
         profile = gr.Plot(gradient_profile_chart([]), label="At initialization", elem_id="gradient-profile")
 
-        gr.Markdown("### Degradation\nDoes a deeper plain net train worse than a shallower one (He et al. 2015, "
-                    "Fig. 6)? Compared on smoothed training error at the last iteration all plain runs reached.")
-        group = gr.Dropdown([], label="Ladder group", elem_id="degradation-group")
-        verdict = gr.Markdown(elem_id="degradation-verdict")
-        curves = gr.Plot(figure6([]), label="Plain (left) and residual (right)", elem_id="degradation-curves")
-        depth = gr.Plot(error_vs_depth([]), label="Error against depth", elem_id="degradation-depth")
+        gr.Markdown("The degradation verdict of a depth ladder, with its plain and residual curves side by side "
+                    "(He et al. 2015, Fig. 6), is in the Compare tab: pick the ladder's group there.")
         job_states = gr.State({})
         timer = gr.Timer(REFRESH_SECONDS)
 
     def refresh_choices():
         completed = completed_runs(ctx.store)
         everything = all_runs(ctx.store)
-        return (gr.update(choices=completed), gr.update(choices=completed), gr.update(choices=everything),
-                gr.update(choices=ladder_groups(ctx.store)))
+        return gr.update(choices=completed), gr.update(choices=completed), gr.update(choices=everything)
 
     def start_job(run_id, draws_value, max_k_value, limit_value, shown_ids):
         if run_id is None:
@@ -242,7 +215,7 @@ def build_analysis_tab(
         return jobs.describe(), first, second, summary, states
 
     targets = [demo.load, tab.select] if demo is not None else [tab.select]
-    gr.on(targets, refresh_choices, None, [lesion_run, shown, gradient_runs, group], api_visibility="private")
+    gr.on(targets, refresh_choices, None, [lesion_run, shown, gradient_runs], api_visibility="private")
     start.click(start_job, [lesion_run, draws, max_k, limit, shown], [job_status, shown, job_states],
                 api_visibility="private")
     shown.change(bound(lesion_view, ctx.store), shown, [by_unit, by_k, lesion_summary], api_visibility="private")
@@ -250,5 +223,4 @@ def build_analysis_tab(
                concurrency_limit=None, api_visibility="private", show_progress="hidden")
     gradient_runs.change(bound(gradient_view, ctx.store), gradient_runs, heatmap, api_visibility="private")
     profile_button.click(bound(profile_view, ctx), gradient_runs, profile, api_visibility="private")
-    group.change(bound(degradation_view, ctx.store), group, [verdict, curves, depth], api_visibility="private")
     return jobs

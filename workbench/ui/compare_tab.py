@@ -1,8 +1,10 @@
-"""Compare tab: live training curves of chosen runs or a group, and error against depth for a ladder.
+"""Compare tab: live training curves of chosen runs or a group; for a depth ladder, the paper's Figure 6.
 
 The curves of the followed runs live in a per-session `CurveCache`: each timer tick asks the store
 only for rows newer than the cache's cursors and returns `gr.skip()` when none arrived, so the
-chart (and the user's zoom) stays as it is.
+chart (and the user's zoom) stays as it is. When the followed runs are one ladder group, the tab
+also shows the degradation verdict, plain and residual nets side by side (He et al. 2015, Fig. 6)
+and error against depth with the paper's numbers, all drawn from the same cache.
 """
 
 from __future__ import annotations
@@ -13,9 +15,16 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from storage import RunRecord
-from workbench.charts import error_vs_depth_figure, training_curves_figure
-from workbench.curves import CurveCache, curves_of, ladder_points, reference_errors
+from workbench.charts import training_curves_figure
+from workbench.curves import CurveCache, curves_of, ladder_curve_runs
 from workbench.run_table import run_label
+from workbench.science.degradation import (
+    degradation_observed,
+    net_depth_and_residual,
+    paper_reference_errors,
+    verdict_markdown,
+)
+from workbench.science.figures import error_vs_depth, figure6, final_errors
 from workbench.ui.context import WorkbenchContext
 
 REFRESH_SECONDS = 3.0
@@ -30,7 +39,8 @@ class CompareView:
     caches: dict[str, CurveCache] = field(default_factory=dict)
     labels: dict[int, str] = field(default_factory=dict)
     ladder_group: str | None = None
-    references: dict[str, float | None] = field(default_factory=dict)
+    ladder_members: dict[int, tuple[str, int, bool]] = field(default_factory=dict)
+    references: dict[int, float] = field(default_factory=dict)
     drawn: tuple | None = None
 
     def cache(self, metric: str) -> CurveCache:
@@ -54,11 +64,21 @@ def pick_group(ctx: WorkbenchContext, group: str):
     return sorted(run.id for run in ctx.store.list_runs(group_name=group))
 
 
-def _ladder_figure(ctx: WorkbenchContext, view: CompareView):
+LADDER_HINT = ("Pick a ladder group (Launch: \"Launch depth ladder\") to see the degradation verdict, plain and "
+               "residual nets side by side and error against depth.")
+
+
+def _ladder_outputs(view: CompareView):
+    """(verdict, Figure 6 layout, error against depth) of the followed ladder, hidden when it is not one."""
     if view.ladder_group is None:
-        return gr.update(visible=False)
-    runs = ctx.store.list_runs(group_name=view.ladder_group)
-    return gr.update(value=error_vs_depth_figure(ladder_points(runs, view.references)), visible=True)
+        return gr.update(visible=False), gr.update(visible=False), gr.update(visible=False)
+    curves = ladder_curve_runs(view.cache("error"), view.ladder_members)
+    verdict = degradation_observed(curves)
+    return (
+        gr.update(value=verdict_markdown(verdict), visible=True),
+        gr.update(value=figure6(curves, title=view.ladder_group), visible=True),
+        gr.update(value=error_vs_depth([final_errors(curve) for curve in curves], view.references), visible=True),
+    )
 
 
 def _curves_figure(view: CompareView, metric: str, x_axis: str, smoothing: float, log_y: bool):
@@ -76,31 +96,50 @@ def _ladder_of(runs: list[RunRecord]) -> str | None:
     return None
 
 
+SKIPPED = (gr.skip(),) * 5
+
+
 def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis: str, smoothing: float, log_y: bool,
            view: CompareView):
     """Follow the picked runs and draw their curves (new runs' curves are read in full, once).
 
-    Nothing is redrawn when the selection and options are what is already shown and no rows arrived.
+    Returns (curves, verdict, Figure 6, error against depth, view). Nothing is redrawn when the
+    selection and options are what is already shown and no rows arrived.
     """
     wanted = [int(run_id) for run_id in run_ids or [] if str(run_id).isdigit()]
     drawn = (tuple(wanted), metric, x_axis, smoothing, bool(log_y))
-    if drawn == view.drawn and not view.cache(metric).refresh(ctx.store):
-        return gr.skip(), gr.skip(), gr.skip()
+    if drawn == view.drawn and not any(_refresh(ctx, view, metric)):
+        return SKIPPED
     picked = [run for run in ctx.store.list_runs() if run.id in wanted]
     view.run_ids = wanted
     view.labels = {run.id: f"#{run.id} {run.name}" for run in picked}
     view.ladder_group = _ladder_of(picked)
-    view.references = reference_errors(ctx.presets()) if view.ladder_group else {}
-    view.cache(metric).refresh(ctx.store)
+    view.ladder_members = {run.id: (run.preset or run.name, *net_depth_and_residual(run.spec))
+                           for run in picked} if view.ladder_group else {}
+    view.references = paper_reference_errors(
+        sorted({depth for _, depth, residual in view.ladder_members.values() if residual}), ctx.home)
+    _refresh(ctx, view, metric)
     view.drawn = drawn
-    return _curves_figure(view, metric, x_axis, smoothing, log_y), _ladder_figure(ctx, view), view
+    return (_curves_figure(view, metric, x_axis, smoothing, log_y), *_ladder_outputs(view), view)
+
+
+def _refresh(ctx: WorkbenchContext, view: CompareView, metric: str) -> tuple[bool, bool]:
+    """Fetch new rows of the metric on screen and, for a ladder, of the error; (curves changed, ladder changed)."""
+    shown = view.cache(metric).refresh(ctx.store)
+    if view.ladder_group is None:
+        return shown, False
+    ladder = shown if metric == "error" else view.cache("error").refresh(ctx.store)
+    return shown, ladder
 
 
 def tick(ctx: WorkbenchContext, metric: str, x_axis: str, smoothing: float, log_y: bool, view: CompareView):
-    """Fetch only rows newer than what is shown; redraw if any arrived, else leave the charts alone."""
-    if not view.cache(metric).refresh(ctx.store):
-        return gr.skip(), gr.skip(), gr.skip()
-    return _curves_figure(view, metric, x_axis, smoothing, log_y), _ladder_figure(ctx, view), view
+    """Fetch only rows newer than what is shown; redraw what they changed, leave the rest alone."""
+    shown, ladder = _refresh(ctx, view, metric)
+    if not (shown or ladder):
+        return SKIPPED
+    curves = _curves_figure(view, metric, x_axis, smoothing, log_y) if shown else gr.skip()
+    ladder_outputs = _ladder_outputs(view) if ladder else (gr.skip(),) * 3
+    return (curves, *ladder_outputs, view)
 
 
 def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> None:
@@ -119,15 +158,17 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
             log_y = gr.Checkbox(False, label="Log scale")
         curves = gr.Plot(_curves_figure(CompareView(), "error", "iterations", 0, False), label="Training curves",
                          elem_id="curves-plot")
-        depth = gr.Plot(label="Final test error against depth", visible=False, elem_id="depth-plot")
-        gr.Markdown("Dashed: training error (averaged over the logging interval); bold: test error. "
-                    "Paper markers are the errors published for the matching preset (see its source in the "
-                    "Build tab's presets), so they compare only on the same dataset.")
+        gr.Markdown("Dashed: training error (averaged over the logging interval); bold: test error. " + LADDER_HINT)
+        verdict = gr.Markdown(visible=False, elem_id="compare-verdict")
+        figure_6 = gr.Plot(label="Plain (left) and residual (right), as in He et al. 2015 Fig. 6", visible=False,
+                           elem_id="compare-figure6")
+        depth = gr.Plot(label="Error against depth; stars: the paper's CIFAR-10 ResNet test errors", visible=False,
+                        elem_id="depth-plot")
         view = gr.State(CompareView())
         timer = gr.Timer(REFRESH_SECONDS)
 
     options = [metric, x_axis, smoothing, log_y]
-    outputs = [curves, depth, view]
+    outputs = [curves, verdict, figure_6, depth, view]
     gr.on([demo.load, tab.select], bound(choices, ctx), None, [group, runs], api_visibility="private")
     group.input(bound(pick_group, ctx), group, runs, api_visibility="private")
     gr.on([runs.change, metric.input, x_axis.input, smoothing.release, log_y.input], bound(redraw, ctx),
