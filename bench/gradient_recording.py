@@ -30,6 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from workbench.data import load_dataset  # noqa: E402
 from workbench.presets import load_preset  # noqa: E402
+from workbench.science.gradient_flow import gradient_norm  # noqa: E402
 from workbench.spec import DataSpec, RunSpec, TrainSpec  # noqa: E402
 from workbench.training import NullSink  # noqa: E402
 from workbench.training.loop import _Trainer  # noqa: E402
@@ -69,7 +70,7 @@ def recording_work_ms(trainer: _Trainer, images: torch.Tensor, labels: torch.Ten
     fastest = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.stack([torch.linalg.vector_norm(grad.float()) for grad in grads]).tolist()
+        torch.stack([gradient_norm(grad) for grad in grads]).tolist()
         fastest = min(fastest, time.perf_counter() - start)
     return fastest * 1000
 

@@ -14,6 +14,16 @@ from workbench.models import ResNet
 from workbench.spec import NetSpec
 
 
+def gradient_norm(grad: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of a gradient, as a 0-d fp32 tensor left on its device.
+
+    Reduced in the gradient's own dtype: the reduction accumulates in fp32 internally, so a bf16
+    gradient loses only the result's rounding (about 0.4%), while a float() copy first would cost
+    7x the time (it writes a full fp32 copy of every unit's input gradient).
+    """
+    return torch.linalg.vector_norm(grad.detach()).float()
+
+
 class UnitInputGradients:
     """While active, the next backward pass records ||dL/dx|| at the input of every unit.
 
@@ -35,7 +45,7 @@ class UnitInputGradients:
         return hook
 
     def _record(self, index: int, grad: torch.Tensor) -> None:
-        self._norms[index] = torch.linalg.vector_norm(grad.detach().float())
+        self._norms[index] = gradient_norm(grad)
 
     def __enter__(self) -> UnitInputGradients:
         self._norms = [None] * len(self.units)
