@@ -8,7 +8,7 @@ The form helpers parse the text fields of the UI into specs with readable errors
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -227,6 +227,15 @@ def specs_from_form(
 def check_data_source(data: DataSpec, home: Path, data_roots: Sequence[Path]) -> None:
     """Fail early, with the loader's own message, when a dataset path is outside the data roots or missing."""
     check_source(data, home, list(data_roots))
+
+
+def checked_specs_from_form(
+    form: Mapping[str, Any], home: Path, data_roots: Sequence[Path]
+) -> tuple[DataSpec, TrainSpec]:
+    """`specs_from_form` on the FORM_FIELDS of `form` (other keys are ignored), then the data source checked."""
+    data, train = specs_from_form(**{name: form[name] for name in FORM_FIELDS})
+    check_data_source(data, home, data_roots)
+    return data, train
 
 
 # -- twins and ladders ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from workbench.finetune import (
     submit_finetune,
 )
 from workbench.importers import IMPORT_FORMATS
-from workbench.launch import check_data_source, specs_from_form
+from workbench.launch import checked_specs_from_form
 from workbench.run_table import run_label
 from workbench.transfer import FINETUNE_MODES
 from workbench.ui.context import WorkbenchContext
@@ -106,14 +106,7 @@ def launch_finetune(ctx: WorkbenchContext, model_file: str, preset: str | None, 
         source = locate_model_file(model_file, ctx.home, ctx.data_roots)
         presets = ctx.presets()
         report = inspect_source(source, presets, preset or None, checkpoint_source(source, ctx.home))
-        data, train = specs_from_form(
-            dataset=dataset, path=path, download=download, classes=classes, per_class_cap=per_class_cap,
-            resolution=resolution, validation_size=validation_size, synthetic_train=synthetic_train,
-            synthetic_test=synthetic_test, budget_unit=budget_unit, budget=budget, batch_size=batch_size, lr=lr,
-            schedule=schedule, warmup=warmup, seed=seed, precision=precision, device=device, log_every=log_every,
-            eval_every=eval_every,
-        )
-        check_data_source(data, ctx.home, ctx.data_roots)
+        data, train = checked_specs_from_form(locals(), ctx.home, ctx.data_roots)
         plan = plan_finetune(report, mode=mode, data=data, train=train, presets=presets, stages=stages,
                              head_hidden=head_hidden)
         run_id = submit_finetune(ctx.executor, plan, ctx.home)

@@ -11,13 +11,12 @@ from workbench.errors import WorkbenchError
 from workbench.launch import (
     DEFAULT_LADDER_DEPTHS,
     FORM_FIELDS,
-    check_data_source,
+    checked_specs_from_form,
     default_group_name,
     parse_int_list,
     plan_ladder,
     plan_single,
     plan_twin,
-    specs_from_form,
     submit_plan,
     unique_group_name,
 )
@@ -95,14 +94,7 @@ def launch(ctx: WorkbenchContext, kind: str, spec_json: str, dataset: str, path:
         return "**Nothing launched:** the network in the Build tab is invalid; fix it there first.", gr.skip()
     try:
         net = NetSpec.model_validate_json(spec_json)
-        data, train = specs_from_form(
-            dataset=dataset, path=path, download=download, classes=classes, per_class_cap=per_class_cap,
-            resolution=resolution, validation_size=validation_size, synthetic_train=synthetic_train,
-            synthetic_test=synthetic_test, budget_unit=budget_unit, budget=budget, batch_size=batch_size, lr=lr,
-            schedule=schedule, warmup=warmup, seed=seed, precision=precision, device=device, log_every=log_every,
-            eval_every=eval_every,
-        )
-        check_data_source(data, ctx.home, ctx.data_roots)
+        data, train = checked_specs_from_form(locals(), ctx.home, ctx.data_roots)
         presets = ctx.presets()
         group = None
         if kind == "run":
