@@ -56,6 +56,9 @@ def test_torchvision_resnet18_new_head_only_leaves_every_frozen_parameter_bitwis
     backbone = [k for k in original if not k.startswith("fc.")]
     assert backbone and all(torch.equal(trained[k], original[k]) for k in backbone)
     assert trained["fc.0.weight"].shape == (32, 512) and trained["fc.2.weight"].shape == (10, 32)
+    metadata = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["metadata"]
+    assert (metadata["mean"], metadata["std"]) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), \
+        "torchvision's ImageNet weights are fed ImageNet-normalized images"
     losses = [r["value"] for r in sink.rows if r["split"] == "train" and r["name"] == "loss"]
     assert len(losses) == result.iteration and all(torch.isfinite(torch.tensor(losses)))
     after_first_epoch = sink.saved_states[0]

@@ -70,7 +70,8 @@ def test_torchvision_resnet18_upload_fine_tunes_a_new_head_on_imagenette(client,
     model_file, summary, preset = client.predict(handle_file(str(upload)), api_name="/finetune_upload")
     assert Path(model_file).parent == served.app.context.home / "imports" and Path(model_file).is_file()
     assert "bare PyTorch state_dict" in summary and "every backbone tensor fits resnet18" in summary
-    assert "dataset's own mean and std" in summary and (preset["value"], preset["visible"]) == ("resnet18", True)
+    assert "ImageNet's mean (0.485, 0.456, 0.406)" in summary
+    assert (preset["value"], preset["visible"]) == ("resnet18", True)
 
     message = launch(client, model_file, preset=preset["value"], mode="head", hidden=16, dataset="folder",
                      path="imagenette-mini", per_class_cap=8, resolution=32, batch_size=16)

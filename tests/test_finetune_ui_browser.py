@@ -69,7 +69,7 @@ def test_import_torchvision_resnet18_fine_tune_its_head_then_start_from_that_run
     page.locator("#finetune-upload input[type=file]").set_input_files(str(source))
     summary = page.locator("#finetune-summary")
     expect()(summary).to_contain_text("every backbone tensor fits resnet18", timeout=30_000)
-    expect()(summary).to_contain_text("training dataset's own mean and std")
+    expect()(summary).to_contain_text("ImageNet's mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225) are assumed")
     expect()(page.locator("#finetune-preset input")).to_have_value("resnet18")
     choose(page, "finetune-mode", "new head only")
     fill(page, "finetune-hidden", "8")

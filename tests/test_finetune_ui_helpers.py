@@ -115,10 +115,11 @@ def test_a_torchvision_state_dict_is_matched_to_resnet18_and_checked_key_by_key(
     assert (report.format, report.spec.name, report.guessed, report.spec_from_file) == ("state-dict", "resnet18",
                                                                                           True, False)
     assert not report.mismatches and report.problem is None and report.head_outputs == 1000
-    assert report.mean is None and report.class_names == []
+    assert report.mean == [0.485, 0.456, 0.406] and report.std == [0.229, 0.224, 0.225]
+    assert report.metadata["normalization_assumed"] is True and report.class_names == []
     text = describe_source(report)
     assert "bare PyTorch state_dict" in text and "every backbone tensor fits resnet18" in text
-    assert "training dataset's own mean and std" in text
+    assert "not recorded in the file; ImageNet's mean" in text and "are assumed" in text
 
     wrong = inspect_source(resnet18_file, PRESETS, preset="resnet34")
     assert "layer1.2.conv1.weight" in wrong.mismatches.missing and wrong.other_fits == ["resnet18"]

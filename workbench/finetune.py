@@ -298,7 +298,11 @@ def describe_source(report: SourceReport) -> str:
         layers = f"one hidden layer of {report.head_hidden} units" if report.head_hidden else "one linear layer"
         lines.append(f"- **Head:** {report.head_outputs} outputs ({layers}); replaced when the dataset has another "
                      "number of classes, and always in mode \"new head only\"")
-    if report.mean and report.std:
+    if report.mean and report.std and report.metadata.get("normalization_assumed"):
+        lines.append(f"- **Normalization:** not recorded in the file; ImageNet's mean ({_numbers(report.mean)}) and "
+                     f"std ({_numbers(report.std)}) are assumed, as torchvision's pretrained weights expect, and "
+                     "carried over to the fine-tune")
+    elif report.mean and report.std:
         lines.append(f"- **Normalization:** mean ({_numbers(report.mean)}), std ({_numbers(report.std)}); "
                      "carried over to the fine-tune")
     else:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_STEM_SHAPE = (64, 3, 7, 7)
 IMPORT_FORMATS: dict[str, str] = {
     "bundle": "workbench bundle (.zip with weights.safetensors and spec.json)",
     "workbench-checkpoint": "workbench training checkpoint (best.pt or last.pt of a run)",
@@ -41,6 +42,7 @@ IMPORT_FORMATS: dict[str, str] = {
     "state-dict": "bare PyTorch state_dict (.pth), for example saved from torchvision.models.resnetXX",
     "safetensors": "bare state_dict in a .safetensors file",
 }
+BARE_FORMATS = ("state-dict", "safetensors")
 _KEY_PREFIXES = ("module.", "_orig_mod.")
 _TENSOR_PICKLE_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode")
 
@@ -172,8 +174,20 @@ def _checkpoint_metadata(state: dict) -> dict[str, Any]:
 
 
 def read_weights(path: Path) -> ImportedWeights:
-    """Read any importable file (see IMPORT_FORMATS) into workbench-layout weights, safely."""
-    path = Path(path)
+    """Read any importable file (see IMPORT_FORMATS) into workbench-layout weights, safely.
+
+    A bare state_dict with torchvision's ImageNet stem is given ImageNet's mean and std (marked
+    `normalization_assumed`): torchvision's pretrained weights expect them and record none.
+    """
+    imported = _read_weights(Path(path))
+    if imported.format in BARE_FORMATS and "mean" not in imported.metadata:
+        stem = imported.state_dict.get("conv1.weight")
+        if stem is not None and tuple(stem.shape) == IMAGENET_STEM_SHAPE:
+            imported.metadata.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), normalization_assumed=True)
+    return imported
+
+
+def _read_weights(path: Path) -> ImportedWeights:
     if not path.is_file():
         raise WorkbenchError(f"{path} does not exist")
     names = _zip_names(path)
