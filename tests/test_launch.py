@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.errors import DataError, SpecError
+from workbench.errors import DataError, SpecError, WorkbenchError
 from workbench.launch import (
     at_depth,
     check_data_source,
@@ -12,9 +12,12 @@ from workbench.launch import (
     net_spec_from_fields,
     parse_classes,
     parse_int_list,
+    placement_variants,
     plain_counterpart,
     plan_ladder,
+    plan_placements,
     plan_single,
+    plan_stochastic_depth,
     plan_twin,
     residual_counterpart,
     submit_plan,
@@ -139,6 +142,39 @@ def test_ladder_rejects_impossible_depths_with_the_builders_message():
         plan_ladder(TINY, [8, 21], DataSpec(), TrainSpec(), group="L")
     with pytest.raises(SpecError, match="at least two"):
         plan_ladder(TINY, [8, 8], DataSpec(), TrainSpec(), group="L")
+
+
+def test_placements_are_the_five_he2016_units_named_after_their_presets():
+    data, train = DataSpec(seed=3), TrainSpec(iterations=10, seed=3)
+    plan = plan_placements(get_preset("resnet110-full-preact").spec, data, train, PRESETS, group="P")
+    assert [run.name for run in plan] == [
+        "resnet110-original", "resnet110-bn-after-add", "resnet110-relu-before-add", "resnet110-relu-only-preact",
+        "resnet110-full-preact"]
+    assert [run.preset for run in plan] == [run.name for run in plan]
+    assert [run.spec.net.placement for run in plan] == [
+        "post", "bn_after_add", "relu_before_add", "relu_only_preact", "full_preact"]
+    assert {run.spec.net.shortcut for run in plan} == {"B"} and {run.spec.net.depth for run in plan} == {110}
+    assert all(run.spec.data == data and run.spec.train == train for run in plan)
+    assert {(run.group_name, run.group_kind) for run in plan} == {("P", "sweep")}
+    assert [net.name for net in placement_variants(TINY)][1:3] == ["tiny-bn-after-add", "tiny-relu-before-add"]
+    with pytest.raises(SpecError, match="a plain net has none; pick shortcut A, B or C"):
+        placement_variants(get_preset("plain20").spec)
+
+
+def test_stochastic_depth_pair_differs_only_in_the_drop_probability():
+    without, with_sd = plan_stochastic_depth(get_preset("resnet110").spec, "0.5", DataSpec(), TrainSpec(), PRESETS,
+                                             group="S")
+    assert (without.name, with_sd.name) == ("resnet110", "resnet110-sd0.5")
+    assert (without.preset, with_sd.preset) == ("resnet110", "resnet110-sd")
+    assert (without.spec.net.stochastic_depth, with_sd.spec.net.stochastic_depth) == (0.0, 0.5)
+    assert without.spec.net.model_dump(exclude={"name", "stochastic_depth"}) == \
+        with_sd.spec.net.model_dump(exclude={"name", "stochastic_depth"})
+    with pytest.raises(SpecError, match="drop probability is a number"):
+        plan_stochastic_depth(TINY, "half", DataSpec(), TrainSpec(), group="S")
+    with pytest.raises(WorkbenchError, match=r"in \(0, 1\); got 1.5"):
+        plan_stochastic_depth(TINY, 1.5, DataSpec(), TrainSpec(), group="S")
+    with pytest.raises(WorkbenchError, match="plain net"):
+        plan_stochastic_depth(get_preset("plain20").spec, 0.5, DataSpec(), TrainSpec(), group="S")
 
 
 def test_at_depth_renames_and_rebuilds():

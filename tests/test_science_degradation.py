@@ -138,8 +138,9 @@ def test_ladder_through_an_executor_uses_submit():
 def test_identity_variant_presets_differ_only_in_placement_and_carry_table_2_errors(tmp_path):
     with open_store(tmp_path) as store:
         ids = launch_identity_variants(store, data=DATA, train=TRAIN, group_name="he2016")
-        runs = {r.preset: RunSpec.model_validate(r.spec) for r in store.list_runs(group_name="he2016")}
-    assert list(ids) == list(IDENTITY_VARIANTS)
+        stored = store.list_runs(group_name="he2016")
+        runs = {r.preset: RunSpec.model_validate(r.spec) for r in stored}
+    assert list(ids) == list(IDENTITY_VARIANTS) and {r.group_kind for r in stored} == {"sweep"}
     placements = {name: spec.net.placement for name, spec in runs.items()}
     assert placements == {"resnet110-original": "post", "resnet110-bn-after-add": "bn_after_add",
                           "resnet110-relu-before-add": "relu_before_add",

@@ -16,7 +16,7 @@ LAUNCH_DEFAULTS = dict(
     dataset="synthetic", path="", download=False, classes="", per_class_cap=0, resolution=0, validation_size=0,
     synthetic_train=256, synthetic_test=64, budget_unit="epochs", budget=1, batch_size=32, lr=0.1,
     schedule="step", warmup=0, seed=0, precision="fp32", device="cpu", log_every=4, eval_every=0,
-    ladder_depths="8, 14",
+    ladder_depths="8, 14", drop_prob=0.5,
 )
 BUILD_FIELDS = dict(
     name="net", family="cifar", unit="basic", size_by="depth", depth=20, blocks="3, 3, 3", widths="16, 32, 64",
@@ -76,6 +76,23 @@ def test_ladder_is_queued_as_twins_at_each_depth(client, served):
     assert {run.group_kind for run in ladder} == {"ladder"} and len({run.group_name for run in ladder}) == 1
     assert sorted(run.spec["net"]["depth"] for run in ladder) == [8, 8, 14, 14]
     assert "nearest" in launch(client, "ladder", TINY.model_dump_json(), ladder_depths="8, 9")
+
+
+def test_placements_and_stochastic_depth_are_queued_as_variant_groups(client, served):
+    before = len(served.store.list_runs())
+    assert launch(client, "placements", TINY.model_dump_json()).startswith("Queued")
+    placements = served.store.list_runs()[:5]
+    assert sorted(run.spec["net"]["placement"] for run in placements) == sorted(
+        ["post", "bn_after_add", "relu_before_add", "relu_only_preact", "full_preact"])
+    assert {run.group_kind for run in placements} == {"sweep"} and len({r.group_name for r in placements}) == 1
+    assert placements[0].group_name.startswith("placements tiny on synthetic")
+    message = launch(client, "stochastic_depth", TINY.model_dump_json(), drop_prob=0.2)
+    assert message.startswith("Queued") and "tiny-sd0.2" in message
+    pair = served.store.list_runs()[:2]
+    assert sorted(run.spec["net"]["stochastic_depth"] for run in pair) == [0.0, 0.2]
+    plain = NetSpec(name="plain-tiny", blocks=[1, 1, 1], widths=[4, 8, 16], shortcut="none")
+    assert "Nothing launched" in launch(client, "placements", plain.model_dump_json())
+    assert len(served.store.list_runs()) == before + 7
 
 
 def test_paths_outside_the_data_roots_are_refused_before_queueing(client, served, tmp_path_factory):

@@ -17,11 +17,13 @@ from typing import Any
 from workbench.data import check_source
 from workbench.errors import SpecError
 from workbench.presets import Preset
-from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
+from workbench.science.variants import SWEEP, stochastic_depth_pair
+from workbench.spec import PLACEMENTS, DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LADDER_DEPTHS = (20, 32, 44, 56)
+DEFAULT_DROP_PROB = 0.5
 
 
 @dataclass(frozen=True)
@@ -348,6 +350,41 @@ def plan_ladder(
             raise SpecError(f"ladder depth {depth}: {exc}") from None
         plan += _twin_runs(deeper, data, train, presets, group, "ladder")
     return plan
+
+
+def placement_variants(net: NetSpec, presets: Sequence[Preset] = ()) -> list[NetSpec]:
+    """`net` with each unit placement of He et al. 2016 (Fig. 4 (a)-(e)), everything else unchanged."""
+    if is_plain(net):
+        raise SpecError("unit placements differ in where BN and ReLU meet the shortcut, and a plain net has none; "
+                        "pick shortcut A, B or C in the Build tab")
+    stem = net.name
+    for placement in PLACEMENTS:
+        stem = stem.removesuffix(f"-{placement.replace('_', '-')}")
+    return [_renamed(net, f"{stem}-{placement.replace('_', '-')}", presets, placement=placement)
+            for placement in PLACEMENTS]
+
+
+def plan_placements(
+    net: NetSpec, data: DataSpec, train: TrainSpec, presets: Sequence[Preset] = (), *, group: str,
+) -> list[PlannedRun]:
+    """The five unit placements of `net` with identical data, data order and seed, as one "sweep" group."""
+    return [PlannedRun(variant.name, RunSpec(net=variant, data=data, train=train), _preset_name(variant, presets),
+                       group, SWEEP)
+            for variant in placement_variants(net, presets)]
+
+
+def plan_stochastic_depth(
+    net: NetSpec, drop_prob: Any, data: DataSpec, train: TrainSpec, presets: Sequence[Preset] = (), *, group: str,
+) -> list[PlannedRun]:
+    """`net` without and with stochastic depth (last unit dropped with `drop_prob`), as one "sweep" group."""
+    try:
+        probability = float(drop_prob)
+    except (TypeError, ValueError):
+        raise SpecError(f"the last unit's drop probability is a number between 0 and 1; got {drop_prob!r}") from None
+    pair = stochastic_depth_pair(net, probability)
+    return [PlannedRun(spec.name, RunSpec(net=spec, data=data, train=train), _preset_name(spec, presets), group,
+                       SWEEP)
+            for spec in pair]
 
 
 def default_group_name(kind: str, net: NetSpec, data: DataSpec, now: datetime | None = None) -> str:

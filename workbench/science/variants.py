@@ -13,10 +13,12 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 from workbench.presets import get_preset
-from workbench.science.degradation import LADDER, submit_run
+from workbench.science.degradation import submit_run
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 
 logger = logging.getLogger(__name__)
+
+SWEEP = "sweep"  # the store's group kind for runs that differ in one setting
 
 IDENTITY_VARIANTS = (
     "resnet110-original",
@@ -34,7 +36,7 @@ def launch_variants(
     data: DataSpec,
     train: TrainSpec,
     group_name: str,
-    group_kind: str = LADDER,
+    group_kind: str = SWEEP,
     home=None,
 ) -> dict[str, int]:
     """Queue one run per net (preset name or NetSpec) as one group; returns {net name: run id}."""
@@ -83,4 +85,4 @@ def launch_stochastic_depth_comparison(
     """Queue a net with and without stochastic depth as one group, everything else identical."""
     without, with_sd = stochastic_depth_pair(net, drop_prob, home)
     return launch_variants(target, [without, with_sd], data=data, train=train, group_name=group_name,
-                           group_kind="twin", home=home)
+                           home=home)

@@ -9,13 +9,16 @@ import gradio as gr
 
 from workbench.errors import WorkbenchError
 from workbench.launch import (
+    DEFAULT_DROP_PROB,
     DEFAULT_LADDER_DEPTHS,
     FORM_FIELDS,
     checked_specs_from_form,
     default_group_name,
     parse_int_list,
     plan_ladder,
+    plan_placements,
     plan_single,
+    plan_stochastic_depth,
     plan_twin,
     submit_plan,
     unique_group_name,
@@ -29,7 +32,7 @@ DATASETS = [
     ("CIFAR-100", "cifar100"),
     ("Image folder", "folder"),
 ]
-LAUNCH_KINDS = ("run", "twin", "ladder")
+LAUNCH_KINDS = ("run", "twin", "ladder", "placements", "stochastic_depth")
 
 
 @dataclass
@@ -69,14 +72,14 @@ class RunForm:
 
 
 def network_line(spec_json: str):
-    """The network the buttons would launch, and whether they may (three button updates)."""
+    """The network the buttons would launch, and whether they may (one update per launch button)."""
     if not spec_json:
         text = "**The network in the Build tab is invalid.** Fix it there to launch."
-        return [text] + [gr.update(interactive=False)] * 3
+        return [text] + [gr.update(interactive=False)] * len(LAUNCH_KINDS)
     spec = NetSpec.model_validate_json(spec_json)
     text = (f"Network: **{spec.name}** ({spec.unit} units, blocks {spec.blocks}, widths {spec.widths}, "
-            f"shortcut {spec.shortcut}); set it in the Build tab.")
-    return [text] + [gr.update(interactive=True)] * 3
+            f"shortcut {spec.shortcut}, placement {spec.placement}); set it in the Build tab.")
+    return [text] + [gr.update(interactive=True)] * len(LAUNCH_KINDS)
 
 
 def dataset_visibility(name: str):
@@ -88,8 +91,8 @@ def dataset_visibility(name: str):
 def launch(ctx: WorkbenchContext, kind: str, spec_json: str, dataset: str, path: str, download: bool, classes: str,
            per_class_cap, resolution, validation_size, synthetic_train, synthetic_test, budget_unit: str, budget,
            batch_size, lr, schedule: str, warmup, seed, precision: str, device: str, log_every, eval_every,
-           ladder_depths: str):
-    """Queue one run, a twin or a ladder; returns (message, launched)."""
+           ladder_depths: str, drop_prob):
+    """Queue one run, a twin, a ladder, the five placements or a stochastic-depth pair; returns (message, launched)."""
     if not spec_json:
         return "**Nothing launched:** the network in the Build tab is invalid; fix it there first.", gr.skip()
     try:
@@ -101,12 +104,16 @@ def launch(ctx: WorkbenchContext, kind: str, spec_json: str, dataset: str, path:
             plan = plan_single(net, data, train, presets)
         else:
             taken = [name for name, _ in ctx.store.list_groups()]
-            group = unique_group_name(default_group_name(kind, net, data), taken)
+            group = unique_group_name(default_group_name(kind.replace("_", " "), net, data), taken)
             if kind == "twin":
                 plan = plan_twin(net, data, train, presets, group=group)
-            else:
+            elif kind == "ladder":
                 plan = plan_ladder(net, parse_int_list(ladder_depths, "ladder depths"), data, train, presets,
                                    group=group)
+            elif kind == "placements":
+                plan = plan_placements(net, data, train, presets, group=group)
+            else:
+                plan = plan_stochastic_depth(net, drop_prob, data, train, presets, group=group)
         run_ids = submit_plan(ctx.executor, plan)
     except (WorkbenchError, ValueError) as exc:
         return f"**Nothing launched:** {exc}", gr.skip()
@@ -187,13 +194,20 @@ def launch_tab(ctx: WorkbenchContext, spec_json: gr.Code) -> LaunchTab:
             with gr.Column():
                 ladder_depths = gr.Textbox(", ".join(map(str, DEFAULT_LADDER_DEPTHS)), label="Ladder depths")
                 launch_ladder = gr.Button("Launch depth ladder (each depth with its twin)", elem_id="launch-ladder")
+        with gr.Row():
+            launch_placements = gr.Button("Launch the five unit placements (He et al. 2016, Fig. 4)",
+                                          elem_id="launch-placements")
+            with gr.Column():
+                drop_prob = gr.Number(DEFAULT_DROP_PROB, minimum=0, maximum=1, label="Last unit's drop probability",
+                                      elem_id="drop-prob")
+                launch_sd = gr.Button("Launch without and with stochastic depth", elem_id="launch-stochastic-depth")
         message = gr.Markdown(elem_id="launch-message")
         launched = gr.State(None)
 
-    inputs = [spec_json, *form.components(), ladder_depths]
-    buttons = {"run": launch_run, "twin": launch_twin, "ladder": launch_ladder}
+    inputs = [spec_json, *form.components(), ladder_depths, drop_prob]
+    buttons = {"run": launch_run, "twin": launch_twin, "ladder": launch_ladder, "placements": launch_placements,
+               "stochastic_depth": launch_sd}
     for kind, button in buttons.items():
         button.click(functools.partial(launch, ctx, kind), inputs, [message, launched], api_name=f"launch_{kind}")
-    spec_json.change(network_line, spec_json, [network, launch_run, launch_twin, launch_ladder],
-                     api_visibility="private")
+    spec_json.change(network_line, spec_json, [network, *buttons.values()], api_visibility="private")
     return LaunchTab(launched=launched)
