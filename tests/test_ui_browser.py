@@ -65,7 +65,7 @@ def test_invalid_depth_shows_message_and_launches_nothing(page, workbench, artif
     page.screenshot(path=artifacts_dir / "journey2-invalid-depth-message.png", full_page=True)
     open_tab(page, "Launch")
     expect()(page.locator("#launch-network")).to_contain_text("invalid")
-    for button in ("launch-run", "launch-twin", "launch-ladder"):
+    for button in ("launch-run", "launch-twin", "launch-ladder", "launch-placements", "launch-stochastic-depth"):
         expect()(page.locator(f"#{button}")).to_be_disabled()
     page.screenshot(path=artifacts_dir / "journey2-launch-disabled.png", full_page=True)
     assert workbench.store.list_runs() == []
