@@ -241,12 +241,13 @@ def cmd_lesion(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from workbench.science.reproduction import ReproductionConfig, reproduce
 
-    config = ReproductionConfig(
-        **({"data_path": args.data} if args.data else {}), per_class_cap=args.per_class_cap,
-        iterations=args.iterations, warmup_iterations=args.warmup, depths=tuple(args.depths),
-        lesion_images=args.lesion_images, lesion_draws=args.lesion_draws, lesion_max_k=args.lesion_max_k,
-        group_name=args.group,
-    )
+    given = {
+        "data_path": args.data, "per_class_cap": args.per_class_cap, "iterations": args.iterations,
+        "warmup_iterations": args.warmup, "depths": tuple(args.depths) if args.depths else None,
+        "lesion_images": args.lesion_images, "lesion_draws": args.lesion_draws, "lesion_max_k": args.lesion_max_k,
+        "group_name": args.group,
+    }
+    config = ReproductionConfig(**{name: value for name, value in given.items() if value is not None})
     result = reproduce(home_dir(args.home), args.docs, config)
     print(f"{result.verdict['verdict']}: {result.verdict['explanation']}")
     print(f"report: {result.report}")
@@ -347,13 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce", help="train a plain/residual depth ladder on CIFAR-10, lesion it, write docs/reproduction.md")
     reproduce.add_argument("--data", type=Path, default=None, help="CIFAR-10 archive (default ../shared/data)")
     reproduce.add_argument("--docs", type=Path, default=Path("docs"), help="where the report and figures go")
-    reproduce.add_argument("--per-class-cap", type=int, default=500)
-    reproduce.add_argument("--iterations", type=int, default=1000)
-    reproduce.add_argument("--warmup", type=int, default=30, help="linear learning-rate warm-up iterations")
-    reproduce.add_argument("--depths", type=int, nargs="+", default=[20, 56])
-    reproduce.add_argument("--lesion-images", type=int, default=1000)
-    reproduce.add_argument("--lesion-draws", type=int, default=2)
-    reproduce.add_argument("--lesion-max-k", type=int, default=8)
+    reproduce.add_argument("--per-class-cap", type=int, help="training and test images per class (default 500)")
+    reproduce.add_argument("--iterations", type=int, help="training iterations per network (default 3000)")
+    reproduce.add_argument("--warmup", type=int, help="linear learning-rate warm-up iterations (default 200)")
+    reproduce.add_argument("--depths", type=int, nargs="+", help="ladder depths (default 20 56)")
+    reproduce.add_argument("--lesion-images", type=int, help="test images for the lesion study (default 1000)")
+    reproduce.add_argument("--lesion-draws", type=int, help="random draws per k (default 2)")
+    reproduce.add_argument("--lesion-max-k", type=int, help="largest number of units deleted at once (default 8)")
     reproduce.add_argument("--group", default=None, help="ladder group name (default from the subset and budget)")
     reproduce.set_defaults(handler=cmd_reproduce)
     return parser
