@@ -12,8 +12,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.skipif(not DEFAULT_DATA.exists(), reason=f"needs CIFAR-10 at {DEFAULT_DATA} (../shared/data)")
 def test_reproduce_trains_lesions_and_writes_the_report(tmp_path):
-    config = ReproductionConfig(per_class_cap=13, iterations=2, depths=(8, 14), lesion_images=16, lesion_draws=1,
-                                lesion_max_k=2, profile_batch=16)
+    config = ReproductionConfig(per_class_cap=13, iterations=2, warmup_iterations=1, depths=(8, 14), lesion_images=16,
+                                lesion_draws=1, lesion_max_k=2, profile_batch=16)
     result = reproduce(tmp_path / "home", tmp_path / "docs", config)
     assert set(result.run_ids) == {"plain8", "resnet8", "plain14", "resnet14"}
     assert result.verdict["observed"] in (True, False)
@@ -21,7 +21,7 @@ def test_reproduce_trains_lesions_and_writes_the_report(tmp_path):
     for path in result.figures.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = result.report.read_text()
-    assert "--per-class-cap 13 --iterations 2 --warmup 30 --depths 8 14" in report
+    assert "--per-class-cap 13 --iterations 2 --warmup 1 --depths 8 14" in report
     assert "figures/lesion_by_k.png" in report and result.verdict["verdict"] in report
     with open_store(tmp_path / "home") as store:
         analyses = store.list_analyses(result.run_ids["resnet14"], "lesion")

@@ -6,9 +6,11 @@ training curves and says whether a deeper plain net trains worse than a shallowe
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from workbench.errors import PresetNotFound, WorkbenchError
@@ -117,12 +119,15 @@ def metric_points(rows: Iterable[Any], split: str, name: str) -> list[tuple[int,
 
 
 def smoothed_at(points: Sequence[tuple[int, float]], iteration: int, window: int) -> float | None:
-    """Mean of the values logged in (iteration - window, iteration]; the latest one before that if none."""
-    inside = [value for it, value in points if iteration - window < it <= iteration]
-    if inside:
-        return sum(inside) / len(inside)
-    earlier = [value for it, value in points if it <= iteration]
-    return earlier[-1] if earlier else None
+    """Mean of the values logged in (iteration - window, iteration]; the latest one before that if none.
+
+    `points` are (iteration, value) pairs in iteration order.
+    """
+    end = bisect.bisect_right(points, iteration, key=itemgetter(0))
+    start = bisect.bisect_right(points, iteration - window, lo=0, hi=end, key=itemgetter(0))
+    if start < end:
+        return sum(value for _, value in points[start:end]) / (end - start)
+    return points[end - 1][1] if end else None
 
 
 @dataclass

@@ -11,10 +11,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from workbench.charts import MAX_POINTS_PER_TRACE, downsample_minmax
 from workbench.science.degradation import CurveRun, smoothed_at
 
 PALETTE = qualitative.Plotly
@@ -24,17 +26,6 @@ TRAIN_DASH = "dash"
 TRAIN_WIDTH = 1.5
 TEST_WIDTH = 3.5
 SHOW_MARKERS_BELOW = 30
-
-
-def _thin(points: Sequence[tuple[int, float]], max_points: int) -> list[tuple[int, float]]:
-    """At most about `max_points` points, evenly strided, always keeping the last."""
-    if len(points) <= max_points:
-        return list(points)
-    stride = math.ceil(len(points) / max_points)
-    thinned = list(points[::stride])
-    if thinned[-1] != points[-1]:
-        thinned.append(points[-1])
-    return thinned
 
 
 def _depth_colors(runs: Sequence[CurveRun]) -> dict[int, str]:
@@ -48,7 +39,7 @@ def _empty(message: str, height: int = HEIGHT) -> go.Figure:
     return figure
 
 
-def figure6(runs: Sequence[CurveRun], *, title: str | None = None, max_points: int = 2000,
+def figure6(runs: Sequence[CurveRun], *, title: str | None = None, max_points: int = MAX_POINTS_PER_TRACE,
             height: int = HEIGHT) -> go.Figure:
     """Training (dashed) and test (bold) error against iteration: plain nets left, residual nets right."""
     figure = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
@@ -57,15 +48,17 @@ def figure6(runs: Sequence[CurveRun], *, title: str | None = None, max_points: i
     for run in sorted(runs, key=lambda r: (r.residual, r.depth)):
         column = 2 if run.residual else 1
         for split, dash, width in (("train", TRAIN_DASH, TRAIN_WIDTH), ("test", "solid", TEST_WIDTH)):
-            points = _thin(run.train if split == "train" else run.test, max_points)
-            if not points:
+            points = run.train if split == "train" else run.test
+            if not len(points):
                 continue
-            few = len(points) <= SHOW_MARKERS_BELOW
+            iterations, errors = np.asarray(points, dtype=np.float64).T
+            x, y = downsample_minmax(iterations, errors, max_points)
+            few = len(x) <= SHOW_MARKERS_BELOW
             figure.add_trace(
                 go.Scatter(
-                    x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers" if few else "lines",
+                    x=x, y=y, mode="lines+markers" if few else "lines",
                     marker={"size": 6 if split == "test" else 3},
-                    name=f"{run.name} {split} ({points[-1][1]:.1f}%)", legendgroup=run.name,
+                    name=f"{run.name} {split} ({errors[-1]:.1f}%)", legendgroup=run.name,
                     line={"color": colors[run.depth], "dash": dash, "width": width},
                     hovertemplate=f"{run.name} {split}<br>iteration %{{x}}<br>error %{{y:.2f}}%<extra></extra>",
                 ),
