@@ -19,6 +19,7 @@ from workbench.charts import training_curves_figure
 from workbench.curves import CurveCache, curves_of, ladder_curve_runs
 from workbench.run_table import run_label
 from workbench.science.degradation import (
+    LADDER,
     degradation_observed,
     net_depth_and_residual,
     paper_reference_errors,
@@ -92,7 +93,7 @@ def _ladder_of(runs: list[RunRecord]) -> str | None:
     groups = {(run.group_name, run.group_kind) for run in runs}
     if len(groups) == 1:
         name, kind = groups.pop()
-        return name if kind == "ladder" else None
+        return name if kind == LADDER else None
     return None
 
 
