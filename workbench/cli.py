@@ -245,7 +245,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "data_path": args.data, "per_class_cap": args.per_class_cap, "iterations": args.iterations,
         "warmup_iterations": args.warmup, "depths": tuple(args.depths) if args.depths else None,
         "lesion_images": args.lesion_images, "lesion_draws": args.lesion_draws, "lesion_max_k": args.lesion_max_k,
-        "group_name": args.group,
+        "seed": args.seed, "group_name": args.group,
     }
     config = ReproductionConfig(**{name: value for name, value in given.items() if value is not None})
     result = reproduce(home_dir(args.home), args.docs, config)
@@ -355,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--lesion-images", type=int, help="test images for the lesion study (default 1000)")
     reproduce.add_argument("--lesion-draws", type=int, help="random draws per k (default 2)")
     reproduce.add_argument("--lesion-max-k", type=int, help="largest number of units deleted at once (default 8)")
+    reproduce.add_argument("--seed", type=int, help="seed of the subset, data order and init (default 0)")
     reproduce.add_argument("--group", default=None, help="ladder group name (default from the subset and budget)")
     reproduce.set_defaults(handler=cmd_reproduce)
     return parser

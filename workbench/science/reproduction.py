@@ -82,7 +82,8 @@ class ReproductionConfig:
     def __post_init__(self) -> None:
         if self.group_name is None:
             warmup = f"-wu{self.warmup_iterations}" if self.warmup_iterations else ""
-            self.group_name = f"degradation-cifar10-cap{self.per_class_cap}-it{self.iterations}{warmup}"
+            seed = f"-seed{self.seed}" if self.seed else ""
+            self.group_name = f"degradation-cifar10-cap{self.per_class_cap}-it{self.iterations}{warmup}{seed}"
 
     def data(self) -> DataSpec:
         return DataSpec(name="cifar10", path=str(Path(self.data_path).resolve()), per_class_cap=self.per_class_cap,
@@ -230,8 +231,10 @@ def regenerate_command(home: Path, docs_dir: Path, config: ReproductionConfig) -
              "--depths", *map(str, config.depths),
              "--lesion-images", str(config.lesion_images), "--lesion-draws", str(config.lesion_draws),
              "--lesion-max-k", str(config.lesion_max_k)]
+    if config.seed:
+        parts += ["--seed", str(config.seed)]
     default = ReproductionConfig(per_class_cap=config.per_class_cap, iterations=config.iterations,
-                                 warmup_iterations=config.warmup_iterations)
+                                 warmup_iterations=config.warmup_iterations, seed=config.seed)
     if config.group_name != default.group_name:
         parts += ["--group", config.group_name]
     return shlex.join(parts)
