@@ -4,11 +4,12 @@ import gradio as gr
 import pytest
 
 from storage import open_store
-from workbench.spec import NetSpec, RunSpec
+from workbench.spec import DataSpec, NetSpec, RunSpec
 from workbench.ui.compare_tab import CompareView, pick_group, redraw, tick
 from workbench.ui.context import WorkbenchContext
 
 OPTIONS = ("error", "iterations", 0.0, False)
+CIFAR10 = DataSpec(name="cifar10", download=True)
 
 
 @pytest.fixture
@@ -59,10 +60,10 @@ def test_redraw_skips_when_selection_and_options_are_unchanged(ctx):
     assert figure.layout.yaxis.type == "log" and figure.layout.xaxis.title.text == "epochs"
 
 
-def ladder(ctx) -> dict[str, int]:
+def ladder(ctx, data: DataSpec = CIFAR10) -> dict[str, int]:
     return {
-        name: ctx.store.create_run(RunSpec(net=NetSpec(depth=depth, shortcut=shortcut)), name=f"{name} (L)",
-                                   group_name="L", group_kind="ladder", preset=name)
+        name: ctx.store.create_run(RunSpec(net=NetSpec(depth=depth, shortcut=shortcut), data=data),
+                                   name=f"{name} (L)", group_name="L", group_kind="ladder", preset=name)
         for name, depth, shortcut in (("plain20", 20, "none"), ("resnet20", 20, "A"),
                                       ("plain56", 56, "none"), ("resnet56", 56, "A"))
     }
@@ -104,3 +105,9 @@ def test_ladder_outputs_follow_new_error_rows_while_loss_is_on_screen(ctx):
     curves, verdict, figure_6, _, view = tick(ctx, "loss", "iterations", 0.0, False, view)
     assert is_skip(curves)
     assert verdict["value"].startswith("**No degradation observed.**") and len(figure_6["value"].data) == 2
+
+
+def test_paper_stars_only_for_a_cifar10_ladder(ctx):
+    runs = ladder(ctx, data=DataSpec())
+    *_, depth, _ = redraw(ctx, sorted(runs.values()), *OPTIONS, CompareView())
+    assert depth["visible"] is True and not [trace for trace in depth["value"].data if "He et al." in trace.name]

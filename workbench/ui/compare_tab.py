@@ -117,8 +117,10 @@ def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis
     view.ladder_group = _ladder_of(picked)
     view.ladder_members = {run.id: (run.preset or run.name, *net_depth_and_residual(run.spec))
                            for run in picked} if view.ladder_group else {}
+    on_cifar10 = all(run.spec["data"]["name"] == "cifar10" for run in picked)
     view.references = paper_reference_errors(
-        sorted({depth for _, depth, residual in view.ladder_members.values() if residual}), ctx.home)
+        sorted({depth for _, depth, residual in view.ladder_members.values() if residual}), ctx.home
+    ) if on_cifar10 else {}
     _refresh(ctx, view, metric)
     view.drawn = drawn
     return (_curves_figure(view, metric, x_axis, smoothing, log_y), *_ladder_outputs(view), view)
@@ -163,8 +165,8 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
         verdict = gr.Markdown(visible=False, elem_id="compare-verdict")
         figure_6 = gr.Plot(label="Plain (left) and residual (right), as in He et al. 2015 Fig. 6", visible=False,
                            elem_id="compare-figure6")
-        depth = gr.Plot(label="Error against depth; stars: the paper's CIFAR-10 ResNet test errors", visible=False,
-                        elem_id="depth-plot")
+        depth = gr.Plot(label="Error against depth (stars, for CIFAR-10 ladders: the paper's ResNet test errors)",
+                        visible=False, elem_id="depth-plot")
         view = gr.State(CompareView())
         timer = gr.Timer(REFRESH_SECONDS)
 
