@@ -469,7 +469,7 @@ def render_report(*, home: Path, config: ReproductionConfig, runs: list, finals:
         "",
         f"- A short budget on a subset: {config.iterations:,} iterations on {train_images:,} training images,",
         f"  against the paper's {PAPER_ITERATIONS:,} on 45,000. Training error is what Fig. 6 is about; the test",
-        "  errors are far above the paper's, as expected from a ninth of its training data.",
+        "  errors are far above the paper's, as expected with that much less training data.",
         "- One seed per network; differences of a point or two are within run-to-run noise at this budget.",
         "- Lesion errors use a seeded subset of test images; the per-unit curve has a few points of sampling noise.",
         "",
