@@ -319,13 +319,19 @@ def plan_single(net: NetSpec, data: DataSpec, train: TrainSpec, presets: Sequenc
     return [PlannedRun(net.name, RunSpec(net=net, data=data, train=train), _preset_name(net, presets))]
 
 
+def _planned_group(
+    nets: Iterable[NetSpec], data: DataSpec, train: TrainSpec, presets: Sequence[Preset], group: str, kind: str
+) -> list[PlannedRun]:
+    """One run per net, all with the same data and recipe, in one group of `kind`."""
+    return [PlannedRun(net.name, RunSpec(net=net, data=data, train=train), _preset_name(net, presets), group, kind)
+            for net in nets]
+
+
 def _twin_runs(
     net: NetSpec, data: DataSpec, train: TrainSpec, presets: Sequence[Preset], group: str, kind: str
 ) -> list[PlannedRun]:
-    return [
-        PlannedRun(twin.name, RunSpec(net=twin, data=data, train=train), _preset_name(twin, presets), group, kind)
-        for twin in (plain_counterpart(net, presets), residual_counterpart(net, presets))
-    ]
+    twins = (plain_counterpart(net, presets), residual_counterpart(net, presets))
+    return _planned_group(twins, data, train, presets, group, kind)
 
 
 def plan_twin(
@@ -368,9 +374,7 @@ def plan_placements(
     net: NetSpec, data: DataSpec, train: TrainSpec, presets: Sequence[Preset] = (), *, group: str,
 ) -> list[PlannedRun]:
     """The five unit placements of `net` with identical data, data order and seed, as one "sweep" group."""
-    return [PlannedRun(variant.name, RunSpec(net=variant, data=data, train=train), _preset_name(variant, presets),
-                       group, SWEEP)
-            for variant in placement_variants(net, presets)]
+    return _planned_group(placement_variants(net, presets), data, train, presets, group, SWEEP)
 
 
 def plan_stochastic_depth(
@@ -381,10 +385,7 @@ def plan_stochastic_depth(
         probability = float(drop_prob)
     except (TypeError, ValueError):
         raise SpecError(f"the last unit's drop probability is a number between 0 and 1; got {drop_prob!r}") from None
-    pair = stochastic_depth_pair(net, probability)
-    return [PlannedRun(spec.name, RunSpec(net=spec, data=data, train=train), _preset_name(spec, presets), group,
-                       SWEEP)
-            for spec in pair]
+    return _planned_group(stochastic_depth_pair(net, probability), data, train, presets, group, SWEEP)
 
 
 def default_group_name(kind: str, net: NetSpec, data: DataSpec, now: datetime | None = None) -> str:
