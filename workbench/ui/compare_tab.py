@@ -104,13 +104,13 @@ def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis
            view: CompareView):
     """Follow the picked runs and draw their curves (new runs' curves are read in full, once).
 
-    Returns (curves, verdict, Figure 6, error against depth, view). Nothing is redrawn when the
-    selection and options are what is already shown and no rows arrived.
+    Returns (curves, verdict, Figure 6, error against depth, view). When the selection and options
+    are what is already shown, this is a timer tick: only what new rows changed is redrawn.
     """
     wanted = [int(run_id) for run_id in run_ids or [] if str(run_id).isdigit()]
     drawn = (tuple(wanted), metric, x_axis, smoothing, bool(log_y))
-    if drawn == view.drawn and not any(_refresh(ctx, view, metric)):
-        return SKIPPED
+    if drawn == view.drawn:
+        return tick(ctx, metric, x_axis, smoothing, log_y, view)
     picked = [run for run in ctx.store.list_runs() if run.id in wanted]
     view.run_ids = wanted
     view.labels = {run.id: f"#{run.id} {run.name}" for run in picked}
