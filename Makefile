@@ -17,6 +17,7 @@ run: $(STAMP)
 	$(PY) app.py $(ARGS)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -29,10 +29,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from workbench.data import load_dataset  # noqa: E402
+from workbench.paths import RunFolder  # noqa: E402
 from workbench.presets import load_preset  # noqa: E402
 from workbench.science.gradient_flow import gradient_norm  # noqa: E402
 from workbench.spec import DataSpec, RunSpec, TrainSpec  # noqa: E402
-from workbench.training import NullSink  # noqa: E402
+from workbench.training import MemorySink, fresh_model  # noqa: E402
 from workbench.training.loop import _Trainer  # noqa: E402
 
 
@@ -95,7 +96,7 @@ def main() -> None:
         data = DataSpec(synthetic_train=args.batch * 8, synthetic_test=64)
         run = RunSpec(net=load_preset(args.preset), data=data,
                       train=TrainSpec(iterations=10**6, batch_size=args.batch, log_every=10**6))
-        trainer = _Trainer(run, home / "run", NullSink(), load_dataset(data, home=home))
+        trainer = _Trainer(run, RunFolder(home / "run"), MemorySink(), load_dataset(data, home=home), fresh_model)
         trainer.model.train()
         batches = endless(trainer)
         for _ in range(args.warmup):

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from workbench import build_model  # noqa: E402
 from workbench.data import load_dataset  # noqa: E402
 from workbench.spec import DataSpec, RunSpec, TrainSpec  # noqa: E402
-from workbench.training import NullSink, fit  # noqa: E402
+from workbench.training import MemorySink, fit  # noqa: E402
 
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 TARGET_ACCURACY = 40.0
@@ -42,7 +42,7 @@ def main() -> None:
         run = RunSpec(net=build_model(args.net).spec, data=data_spec,
                       train=TrainSpec(epochs=args.epochs, log_every=50))
         started = time.perf_counter()
-        result = fit(run, Path(home) / "run", NullSink(), dataset=dataset)
+        result = fit(run, Path(home) / "run", MemorySink(), dataset=dataset)
         elapsed = time.perf_counter() - started
     accuracy = 100.0 - result.last_error
     print(f"{args.net}, {args.epochs:g} epoch(s) on CIFAR-10 ({result.precision}): test accuracy {accuracy:.2f}% "

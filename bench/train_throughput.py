@@ -34,7 +34,7 @@ from bench.textbook import textbook_loader  # noqa: E402
 from workbench import build_model  # noqa: E402
 from workbench.data import load_dataset  # noqa: E402
 from workbench.spec import DataSpec, RunSpec, TrainSpec  # noqa: E402
-from workbench.training import NullSink, fit  # noqa: E402
+from workbench.training import MemorySink, fit  # noqa: E402
 from workbench.training.loop import resolve_channels_last, resolve_precision  # noqa: E402
 
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
@@ -48,7 +48,7 @@ def engine_images_per_s(net: str, dataset, iterations: int) -> tuple[float, str]
         data=DataSpec(name="cifar10"),
         train=TrainSpec(iterations=iterations, batch_size=BATCH, log_every=log_every),
     )
-    sink = NullSink()
+    sink = MemorySink()
     with tempfile.TemporaryDirectory() as run_dir:
         result = fit(run, Path(run_dir), sink, dataset=dataset)
     rates = [r["value"] for r in sink.rows if r["name"] == "images_per_s"][1:]

@@ -183,9 +183,9 @@ def bare_plotly_page(folder: Path, figure: go.Figure) -> None:
 def browser_benches(served_url: str, store: RunStore, run_ids: list[int], folder: Path, repeats: int) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
-    from workbench.charts import unit_diagram_figure
     from workbench.presets import get_preset
     from workbench.ui.build_tab import DEFAULT_PRESET
+    from workbench.viz.charts import unit_diagram_figure
 
     bare_plotly_page(folder, unit_diagram_figure(get_preset(DEFAULT_PRESET).spec))
     static, static_url = serve_folder(folder)
@@ -258,7 +258,7 @@ def main() -> int:
         started = time.perf_counter()
         run_ids = fill_store(store, args.runs, args.points)
         logger.info("stored %d runs x %d iterations in %.1f s", args.runs, args.points, time.perf_counter() - started)
-        ctx = WorkbenchContext(store=store, executor=None, home=home, data_roots=[home / "datasets"])
+        ctx = WorkbenchContext(store, None, [home / "datasets"])
         results = server_benches(ctx, run_ids, args.points, args.repeats)
         if args.no_browser or not CHROMIUM.exists():
             logger.warning("browser benches skipped (%s)", "--no-browser" if args.no_browser else f"no {CHROMIUM}")

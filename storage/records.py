@@ -74,7 +74,7 @@ class ArtifactRecord:
 
 @dataclass(frozen=True, slots=True)
 class AnalysisRecord:
-    """A stored result of a science tool."""
+    """A science tool applied to a run: its job status and, once completed, its result."""
 
     id: int
     run_id: int
@@ -82,3 +82,12 @@ class AnalysisRecord:
     params: dict[str, Any]
     result: Any
     created_at: datetime
+    status: str
+    worker_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    progress: float
+    cancel_requested: bool
+    error_message: str | None
+    traceback: str | None

@@ -150,7 +150,7 @@ class Artifact(Base):
 
 
 class Analysis(Base):
-    """The result of a science tool (lesion study, gradient flow, ...) applied to a run."""
+    """A science tool (lesion study, gradient profile, ...) applied to a run: a job workers claim, then its result."""
 
     __tablename__ = "analyses"
 
@@ -158,5 +158,14 @@ class Analysis(Base):
     run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
-    result: Mapped[Any] = mapped_column(JSON)
+    result: Mapped[Any | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), default="completed", server_default="completed", index=True)
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    progress: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    error_message: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)

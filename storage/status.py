@@ -21,7 +21,10 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     COMPLETED: frozenset(),
 }
 
-GROUP_KINDS = ("twin", "ladder", "sweep")
+TWIN = "twin"
+LADDER = "ladder"
+SWEEP = "sweep"
+GROUP_KINDS = (TWIN, LADDER, SWEEP)
 ARTIFACT_KINDS = ("checkpoint", "export", "log", "analysis")
 METRIC_SPLITS = ("train", "test", "val")
 

@@ -33,6 +33,7 @@ from storage.status import (
     ALLOWED_TRANSITIONS,
     ARTIFACT_KINDS,
     CANCELLED,
+    COMPLETED,
     FINISHED_STATUSES,
     GROUP_KINDS,
     INTERRUPTED,
@@ -525,27 +526,158 @@ class RunStore:
             return [ArtifactRecord(**row._mapping) for row in conn.execute(query.order_by(artifacts.c.id))]
 
     def add_analysis(self, run_id: int, kind: str, params: Mapping[str, Any], result: Any) -> int:
-        """Store the JSON result of a science tool run on a run; return its id."""
+        """Store a finished analysis (computed outside the job queue) and return its id."""
+        now = utc_now()
         values = {
-            "run_id": run_id,
-            "kind": kind,
-            "params": _json_checked(dict(params), "analysis params"),
-            "result": _json_checked(result, "analysis result"),
-            "created_at": utc_now(),
+            **self._analysis_values(run_id, kind, params), "result": _json_checked(result, "analysis result"),
+            "status": COMPLETED, "started_at": now, "finished_at": now, "progress": 1.0,
         }
+        return self._insert_analysis(run_id, values)
+
+    def create_analysis(self, run_id: int, kind: str, params: Mapping[str, Any]) -> int:
+        """Queue an analysis of a run for the workers; returns its id."""
+        return self._insert_analysis(run_id, {**self._analysis_values(run_id, kind, params), "status": QUEUED})
+
+    def get_analysis(self, analysis_id: int) -> AnalysisRecord:
+        with self._read() as conn:
+            return self._fetch_analysis(conn, analysis_id)
+
+    def list_analyses(
+        self, run_id: int | None = None, kind: str | None = None, status: str | Iterable[str] | None = None,
+    ) -> list[AnalysisRecord]:
+        """Analyses oldest first: of one run, of one kind, with a status (or any of several)."""
+        query = select(*analyses.c)
+        if run_id is not None:
+            query = query.where(analyses.c.run_id == run_id)
+        if kind is not None:
+            query = query.where(analyses.c.kind == kind)
+        if status is not None:
+            query = query.where(analyses.c.status.in_([status] if isinstance(status, str) else list(status)))
+        with self._read() as conn:
+            return [AnalysisRecord(**row._mapping) for row in conn.execute(query.order_by(analyses.c.id))]
+
+    def claim_next_analysis(self, worker_id: str) -> AnalysisRecord | None:
+        """Move the oldest queued analysis to `running` for this worker and return it; None if there is none."""
+        while True:
+            with self._write() as conn:
+                candidate = conn.scalar(
+                    select(analyses.c.id).where(analyses.c.status == QUEUED).order_by(analyses.c.id).limit(1)
+                )
+                if candidate is None:
+                    return None
+                try:
+                    return self._claim_analysis(conn, candidate, worker_id)
+                except IllegalTransition:
+                    continue
+
+    def claim_analysis(self, analysis_id: int, worker_id: str) -> AnalysisRecord:
+        """Move one given queued analysis to `running` for this worker (IllegalTransition if it is not queued)."""
+        with self._write() as conn:
+            return self._claim_analysis(conn, analysis_id, worker_id)
+
+    def analysis_heartbeat(self, analysis_id: int, worker_id: str, progress: float | None = None) -> bool:
+        """Record that the worker is alive (and the share done); return whether cancel was requested.
+
+        Raises IllegalTransition when the analysis is no longer running under this worker.
+        """
+        values: dict[str, Any] = {"heartbeat_at": utc_now()}
+        if progress is not None and math.isfinite(progress):
+            values["progress"] = min(1.0, max(0.0, float(progress)))
+        with self._write() as conn:
+            owned = (analyses.c.id == analysis_id, analyses.c.status == RUNNING, analyses.c.worker_id == worker_id)
+            if conn.execute(update(analyses).where(*owned).values(values)).rowcount != 1:
+                current = self._fetch_analysis(conn, analysis_id)
+                raise IllegalTransition(
+                    f"analysis {analysis_id} is no longer running under worker {worker_id} "
+                    f"(it is {current.status}); stop working on it"
+                )
+            return bool(conn.scalar(select(analyses.c.cancel_requested).where(analyses.c.id == analysis_id)))
+
+    def finish_analysis(
+        self, analysis_id: int, worker_id: str, status: str, *, result: Any = None, error_message: str | None = None,
+        traceback: str | None = None,
+    ) -> AnalysisRecord:
+        """Move a running analysis of this worker to completed (with its result), failed or cancelled."""
+        if status not in FINISHED_STATUSES:
+            raise StoreError(f"an analysis finishes as one of {', '.join(sorted(FINISHED_STATUSES))}, not {status!r}")
+        values = {"status": status, "finished_at": utc_now(), "error_message": error_message, "traceback": traceback}
+        if status == COMPLETED:
+            values.update(result=_json_checked(result, "analysis result"), progress=1.0)
+        with self._write() as conn:
+            owned = (analyses.c.id == analysis_id, analyses.c.status == RUNNING, analyses.c.worker_id == worker_id)
+            if conn.execute(update(analyses).where(*owned).values(values)).rowcount != 1:
+                current = self._fetch_analysis(conn, analysis_id)
+                raise IllegalTransition(
+                    f"analysis {analysis_id} cannot go from {current.status} to {status} for worker {worker_id}"
+                )
+            return self._fetch_analysis(conn, analysis_id)
+
+    def request_analysis_cancel(self, analysis_id: int) -> str:
+        """Cancel a queued analysis now, or flag a running one for its worker; returns its status afterwards."""
+        with self._write() as conn:
+            if conn.execute(
+                update(analyses).where(analyses.c.id == analysis_id, analyses.c.status == QUEUED)
+                .values(status=CANCELLED, finished_at=utc_now())
+            ).rowcount:
+                return CANCELLED
+            if conn.execute(
+                update(analyses).where(analyses.c.id == analysis_id, analyses.c.status == RUNNING)
+                .values(cancel_requested=True)
+            ).rowcount:
+                return RUNNING
+            current = self._fetch_analysis(conn, analysis_id)
+            raise IllegalTransition(f"analysis {analysis_id} is {current.status}; only a queued or running one "
+                                    "can be cancelled")
+
+    def release_analysis(self, analysis_id: int, worker_id: str) -> None:
+        """Queue again an analysis this worker holds but will not finish (the worker is stopping)."""
+        with self._write() as conn:
+            conn.execute(update(analyses).where(
+                analyses.c.id == analysis_id, analyses.c.status == RUNNING, analyses.c.worker_id == worker_id,
+            ).values(status=QUEUED, worker_id=None, heartbeat_at=None, started_at=None, progress=0.0))
+
+    def requeue_stale_analyses(self, older_than_s: float) -> list[int]:
+        """Queue again the running analyses whose worker stopped heartbeating (an analysis keeps no partial
+        state, so it simply starts over); returns their ids. Atomic: two callers never both requeue one."""
+        cutoff = utc_now() - timedelta(seconds=older_than_s)
+        beat = analyses.c.heartbeat_at
+        stale = (analyses.c.status == RUNNING) & or_(beat.is_(None), beat < cutoff)
+        with self._write() as conn:
+            ids = list(conn.scalars(select(analyses.c.id).where(stale)))
+            if ids:
+                conn.execute(update(analyses).where(analyses.c.id.in_(ids), stale).values(
+                    status=QUEUED, worker_id=None, heartbeat_at=None, started_at=None, progress=0.0,
+                    error_message="its worker stopped; queued again to start over"))
+        if ids:
+            logger.warning("queued stale analyses again: %s", ids)
+        return ids
+
+    def _claim_analysis(self, conn: Connection, analysis_id: int, worker_id: str) -> AnalysisRecord:
+        started = conn.execute(
+            update(analyses).where(analyses.c.id == analysis_id, analyses.c.status == QUEUED)
+            .values(status=RUNNING, worker_id=worker_id, **_entry_values(RUNNING), progress=0.0)
+        ).rowcount
+        current = self._fetch_analysis(conn, analysis_id)
+        if not started:
+            raise IllegalTransition(f"analysis {analysis_id} is {current.status}, not queued; it cannot be claimed")
+        return current
+
+    def _analysis_values(self, run_id: int, kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"run_id": run_id, "kind": kind, "params": _json_checked(dict(params), "analysis params"),
+                "created_at": utc_now()}
+
+    def _insert_analysis(self, run_id: int, values: dict[str, Any]) -> int:
         try:
             with self._write() as conn:
                 return conn.execute(insert(analyses).values(values)).inserted_primary_key[0]
         except IntegrityError as exc:
             raise _not_found(run_id) from exc
 
-    def list_analyses(self, run_id: int, kind: str | None = None) -> list[AnalysisRecord]:
-        """A run's stored analyses, oldest first, optionally of one kind."""
-        query = select(*analyses.c).where(analyses.c.run_id == run_id)
-        if kind is not None:
-            query = query.where(analyses.c.kind == kind)
-        with self._read() as conn:
-            return [AnalysisRecord(**row._mapping) for row in conn.execute(query.order_by(analyses.c.id))]
+    def _fetch_analysis(self, conn: Connection, analysis_id: int) -> AnalysisRecord:
+        row = conn.execute(select(*analyses.c).where(analyses.c.id == analysis_id)).first()
+        if row is None:
+            raise StoreError(f"analysis {analysis_id} does not exist (its run may have been deleted)")
+        return AnalysisRecord(**row._mapping)
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from workbench.charts import (
+from workbench.service.curves import RunCurves, Series
+from workbench.spec import NetSpec
+from workbench.viz.charts import (
     MAX_POINTS_PER_TRACE,
     downsample_minmax,
     path_length_figure,
@@ -11,8 +13,6 @@ from workbench.charts import (
     training_curves_figure,
     unit_diagram_figure,
 )
-from workbench.curves import RunCurves, Series
-from workbench.spec import NetSpec
 
 
 def series(iterations, values, epochs=None) -> Series:

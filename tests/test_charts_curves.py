@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from storage import METRIC_FIELDS, open_store
-from workbench.curves import CurveCache, curves_of, ladder_curve_runs
-from workbench.run_table import RUN_TABLE_COLUMNS, format_duration, run_label, run_row
+from workbench.service.curves import CurveCache, curves_of, ladder_curve_runs
 from workbench.spec import NetSpec, RunSpec
+from workbench.ui.run_table import RUN_TABLE_COLUMNS, format_duration, run_label, run_row
 
 
 @pytest.fixture

@@ -14,21 +14,35 @@ import torch
 import torchvision
 
 from workbench import build_model, resolve_spec
-from workbench import export as export_module
 from workbench.errors import WorkbenchError
-from workbench.export import (
+from workbench.training.checkpoint import save_checkpoint
+from workbench.weights import export as export_module
+from workbench.weights.export import (
     EXPORT_FORMATS,
     export_bundle,
-    export_from_checkpoint,
     export_model,
     export_onnx,
     export_torch_program,
     export_torchvision_state_dict,
-    load_bundle,
-    load_model,
 )
-from workbench.training.checkpoint import save_checkpoint
-from workbench.transfer import apply_finetune_mode
+from workbench.weights.loader import load_model_file
+from workbench.weights.transfer import apply_finetune_mode
+
+
+def load_bundle(path):
+    model = load_model_file(path)
+    return model, model.spec, model.metadata
+
+
+def load_model(path):
+    return load_model_file(path)
+
+
+def export_from_checkpoint(checkpoint, fmt, path, metadata=None):
+    """As the service exports a run: the checkpoint's metadata without its run spec, plus `metadata`."""
+    model = load_model_file(checkpoint)
+    stored = {key: value for key, value in model.metadata.items() if key != "run_spec"}
+    return export_model(model, model.spec, {**stored, **(metadata or {})}, fmt, path)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4
@@ -119,8 +133,8 @@ def test_bundle_loads_in_a_fresh_process(resnet20, tmp_path):
     inputs = {str(b): inputs_for(resnet20.spec, b, seed=10 + b) for b in BATCH_SIZES}
     torch.save(inputs, tmp_path / "inputs.pt")
     script = (
-        "import sys, torch, workbench.export\n"
-        "model = workbench.export.load_model(sys.argv[1])\n"
+        "import sys, torch, workbench\n"
+        "model = workbench.load_model(sys.argv[1])\n"
         "inputs = torch.load(sys.argv[2], weights_only=True)\n"
         "with torch.no_grad():\n"
         "    torch.save({k: model(v) for k, v in inputs.items()}, sys.argv[3])\n"

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.export import EXPORT_FORMATS
-from workbench.importers import model_from_checkpoint
 from workbench.jobs.worker import execute_run
 from workbench.presets import get_preset
 from workbench.spec import DataSpec, RunSpec, TrainSpec
+from workbench.weights.export import EXPORT_FORMATS
+from workbench.weights.loader import load_model_file
 
 pytestmark = pytest.mark.browser
 
@@ -62,7 +62,8 @@ def load_and_run(fmt: str, path, images: torch.Tensor) -> torch.Tensor:
 
 def test_export_tab_downloads_every_format_and_each_file_loads(page, exported_run, artifacts_dir, tmp_path):
     served, run_id = exported_run
-    reference, spec, _ = model_from_checkpoint(served.store.run_dir(run_id) / "checkpoints" / "best.pt")
+    reference = load_model_file(served.store.run_dir(run_id) / "checkpoints" / "best.pt")
+    spec = reference.spec
     images = torch.randn(3, 3, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = reference(images)

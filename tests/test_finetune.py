@@ -10,7 +10,8 @@ from workbench import build_model
 from workbench.data import load_dataset
 from workbench.errors import SpecError
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
-from workbench.training import NullSink, fit, load_checkpoint
+from workbench.training import MemorySink, fit, load_checkpoint
+from workbench.weights import model_factory
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMAGENETTE = DATA / "imagenette-mini"
@@ -25,7 +26,7 @@ def imagenette(tmp_path_factory):
     return load_dataset(spec, home=tmp_path_factory.mktemp("home"))
 
 
-class CheckpointHistory(NullSink):
+class CheckpointHistory(MemorySink):
     """Keeps the weights of every 'last' checkpoint the run writes."""
 
     def __init__(self) -> None:
@@ -49,7 +50,7 @@ def test_torchvision_resnet18_new_head_only_leaves_every_frozen_parameter_bitwis
         finetune="head", head_hidden=32, train=TrainSpec(epochs=2, batch_size=32, log_every=1, lr=0.05),
     )
     sink = CheckpointHistory()
-    result = fit(run, tmp_path / "run", sink, dataset=imagenette)
+    result = fit(run, tmp_path / "run", sink, dataset=imagenette, model_factory=model_factory(run))
     assert result.status == "completed" and result.net.num_classes == 10
     trained = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
     original = source.state_dict()
@@ -73,7 +74,7 @@ def test_last_stage_mode_trains_only_layer4_and_the_head(imagenette, tmp_path):
         net=build_model("resnet18").spec, data=DataSpec(name="folder", path=str(IMAGENETTE), resolution=64),
         init_from=str(source_path), finetune="last_stages", train=TrainSpec(iterations=3, batch_size=32),
     )
-    fit(run, tmp_path / "run", NullSink(), dataset=imagenette)
+    fit(run, tmp_path / "run", MemorySink(), dataset=imagenette, model_factory=model_factory(run))
     original = torch.load(source_path, weights_only=True)
     trained = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
     backbone = [k for k in original if not k.startswith("fc.")]
@@ -84,14 +85,14 @@ def test_last_stage_mode_trains_only_layer4_and_the_head(imagenette, tmp_path):
 def test_fine_tuning_from_a_run_checkpoint_carries_its_normalization(tmp_path):
     data = load_dataset(DataSpec(synthetic_train=128, synthetic_test=64), home=tmp_path)
     base = RunSpec(net=TINY_NET, train=TrainSpec(iterations=4, batch_size=32, precision="fp32"))
-    fit(base, tmp_path / "base", NullSink(), dataset=data)
+    fit(base, tmp_path / "base", MemorySink(), dataset=data)
     source = tmp_path / "base" / "checkpoints" / "last.pt"
     source_mean = load_checkpoint(source)["metadata"]["mean"]
 
     shifted = data.__class__(**{**data.__dict__, "info": data.info.__class__(
         **{**data.info.__dict__, "mean": (0.1, 0.1, 0.1)})})
     tuned = base.model_copy(update={"init_from": str(source), "finetune": "all"})
-    fit(tuned, tmp_path / "tuned", NullSink(), dataset=shifted)
+    fit(tuned, tmp_path / "tuned", MemorySink(), dataset=shifted, model_factory=model_factory(tuned))
     assert load_checkpoint(tmp_path / "tuned" / "checkpoints" / "last.pt")["metadata"]["mean"] == source_mean
 
 

@@ -8,23 +8,22 @@ import torch
 import torchvision
 
 from workbench.errors import DataError, SpecError, UnsafeFileError, WorkbenchError
-from workbench.finetune import (
+from workbench.models import ResNet
+from workbench.presets import get_preset, list_presets
+from workbench.service.finetune import (
     checkpoint_source,
     copy_run_checkpoint,
     describe_source,
-    fitting_presets,
     inspect_source,
     locate_model_file,
     plan_finetune,
-    stage_blocks,
     store_upload,
-    submit_finetune,
+    with_copied_source,
 )
-from workbench.launch import data_spec_from_fields, specs_from_form, train_spec_from_fields
-from workbench.models import ResNet
-from workbench.presets import get_preset, list_presets
+from workbench.service.forms import data_spec_from_fields, specs_from_form, train_spec_from_fields
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
-from workbench.training import NullSink, fit
+from workbench.training import MemorySink, fit
+from workbench.weights.loader import fitting_presets, stage_blocks
 
 PRESETS = list_presets()
 TINY = NetSpec(name="tiny", blocks=[1, 1, 1], widths=[4, 8, 16])
@@ -64,7 +63,7 @@ def resnet18_file(tmp_path_factory) -> Path:
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """The last checkpoint of a one-iteration run of the tiny net, under <home>/runs/7/."""
     home = tmp_path_factory.mktemp("home")
-    fit(RunSpec(net=TINY, data=DATA, train=TRAIN), home / "runs" / "7", NullSink(), home=home)
+    fit(RunSpec(net=TINY, data=DATA, train=TRAIN), home / "runs" / "7", MemorySink(), home=home)
     return home / "runs" / "7" / "checkpoints" / "last.pt"
 
 
@@ -172,7 +171,7 @@ def test_plan_finetune_sets_the_mode_and_ignores_fields_of_other_modes(resnet18_
     head = plan_finetune(report, mode="head", data=DATA, train=TRAIN, presets=PRESETS, stages=3, head_hidden=32)
     assert (head.spec.finetune, head.spec.head_hidden, head.spec.finetune_stages) == ("head", 32, 1)
     assert head.spec.init_from == str(resnet18_file) and head.preset == "resnet18"
-    assert head.name == "resnet18 fine-tuned (new head only)" and head.source_run is None
+    assert head.name == "resnet18 fine-tuned (new head only)" and head.parent_run_id is None
     last = plan_finetune(report, mode="last_stages", data=DATA, train=TRAIN, stages=2, head_hidden=32)
     assert (last.spec.finetune_stages, last.spec.head_hidden) == (2, None)
     assert plan_finetune(report, mode="head", data=DATA, train=TRAIN, head_hidden=0).spec.head_hidden is None
@@ -189,11 +188,9 @@ def test_submitting_a_run_checkpoint_fine_tune_copies_it_and_names_the_parent(ti
     home = tiny_checkpoint.parents[3]
     report = inspect_source(tiny_checkpoint, PRESETS, source_run=checkpoint_source(tiny_checkpoint, home))
     plan = plan_finetune(report, mode="all", data=DATA, train=TRAIN, presets=PRESETS)
-    executor = RecordingExecutor()
-    assert submit_finetune(executor, plan, home) == 1
-    spec, fields = executor.submitted[0]
-    assert spec.init_from == str(home / "imports" / "run7-last.pt") and Path(spec.init_from).is_file()
-    assert fields == {"name": "tiny fine-tuned (all layers)", "preset": None, "parent_run_id": 7}
+    queued = with_copied_source(plan, home)
+    assert queued.spec.init_from == str(home / "imports" / "run7-last.pt") and Path(queued.spec.init_from).is_file()
+    assert (queued.name, queued.preset, queued.parent_run_id) == ("tiny fine-tuned (all layers)", None, 7)
 
 
 def test_specs_from_form_reads_data_and_training_with_one_seed():

@@ -14,10 +14,17 @@ from safetensors.torch import save_file
 
 from workbench import build_model, resolve_spec
 from workbench.errors import UnsafeFileError, WorkbenchError
-from workbench.export import export_bundle, export_torch_program
-from workbench.importers import adapt_head, detect_format, import_weights, load_pretrained, model_from_checkpoint
 from workbench.training.checkpoint import save_checkpoint
-from workbench.transfer import FINETUNE_MODES, apply_finetune_mode, trainable_parameters
+from workbench.weights.export import export_bundle, export_torch_program
+from workbench.weights.importers import adapt_head, detect_format
+from workbench.weights.loader import import_weights
+from workbench.weights.loader import load_model_file as load_pretrained
+from workbench.weights.transfer import FINETUNE_MODES, apply_finetune_mode, trainable_parameters
+
+
+def model_from_checkpoint(path):
+    model = load_pretrained(path)
+    return model, model.spec, model.metadata
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PRETRAINED = SHARED_DATA / "pretrained"
@@ -100,7 +107,7 @@ def test_torchvision_resnet18_state_dict_imports_into_the_preset(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert float((model(x) - reference(x)).abs().max()) < 1e-4
-    assert model.metadata["source_format"] == "state-dict"
+    assert model.source["format"] == "state-dict"
 
 
 def test_a_new_head_replaces_one_for_another_number_of_classes(tmp_path):
@@ -113,7 +120,7 @@ def test_a_new_head_replaces_one_for_another_number_of_classes(tmp_path):
     assert "fc.weight (1000, 512) in the file vs (10, 512) in the model" in str(caught.value)
     model = load_pretrained(path, spec, new_head=True)
     assert model.fc.out_features == 10
-    assert model.metadata["head_replaced"] and model.metadata["dropped_keys"] == ["fc.bias", "fc.weight"]
+    assert model.source["head_replaced"] and model.source["dropped_keys"] == ["fc.bias", "fc.weight"]
     assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
 
 

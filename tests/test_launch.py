@@ -4,14 +4,20 @@ from pathlib import Path
 
 import pytest
 
+from workbench.data import check_source as check_data_source
 from workbench.errors import DataError, SpecError, WorkbenchError
-from workbench.launch import (
-    at_depth,
-    check_data_source,
+from workbench.jobs import QueueExecutor
+from workbench.presets import get_preset, list_presets
+from workbench.service import Workbench, open_store
+from workbench.service.forms import (
     data_spec_from_fields,
     net_spec_from_fields,
     parse_classes,
     parse_int_list,
+    train_spec_from_fields,
+)
+from workbench.service.plans import (
+    at_depth,
     placement_variants,
     plain_counterpart,
     plan_ladder,
@@ -20,11 +26,8 @@ from workbench.launch import (
     plan_stochastic_depth,
     plan_twin,
     residual_counterpart,
-    submit_plan,
-    train_spec_from_fields,
     unique_group_name,
 )
-from workbench.presets import get_preset, list_presets
 from workbench.spec import DataSpec, NetSpec, TrainSpec
 
 PRESETS = list_presets()
@@ -187,18 +190,13 @@ def test_unique_group_name():
     assert unique_group_name("twin a", ["twin a", "twin a (2)"]) == "twin a (3)"
 
 
-def test_submit_plan_queues_every_run_in_order():
-    submitted = []
-
-    class Recorder:
-        def submit(self, spec, **kwargs):
-            submitted.append(kwargs)
-            return len(submitted)
-
-    plan = plan_twin(TINY, DataSpec(), TrainSpec(), group="g")
-    assert submit_plan(Recorder(), plan) == [1, 2]
-    assert [s["name"] for s in submitted] == ["plain-tiny", "tiny"]
-    assert all(s["group_name"] == "g" and s["group_kind"] == "twin" for s in submitted)
+def test_the_service_queues_every_planned_run_in_order(tmp_path):
+    with open_store(tmp_path) as store:
+        service = Workbench(store, QueueExecutor(store))
+        ids = service.submit(plan_twin(TINY, DataSpec(), TrainSpec(), group="g"))
+        runs = [store.get_run(run_id) for run_id in ids]
+    assert ids == sorted(ids) and [run.name for run in runs] == ["plain-tiny", "tiny"]
+    assert all(run.group_name == "g" and run.group_kind == "twin" and run.status == "queued" for run in runs)
 
 
 def test_data_paths_outside_the_data_roots_are_refused(tmp_path):

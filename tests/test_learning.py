@@ -8,7 +8,7 @@ import pytest
 
 from workbench import build_model
 from workbench.spec import DataSpec, RunSpec, TrainSpec
-from workbench.training import NullSink, fit
+from workbench.training import MemorySink, fit
 
 pytestmark = pytest.mark.slow
 
@@ -16,6 +16,6 @@ pytestmark = pytest.mark.slow
 def test_resnet20_learns_the_embedded_dataset_well_above_chance(tmp_path):
     run = RunSpec(net=build_model("resnet20").spec, data=DataSpec(),
                   train=TrainSpec(epochs=2, schedule="cosine", log_every=50))
-    result = fit(run, tmp_path / "run", NullSink(), home=tmp_path)
+    result = fit(run, tmp_path / "run", MemorySink(), home=tmp_path)
     assert result.status == "completed"
     assert result.last_error < 70.0, f"test error {result.last_error:.1f}% is too close to chance (90%)"

@@ -7,17 +7,21 @@ import torch
 from storage import open_store
 from workbench import summarize
 from workbench.errors import WorkbenchError
+from workbench.jobs import QueueExecutor
 from workbench.models import ResNet
 from workbench.presets import get_preset
 from workbench.science.degradation import (
     CurveRun,
     degradation_observed,
-    launch_degradation_ladder,
     load_curve_runs,
     paper_reference_errors,
     smoothed_at,
 )
-from workbench.science.figures import (
+from workbench.science.gradient_flow import unit_gradient_matrix
+from workbench.service import Workbench
+from workbench.service.plans import IDENTITY_VARIANTS, plan_preset_ladder, plan_variants, stochastic_depth_pair
+from workbench.spec import DataSpec, RunSpec, TrainSpec
+from workbench.viz.figures import (
     error_vs_depth,
     figure6,
     final_errors,
@@ -26,14 +30,6 @@ from workbench.science.figures import (
     lesion_by_k,
     lesion_by_unit,
 )
-from workbench.science.gradient_flow import unit_gradient_matrix
-from workbench.science.variants import (
-    IDENTITY_VARIANTS,
-    launch_identity_variants,
-    launch_stochastic_depth_comparison,
-    stochastic_depth_pair,
-)
-from workbench.spec import DataSpec, RunSpec, TrainSpec
 
 DATA = DataSpec(synthetic_train=256, synthetic_test=64)
 TRAIN = TrainSpec(iterations=20, batch_size=32, seed=3)
@@ -102,9 +98,15 @@ def test_smoothed_at_averages_the_trailing_window_or_takes_the_latest_point():
     assert smoothed_at(points, 5, 2) is None
 
 
+def submitted(store, plan):
+    """{preset or net name: run id} of a plan queued through the service."""
+    ids = Workbench(store, QueueExecutor(store)).submit(plan)
+    return {run.preset or run.spec.net.name: run_id for run, run_id in zip(plan, ids, strict=True)}
+
+
 def test_ladder_queues_plain_and_residual_twins_with_identical_data_and_recipe(tmp_path):
     with open_store(tmp_path) as store:
-        ids = launch_degradation_ladder(store, [56, 20, 32], data=DATA, train=TRAIN, group_name="ladder-1")
+        ids = submitted(store, plan_preset_ladder([56, 20, 32], DATA, TRAIN, group="ladder-1"))
         assert list(ids) == ["plain20", "resnet20", "plain32", "resnet32", "plain56", "resnet56"]
         runs = store.list_runs(group_name="ladder-1")
         assert {r.group_kind for r in runs} == {"ladder"} and {r.status for r in runs} == {"queued"}
@@ -114,30 +116,23 @@ def test_ladder_queues_plain_and_residual_twins_with_identical_data_and_recipe(t
         assert nets["plain32"].shortcut == "none" and nets["resnet32"].shortcut == "A"
         assert nets["plain32"].depth == nets["resnet32"].depth == 32
         with pytest.raises(WorkbenchError):
-            launch_degradation_ladder(store, [20, 20], data=DATA, train=TRAIN, group_name="bad")
+            plan_preset_ladder([20, 20], DATA, TRAIN, group="bad")
         curves = load_curve_runs(store, list(reversed(runs)))
     assert [c.name for c in curves] == list(ids) and degradation_observed(curves).observed is None
 
 
-def test_ladder_through_an_executor_uses_submit():
-    class RecordingExecutor:
-        def __init__(self):
-            self.calls = []
-
-        def submit(self, spec, **kwargs):
-            self.calls.append((spec, kwargs))
-            return len(self.calls)
-
-    executor = RecordingExecutor()
-    ids = launch_degradation_ladder(executor, [20, 26], data=DATA, train=TRAIN, group_name="g")
-    assert ids == {"plain20": 1, "resnet20": 2, "plain26": 3, "resnet26": 4}
-    assert executor.calls[2][0].net.depth == 26 and executor.calls[2][1]["preset"] == "plain26"
-    assert all(kwargs["group_kind"] == "ladder" for _, kwargs in executor.calls)
+def test_a_ladder_of_depths_without_presets_builds_them_alike(tmp_path):
+    with open_store(tmp_path) as store:
+        ids = submitted(store, plan_preset_ladder([20, 26], DATA, TRAIN, group="g"))
+        runs = {name: store.get_run(run_id) for name, run_id in ids.items()}
+    assert list(ids) == ["plain20", "resnet20", "plain26", "resnet26"]
+    assert RunSpec.model_validate(runs["plain26"].spec).net.depth == 26 and runs["plain26"].preset == "plain26"
+    assert {run.group_kind for run in runs.values()} == {"ladder"}
 
 
 def test_identity_variant_presets_differ_only_in_placement_and_carry_table_2_errors(tmp_path):
     with open_store(tmp_path) as store:
-        ids = launch_identity_variants(store, data=DATA, train=TRAIN, group_name="he2016")
+        ids = submitted(store, plan_variants(IDENTITY_VARIANTS, DATA, TRAIN, group="he2016"))
         stored = store.list_runs(group_name="he2016")
         runs = {r.preset: RunSpec.model_validate(r.spec) for r in stored}
     assert list(ids) == list(IDENTITY_VARIANTS) and {r.group_kind for r in stored} == {"sweep"}
@@ -159,7 +154,7 @@ def test_stochastic_depth_comparison_differs_only_in_drop_probability(tmp_path):
     assert summarize(with_sd)["expected_units"] == pytest.approx((3 * 54 - 1) / 4)
     assert summarize(without)["expected_units"] == 54
     with open_store(tmp_path) as store:
-        ids = launch_stochastic_depth_comparison(store, "resnet20", 0.2, data=DATA, train=TRAIN, group_name="sd")
+        ids = submitted(store, plan_variants(stochastic_depth_pair("resnet20", 0.2), DATA, TRAIN, group="sd"))
         specs = [RunSpec.model_validate(store.get_run(i).spec) for i in ids.values()]
     assert list(ids) == ["resnet20", "resnet20-sd0.2"]
     assert specs[0].train == specs[1].train and specs[0].data == specs[1].data

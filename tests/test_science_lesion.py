@@ -1,6 +1,10 @@
 """Lesion study: what deleting a unit computes, restoration, the cached fast path, the stored driver, the job."""
 
+import json
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +13,9 @@ import torch.nn.functional as F
 from storage import open_store
 from workbench.data import eval_batches
 from workbench.errors import WorkbenchError
+from workbench.jobs import QueueExecutor
+from workbench.jobs.analyses import LESION
 from workbench.models import ResNet
-from workbench.science.jobs import start_lesion_job
 from workbench.science.lesion import (
     ShortcutOnly,
     deleted_units,
@@ -19,11 +24,12 @@ from workbench.science.lesion import (
     lesion_errors,
     lesion_study,
     random_deletions,
-    run_lesion_study,
     unit_inputs,
 )
+from workbench.service import Workbench
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 from workbench.training import fit
+from workbench.weights.loader import FinetuneStart
 
 TINY = {"name": "tiny", "blocks": [2, 2, 2], "widths": [4, 8, 16]}
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -183,34 +189,54 @@ def trained_run(tmp_path_factory):
     return home, run_id
 
 
-def test_run_lesion_study_stores_its_result(trained_run):
+def test_a_foreground_lesion_study_is_stored_as_a_completed_job(trained_run):
     home, run_id = trained_run
     with open_store(home) as store:
-        analysis_id, result = run_lesion_study(store, run_id, draws=2, max_k=2, limit_images=32)
+        analysis = Workbench(store, QueueExecutor(store)).run_analysis(
+            run_id, LESION, {"draws": 2, "max_k": 2, "limit_images": 32})
         stored = store.list_analyses(run_id, "lesion")
-    assert [a.id for a in stored] == [analysis_id]
-    assert stored[0].result == result
-    assert stored[0].params["checkpoint"] == "best.pt" and stored[0].params["limit_images"] == 32
+    assert analysis.status == "completed" and analysis.id in [a.id for a in stored]
+    result = analysis.result
+    assert result["run"]["checkpoint"] == "best.pt" and analysis.params["limit_images"] == 32
     assert result["images"] == 32 and len(result["single"]) == 3
 
 
-def test_run_lesion_study_needs_a_checkpoint(tmp_path):
+def test_a_lesion_study_without_a_checkpoint_fails_with_a_message(tmp_path):
     with open_store(tmp_path) as store:
         run_id = store.create_run({"net": TINY}, name="untrained")
-        with pytest.raises(WorkbenchError, match="no checkpoint"):
-            run_lesion_study(store, run_id)
+        analysis = Workbench(store, QueueExecutor(store)).run_analysis(run_id, LESION)
+    assert analysis.status == "failed" and "no checkpoint" in analysis.error_message
 
 
-def test_background_lesion_job_stores_its_result(trained_run):
-    home, run_id = trained_run
-    job = start_lesion_job(home, None, run_id, draws=1, max_k=1, limit_images=16)
-    try:
-        assert job.wait(timeout=120) == 0, job.log_path.read_text()
-    except subprocess.TimeoutExpired:
-        job.kill()
-        raise
+def test_a_lesion_of_a_fine_tune_with_a_hidden_layer_head_loads_its_head(trained_run, tmp_path):
+    home, source_id = trained_run
+    source = home / "runs" / str(source_id) / "checkpoints" / "best.pt"
+    spec = RunSpec(net=NetSpec(name="tiny", blocks=[1, 1, 1], widths=[4, 8, 16]),
+                   data=DataSpec(synthetic_train=128, synthetic_test=64),
+                   train=TrainSpec(iterations=2, batch_size=64, precision="fp32", log_every=1),
+                   init_from=str(source), finetune="head", head_hidden=16)
     with open_store(home) as store:
-        stored = store.list_analyses(run_id, "lesion")
-    assert stored[-1].params["limit_images"] == 16
-    assert stored[-1].result["random"][0]["k"] == 1
-    assert "lesion study stored" in job.log_path.read_text()
+        run_id = store.create_run(spec, name="tiny head-16")
+        fit(spec, store.run_dir(run_id), home=home, model_factory=FinetuneStart(spec))
+        analysis = Workbench(store, QueueExecutor(store)).run_analysis(run_id, LESION, {"draws": 1, "max_k": 1})
+    assert analysis.status == "completed", analysis.error_message
+    assert len(analysis.result["single"]) == 3
+
+
+def test_a_queued_lesion_study_is_run_by_a_worker_process_and_listed(trained_run):
+    home, run_id = trained_run
+    project = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(project)}
+    command = [sys.executable, "-m", "workbench", "--home", str(home)]
+    queued = subprocess.run([*command, "lesion", str(run_id), "--queue", "--draws", "1", "--max-k", "1",
+                             "--limit-images", "16"], env=env, capture_output=True, text=True, timeout=120)
+    assert queued.returncode == 0, queued.stderr
+    analysis_id = int(queued.stdout.split()[1])
+    worker = subprocess.run([*command, "worker", "--exit-when-idle"], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert worker.returncode == 0, worker.stderr
+    listed = subprocess.run([*command, "analyses", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    job = next(entry for entry in json.loads(listed.stdout) if entry["id"] == analysis_id)
+    assert (job["kind"], job["run_id"], job["status"]) == ("lesion", run_id, "completed")
+    with open_store(home) as store:
+        assert store.get_analysis(analysis_id).result["random"][0]["k"] == 1

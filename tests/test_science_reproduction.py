@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from storage import open_store
-from workbench.science.reproduction import DEFAULT_DATA, ReproductionConfig, reproduce
+from workbench.service.reproduction import DEFAULT_DATA, ReproductionConfig, reproduce
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import torch
 
 from workbench.data import load_dataset
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
-from workbench.training import LearningRateSchedule, NullSink, TrainingDiverged, fit, load_checkpoint
+from workbench.training import LearningRateSchedule, MemorySink, TrainingDiverged, fit, load_checkpoint
 from workbench.training.loop import resolve_precision
 
 TINY_NET = NetSpec(name="tiny", blocks=[1, 1, 1], widths=[4, 8, 16])
@@ -24,7 +24,7 @@ def tiny_run(**train) -> RunSpec:
     return RunSpec(net=TINY_NET, train=TrainSpec(**recipe))
 
 
-class StopAt(NullSink):
+class StopAt(MemorySink):
     """Asks the loop to stop once it reaches an iteration, as a user's cancel would."""
 
     def __init__(self, iteration: int) -> None:
@@ -71,7 +71,7 @@ def test_auto_precision_is_bf16_only_where_supported():
 
 
 def test_fit_logs_every_interval_once_evaluates_each_epoch_and_checkpoints(tiny_data, tmp_path):
-    sink = NullSink()
+    sink = MemorySink()
     result = fit(tiny_run(), tmp_path, sink, dataset=tiny_data)
     assert result.status == "completed" and result.iteration == result.total_iterations == 16
     train_errors = [r["iteration"] for r in sink.rows if r["split"] == "train" and r["name"] == "error"]
@@ -88,14 +88,14 @@ def test_fit_logs_every_interval_once_evaluates_each_epoch_and_checkpoints(tiny_
 
 def test_validation_hold_out_is_evaluated_alongside_test(tmp_path):
     data = load_dataset(DataSpec(synthetic_train=320, synthetic_test=64, validation_size=64), home=tmp_path)
-    sink = NullSink()
+    sink = MemorySink()
     fit(tiny_run(epochs=1), tmp_path / "run", sink, dataset=data)
     splits = {r["split"] for r in sink.rows if r["name"] == "error"}
     assert splits == {"train", "val", "test"}
 
 
 def test_stopping_and_resuming_gives_the_same_weights_and_curve_as_training_straight(tiny_data, tmp_path):
-    straight_sink = NullSink()
+    straight_sink = MemorySink()
     fit(tiny_run(epochs=4), tmp_path / "straight", straight_sink, dataset=tiny_data)
 
     stopped_sink = StopAt(16)
@@ -125,19 +125,19 @@ def test_a_diverging_run_stops_with_a_clear_message(tiny_data, tmp_path):
     # Infinite inputs make the loss NaN on the first step, the same path a learning rate blow-up takes.
     broken = dataclasses.replace(tiny_data, info=dataclasses.replace(tiny_data.info, mean=(math.inf,) * 3))
     with pytest.raises(TrainingDiverged, match="lower the learning rate"):
-        fit(tiny_run(), tmp_path, NullSink(), dataset=broken)
+        fit(tiny_run(), tmp_path, MemorySink(), dataset=broken)
 
 
 def test_network_output_follows_the_dataset_classes(tmp_path):
     data = load_dataset(DataSpec(synthetic_train=128, synthetic_test=64), home=tmp_path)
     run = RunSpec(net=TINY_NET.model_copy(update={"num_classes": 100}), train=TrainSpec(iterations=2, batch_size=32))
-    result = fit(run, tmp_path / "run", NullSink(), dataset=data)
+    result = fit(run, tmp_path / "run", MemorySink(), dataset=data)
     assert result.net.num_classes == 10
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["run_spec"]["net"]["num_classes"] == 10
 
 
 def test_unit_input_gradient_norms_are_recorded_at_the_configured_interval(tiny_data, tmp_path):
-    sink = NullSink()
+    sink = MemorySink()
     fit(tiny_run(epochs=1, grad_norm_every=3), tmp_path, sink, dataset=tiny_data)
     recorded = sorted({(r["iteration"], r["name"]) for r in sink.rows if r["name"].startswith("unit_grad/")})
     assert recorded == [(i, f"unit_grad/{u}") for i in (3, 6) for u in (1, 2, 3)]
@@ -145,9 +145,9 @@ def test_unit_input_gradient_norms_are_recorded_at_the_configured_interval(tiny_
 
 
 def test_resuming_a_run_that_already_reached_its_budget_takes_no_extra_step(tiny_data, tmp_path):
-    fit(tiny_run(epochs=1), tmp_path, NullSink(), dataset=tiny_data)
+    fit(tiny_run(epochs=1), tmp_path, MemorySink(), dataset=tiny_data)
     before = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
-    again = fit(tiny_run(epochs=1), tmp_path, NullSink(), dataset=tiny_data)
+    again = fit(tiny_run(epochs=1), tmp_path, MemorySink(), dataset=tiny_data)
     assert again.status == "completed" and again.iteration == 8
     after = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -15,7 +15,7 @@ CIFAR10 = DataSpec(name="cifar10", download=True)
 @pytest.fixture
 def ctx(tmp_path):
     with open_store(tmp_path) as store:
-        yield WorkbenchContext(store=store, executor=None, home=tmp_path, data_roots=[])
+        yield WorkbenchContext(store, None, [])
 
 
 def log(store, run_id: int, iterations, split: str = "train") -> None:

@@ -57,8 +57,26 @@ def summarize(net: str | dict | NetSpec | nn.Module, input_size: int | None = No
     return summarize_model(model, input_size=input_size, batch_size=batch_size)
 
 
-def load_model(path: str | Path) -> ResNet:
-    """Rebuild the exact model of an exported bundle (eval mode; `.metadata` holds class names, mean, std)."""
-    from workbench.export import load_model as load_bundle_model
+def load_model(
+    source: int | str | Path, net: str | dict | NetSpec | None = None, *, checkpoint: str = "best",
+    home: str | Path | None = None,
+) -> nn.Module:
+    """Rebuild a model in eval mode from a run id or a file; `.metadata` holds class names, mean, std and more.
 
-    return load_bundle_model(Path(path))
+    A file is a bundle, a workbench checkpoint (any head), a torchvision-layout state_dict or a
+    pytorch_resnet_cifar10 checkpoint; its network is the file's own spec, `net`, or the first preset
+    that takes the weights. A run id (an int, or "run:12") loads that run's `checkpoint` ("best" or
+    "last") from the home folder's store.
+    """
+    from workbench.weights.loader import load_model_file
+
+    text = str(source)
+    if isinstance(source, int) or text.removeprefix("run:").isdigit() and not Path(text).exists():
+        from workbench.paths import RunFolder, home_dir
+
+        run_id = int(text.removeprefix("run:"))
+        path = RunFolder.of(home_dir(home), run_id).checkpoint(checkpoint)
+        if not path.is_file():
+            raise WorkbenchError(f"run {run_id} has no {checkpoint} checkpoint in {home_dir(home)}")
+        return load_model_file(path, None if net is None else resolve_spec(net, home))
+    return load_model_file(Path(source), None if net is None else resolve_spec(net, home))

@@ -14,6 +14,7 @@ from workbench import build_model, summarize
 from workbench.errors import WorkbenchError
 from workbench.paths import home_dir
 from workbench.presets import get_preset, list_presets
+from workbench.service.forms import field_choices, field_default, field_help
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
 
 
@@ -68,9 +69,18 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _open_store(args: argparse.Namespace):
-    from storage import open_store
+    from workbench.service import open_store
 
     return open_store(home_dir(args.home), args.db)
+
+
+def _service(args: argparse.Namespace):
+    """The service layer over this home's store; runs it queues wait for whichever workers serve the store."""
+    from workbench.jobs import QueueExecutor
+    from workbench.service import Workbench
+
+    store = _open_store(args)
+    return Workbench(store, QueueExecutor(store), args.data_root)
 
 
 def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
@@ -89,6 +99,7 @@ def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
             **budget, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "schedule": args.schedule,
             "warmup_iterations": args.warmup, "precision": args.precision, "device": args.device,
             "compile": args.compile, "log_every": args.log_every, "eval_every": args.eval_every,
+            "grad_norm_every": args.grad_norm_every,
         }.items() if value is not None
     })
     transfer = {
@@ -102,8 +113,14 @@ def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
     return run, preset.name
 
 
-def _run_name(args: argparse.Namespace, preset: str, spec: RunSpec) -> str:
-    return args.name or f"{preset} on {spec.data.name}"
+def _submit_from_args(args: argparse.Namespace):
+    """Queue the run that `train`/`submit` options describe; returns (service, run id)."""
+    from workbench.service.plans import PlannedRun
+
+    spec, preset = run_spec_from_args(args)
+    service = _service(args)
+    [run_id] = service.submit([PlannedRun(args.name or f"{preset} on {spec.data.name}", spec, preset)])
+    return service, run_id
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -111,9 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from workbench.jobs.worker import default_worker_id, execute_run
 
-    spec, preset = run_spec_from_args(args)
-    store = _open_store(args)
-    run_id = store.create_run(spec, name=_run_name(args, preset, spec), preset=preset, dataset=spec.data.name)
+    service, run_id = _submit_from_args(args)
+    store = service.store
     print(f"run {run_id}", flush=True)
     worker_id = default_worker_id()
     store.claim_run(run_id, worker_id)
@@ -134,9 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    spec, preset = run_spec_from_args(args)
-    store = _open_store(args)
-    run_id = store.create_run(spec, name=_run_name(args, preset, spec), preset=preset, dataset=spec.data.name)
+    _, run_id = _submit_from_args(args)
     print(run_id)
     return 0
 
@@ -181,60 +195,65 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    status = _open_store(args).request_cancel(args.run)
-    print(f"run {args.run}: {'cancel requested' if status == 'running' else status}")
+    print(_service(args).cancel(args.run))
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from storage.status import QUEUED
-
-    _open_store(args).transition(args.run, QUEUED)
-    print(f"run {args.run} queued; a worker continues it from its last checkpoint")
+    print(_service(args).resume(args.run))
     return 0
 
 
-def export_run(store, run_id: int, fmt: str, out_path: Path, checkpoint: str = "best") -> Path:
-    """Export a run's best or last checkpoint in `fmt` to `out_path` and record it as an artifact."""
-    from workbench.export import EXPORT_FORMATS, export_from_checkpoint
-
-    if fmt not in EXPORT_FORMATS:
-        raise WorkbenchError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    run = store.get_run(run_id)
-    path = store.run_dir(run_id) / "checkpoints" / f"{checkpoint}.pt"
-    if not path.exists():
-        raise WorkbenchError(
-            f"run {run_id} ({run.status}) has no {checkpoint} checkpoint yet; it is written after the first epoch"
-        )
-    metadata = {
-        "run_id": run.id, "run_name": run.name, "preset": run.preset, "checkpoint": checkpoint,
-        "best_test_error": run.best_test_error, "last_test_error": run.last_test_error,
-        "last_train_error": run.last_train_error, "iterations": run.iteration,
-    }
-    written = export_from_checkpoint(path, fmt, Path(out_path), metadata)
-    store.add_artifact(run_id, "export", written)
-    return written
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    store = _open_store(args)
-    written = export_run(store, args.run, args.format, args.output, args.checkpoint)
-    print(written)
+    print(_service(args).export(args.run, args.format, args.checkpoint, args.output))
     return 0
 
 
 def cmd_lesion(args: argparse.Namespace) -> int:
-    from workbench.science.lesion import run_lesion_study
+    from workbench.jobs.analyses import LESION
 
-    store = _open_store(args)
-    analysis_id, result = run_lesion_study(
-        store, args.run, draws=args.draws, max_k=args.max_k, limit_images=args.limit_images, seed=args.seed,
-        checkpoint=args.checkpoint, device=args.device, allowed_roots=args.data_root or None,
-    )
+    service = _service(args)
+    params = {"draws": args.draws, "max_k": args.max_k, "limit_images": args.limit_images, "seed": args.seed,
+              "checkpoint": args.checkpoint, "device": args.device}
+    if args.queue:
+        print(f"analysis {service.queue_analysis(args.run, LESION, params)} queued; `analyses` shows its status")
+        return 0
+    analysis = service.run_analysis(args.run, LESION, params)
+    if analysis.status != "completed":
+        print(f"error: lesion study of run {args.run} {analysis.status}: {analysis.error_message}", file=sys.stderr)
+        return 1
+    result = analysis.result
     worst = max(result["single"], key=lambda entry: entry["error"])
-    print(f"run {args.run}: lesion study stored as analysis {analysis_id}; intact error "
+    print(f"run {args.run}: lesion study stored as analysis {analysis.id}; intact error "
           f"{result['baseline_error']:.2f}% on {result['images']} images; worst single deletion: unit "
           f"{worst['unit']} ({worst['error']:.2f}%)")
+    return 0
+
+
+def analysis_summary(analysis) -> dict:
+    """The JSON form of an analysis job for `analyses --json`."""
+    return {
+        "id": analysis.id, "kind": analysis.kind, "run_id": analysis.run_id, "status": analysis.status,
+        "progress": analysis.progress, "error": analysis.error_message,
+        "created_at": analysis.created_at.isoformat(),
+        "finished_at": analysis.finished_at.isoformat() if analysis.finished_at else None,
+    }
+
+
+def cmd_analyses(args: argparse.Namespace) -> int:
+    jobs = [analysis_summary(job) for job in _service(args).analyses(args.run, status=args.status)]
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+        return 0
+    for job in jobs:
+        finished = job["finished_at"] or "-"
+        print(f"{job['id']:>5}  {job['kind']:<17} run {job['run_id']:<5} {job['status']:<10} "
+              f"created {job['created_at']}  finished {finished}")
+    return 0
+
+
+def cmd_cancel_analysis(args: argparse.Namespace) -> int:
+    print(_service(args).cancel_analysis(args.analysis))
     return 0
 
 
@@ -256,7 +275,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, help="network preset (see `presets`)")
-    parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "cifar10", "cifar100", "folder"])
+    parser.add_argument("--dataset", default=field_default(DataSpec, "name"), choices=field_choices(DataSpec, "name"))
     parser.add_argument("--data-dir", default=None, help="archive or folder of the dataset")
     parser.add_argument("--download", action="store_true", default=None, help="download CIFAR when not found")
     parser.add_argument("--classes", type=int, default=None, help="image folders: use the first k classes")
@@ -268,17 +287,18 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--schedule", choices=["step", "cosine", "constant"], default=None)
-    parser.add_argument("--warmup", type=int, default=None, help="linear warm-up iterations")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=None)
-    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile (slow first step)")
-    parser.add_argument("--log-every", type=int, default=None)
-    parser.add_argument("--eval-every", type=int, default=None)
+    parser.add_argument("--schedule", choices=field_choices(TrainSpec, "schedule"), default=None)
+    parser.add_argument("--warmup", type=int, default=None, help=field_help(TrainSpec, "warmup_iterations"))
+    parser.add_argument("--precision", choices=field_choices(TrainSpec, "precision"), default=None)
+    parser.add_argument("--device", choices=field_choices(TrainSpec, "device"), default=None)
+    parser.add_argument("--compile", action="store_true", default=None, help=field_help(TrainSpec, "compile"))
+    parser.add_argument("--log-every", type=int, default=None, help=field_help(TrainSpec, "log_every"))
+    parser.add_argument("--eval-every", type=int, default=None, help=field_help(TrainSpec, "eval_every"))
+    parser.add_argument("--grad-norm-every", type=int, default=None, help=field_help(TrainSpec, "grad_norm_every"))
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--name", default=None)
     parser.add_argument("--init-from", default=None, help="start from a bundle, checkpoint or state_dict file")
-    parser.add_argument("--finetune", choices=["all", "last_stages", "head"], default=None)
+    parser.add_argument("--finetune", choices=field_choices(RunSpec, "finetune"), default=None)
     parser.add_argument("--finetune-stages", type=int, default=None, help="last_stages: how many stages train")
     parser.add_argument("--head-hidden", type=int, default=None, help="head: width of an extra hidden layer")
 
@@ -342,8 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
     lesion.add_argument("--limit-images", type=int, default=None, help="use a seeded subset of the test split")
     lesion.add_argument("--seed", type=int, default=0)
     lesion.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    lesion.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    lesion.add_argument("--device", choices=field_choices(TrainSpec, "device"), default="auto")
+    lesion.add_argument("--queue", action="store_true", help="leave it to the workers instead of running it here")
     lesion.set_defaults(handler=cmd_lesion)
+    analyses = commands.add_parser("analyses", help="list analysis jobs (lesion studies, gradient profiles)")
+    analyses.add_argument("--run", type=int, default=None, help="only this run's")
+    analyses.add_argument("--status", default=None)
+    analyses.add_argument("--json", action="store_true")
+    analyses.set_defaults(handler=cmd_analyses)
+    cancel_analysis = commands.add_parser("cancel-analysis", help="cancel a queued or running analysis")
+    cancel_analysis.add_argument("analysis", type=int)
+    cancel_analysis.set_defaults(handler=cmd_cancel_analysis)
     reproduce = commands.add_parser(
         "reproduce", help="train a plain/residual depth ladder on CIFAR-10, lesion it, write docs/reproduction.md")
     reproduce.add_argument("--data", type=Path, default=None, help="CIFAR-10 archive (default ../shared/data)")

@@ -1,6 +1,7 @@
-"""Background jobs: an executor interface, a local process executor, and the worker that runs training."""
+"""Background jobs: an executor interface, executors (queue only, local processes), the worker that trains
+runs and runs analyses."""
 
-from workbench.jobs.executor import Executor, LocalExecutor
+from workbench.jobs.executor import Executor, LocalExecutor, QueueExecutor
 from workbench.jobs.worker import StoreSink, execute_run, run_worker
 
-__all__ = ["Executor", "LocalExecutor", "StoreSink", "execute_run", "run_worker"]
+__all__ = ["Executor", "LocalExecutor", "QueueExecutor", "StoreSink", "execute_run", "run_worker"]

@@ -66,6 +66,16 @@ class Executor(ABC):
     def shutdown(self) -> None: ...
 
 
+class QueueExecutor(Executor):
+    """Only queues: the runs wait in the store for whichever workers serve it (another app, `worker`)."""
+
+    def start(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
 class LocalExecutor(Executor):
     """Worker processes on this machine (`python -m workbench worker`), restarted when they die.
 

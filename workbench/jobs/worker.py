@@ -16,8 +16,11 @@ from pydantic import ValidationError
 from storage import RunStore
 from storage.status import CANCELLED, COMPLETED, FAILED, INTERRUPTED
 from workbench.errors import IllegalTransition, WorkbenchError
+from workbench.jobs.analyses import execute_analysis
+from workbench.paths import RunFolder
 from workbench.spec import RunSpec
 from workbench.training import FitResult, fit
+from workbench.weights import model_factory
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +143,8 @@ def execute_run(
     try:
         run = store.get_run(run_id)
         spec = RunSpec.model_validate(run.spec)
-        result: FitResult = fit(spec, store.run_dir(run_id), sink, home=store.home, allowed_roots=allowed_roots)
+        result: FitResult = fit(spec, store.run_dir(run_id), sink, home=store.home, allowed_roots=allowed_roots,
+                                model_factory=model_factory(spec))
     except BaseException as exc:
         sink.close()
         if isinstance(exc, KeyboardInterrupt | SystemExit):
@@ -159,7 +163,7 @@ def execute_run(
         status = COMPLETED
     else:
         status = INTERRUPTED if sink.shutdown.is_set() else CANCELLED
-    checkpoint = store.run_dir(run_id) / "checkpoints" / "last.pt"
+    checkpoint = RunFolder(store.run_dir(run_id)).last
     store.transition(
         run_id, status, worker_id=worker_id, iteration=result.iteration, total_iterations=result.total_iterations,
         device=f"{result.device} ({result.precision})", checkpoint_path=str(checkpoint),
@@ -177,15 +181,23 @@ def run_worker(
     allowed_roots: list[Path] | None = None,
     stop: threading.Event | None = None,
 ) -> int:
-    """Claim and execute queued runs until stopped (or, with exit_when_idle, until the queue is empty).
+    """Claim and execute queued analyses and runs until stopped (or, with exit_when_idle, until both
+    queues are empty). Analyses go first: they are short and someone is usually waiting for them.
 
-    Returns how many runs it executed.
+    Returns how many jobs it executed.
     """
     worker_id = worker_id or default_worker_id()
     stop = stop or threading.Event()
     executed = 0
     logger.info("worker %s started (pid %d)", worker_id, os.getpid())
     while not stop.is_set():
+        analysis = store.claim_next_analysis(worker_id)
+        if analysis is not None:
+            logger.info("worker %s took analysis %d (%s of run %d)", worker_id, analysis.id, analysis.kind,
+                        analysis.run_id)
+            execute_analysis(store, analysis, worker_id, allowed_roots=allowed_roots, shutdown=stop)
+            executed += 1
+            continue
         run = store.claim_next_run(worker_id, device=None)
         if run is None:
             if exit_when_idle:

@@ -1,7 +1,7 @@
 """The degradation experiment (He et al. 2015, Sec. 4.2, Fig. 6): plain and residual twins across depths.
 
-`launch_degradation_ladder` queues the twins as one group; `degradation_observed` reads their
-training curves and says whether a deeper plain net trains worse than a shallower one.
+`degradation_observed` reads the twins' training curves and says whether a deeper plain net trains
+worse than a shallower one (the ladder itself is planned by `workbench.service.plans`).
 """
 
 from __future__ import annotations
@@ -13,65 +13,14 @@ from dataclasses import asdict, dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from workbench.errors import PresetNotFound, WorkbenchError
+from workbench.errors import PresetNotFound
 from workbench.presets import get_preset
-from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
+from workbench.spec import NetSpec
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DEPTHS = (20, 32, 44, 56)
-LADDER = "ladder"
 DEFAULT_TOLERANCE = 0.5
-
-
-def twin_nets(depth: int, home=None) -> tuple[tuple[str, NetSpec], tuple[str, NetSpec]]:
-    """(plain, residual) named CIFAR nets of one depth: the presets where they exist, else built alike."""
-    pair = []
-    for prefix, shortcut in (("plain", "none"), ("resnet", "A")):
-        name = f"{prefix}{depth}"
-        try:
-            preset = get_preset(name, home)
-            spec = preset.spec
-        except PresetNotFound:
-            spec = NetSpec(name=name, family="cifar", unit="basic", depth=depth, shortcut=shortcut)
-        pair.append((name, spec))
-    return pair[0], pair[1]
-
-
-def submit_run(target: Any, spec: RunSpec, *, name: str, preset: str | None, group_name: str, group_kind: str) -> int:
-    """Queue one run through an Executor (`submit`) or straight into a RunStore (`create_run`)."""
-    if hasattr(target, "submit"):
-        return target.submit(spec, name=name, preset=preset, group_name=group_name, group_kind=group_kind)
-    if hasattr(target, "create_run"):
-        return target.create_run(spec, name=name, preset=preset, dataset=spec.data.name,
-                                 group_name=group_name, group_kind=group_kind)
-    raise TypeError(f"expected an Executor or a RunStore, got {type(target).__name__}")
-
-
-def launch_degradation_ladder(
-    target: Any,
-    depths: Sequence[int] = DEFAULT_DEPTHS,
-    *,
-    data: DataSpec,
-    train: TrainSpec,
-    group_name: str,
-    home=None,
-) -> dict[str, int]:
-    """Queue plain and residual twins for every depth as one ladder group; returns {net name: run id}.
-
-    Every run gets the same DataSpec and TrainSpec, hence the same data subset, batch order,
-    augmentation and seed; only the network differs.
-    """
-    if len(set(depths)) < 2:
-        raise WorkbenchError("a degradation ladder needs at least two different depths (for example 20 and 56)")
-    run_ids: dict[str, int] = {}
-    for depth in sorted(set(depths)):
-        for name, net in twin_nets(depth, home):
-            spec = RunSpec(net=net, data=data, train=train)
-            run_ids[name] = submit_run(target, spec, name=f"{name} ({group_name})", preset=name,
-                                       group_name=group_name, group_kind=LADDER)
-    logger.info("queued degradation ladder %s: %s", group_name, ", ".join(run_ids))
-    return run_ids
 
 
 @dataclass(frozen=True)

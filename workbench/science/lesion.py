@@ -31,26 +31,19 @@ import contextlib
 import logging
 import math
 import random
-import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.data import eval_batches, load_dataset
+from workbench.data import eval_batches
 from workbench.errors import WorkbenchError
 from workbench.models import PadShortcut, ResidualUnit, ResNet
-from workbench.spec import RunSpec
-from workbench.training import load_checkpoint
-from workbench.training.checkpoint import BEST, LAST
-from workbench.training.loop import resolve_channels_last, resolve_device, resolve_precision
 
 logger = logging.getLogger(__name__)
 
-ANALYSIS_KIND = "lesion"
 DEFAULT_DRAWS = 3
 DEFAULT_MAX_K = 10
 
@@ -179,6 +172,7 @@ def lesion_errors(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     batch_size: int = 250,
+    on_progress: Callable[[float], None] | None = None,
 ) -> list[float]:
     """Test error (%) of the model with each set of (0-based) units deleted; an empty set is the intact net.
 
@@ -191,6 +185,7 @@ def lesion_errors(
     shortcuts = {index: ShortcutOnly(unit) for index, unit in enumerate(model.units())
                  if any(index in deleted for deleted in deletions)}
     wrong = torch.zeros(len(deletions), dtype=torch.long, device=device)
+    done = 0
     try:
         with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                                              enabled=autocast_dtype is not None):
@@ -204,6 +199,9 @@ def lesion_errors(
                     else:
                         logits = intact_logits
                     wrong[position] += (logits.float().argmax(1) != target).sum()
+                done += len(target)
+                if on_progress is not None:
+                    on_progress(done / len(labels))
     finally:
         model.train(was_training)
     return [100.0 * count / len(labels) for count in wrong.tolist()]
@@ -252,6 +250,7 @@ def lesion_study(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     batch_size: int = 250,
+    on_progress: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
     """Error of the intact net, with each unit deleted alone, and with k random units deleted (k = 1..max_k)."""
     if draws < 1:
@@ -267,7 +266,8 @@ def lesion_study(
     logger.info("lesion study of %s: %d units, %d lesioned nets on %d images", model.spec.name, units,
                 len(deletions) - 1, len(labels))
     errors = lesion_errors(model, images, labels, deletions, mean=mean, std=std, device=device,
-                           autocast_dtype=autocast_dtype, channels_last=channels_last, batch_size=batch_size)
+                           autocast_dtype=autocast_dtype, channels_last=channels_last, batch_size=batch_size,
+                           on_progress=on_progress)
     single = [{**labelled[i], "error": errors[1 + i]} for i in range(units)]
     by_k: dict[int, dict[str, Any]] = {}
     for (k, deleted), error in zip(random_sets, errors[1 + units:], strict=True):
@@ -290,23 +290,13 @@ def lesion_study(
     }
 
 
-def run_checkpoint(run_dir: Path, which: str = "best") -> Path:
-    """The run's best checkpoint (or last, if asked or if there is no best)."""
-    folder = Path(run_dir) / "checkpoints"
-    order = [BEST, LAST] if which == "best" else [LAST]
-    for name in order:
-        if (folder / name).is_file():
-            return folder / name
-    raise WorkbenchError(f"no checkpoint in {folder}; train the run (or let it reach its first evaluation) first")
-
-
-def load_trained_model(path: Path) -> tuple[ResNet, RunSpec, dict[str, Any]]:
-    """(model in eval mode, its run spec, the dataset info saved with it) from a workbench checkpoint."""
-    state = load_checkpoint(path)
-    spec = RunSpec.model_validate(state["run_spec"])
-    model = ResNet(spec.net)
-    model.load_state_dict(state["model"])
-    return model.eval(), spec, state["dataset"]
+def lesion_supported(model: nn.Module) -> None:
+    """WorkbenchError unless deleting units means something for this network (a ResNet or its plain twin)."""
+    if not isinstance(model, ResNet):
+        raise WorkbenchError(
+            f"a lesion study deletes residual units, and {type(model).__name__} has none in the ResNet sense; "
+            "pick a ResNet or plain run"
+        )
 
 
 def limit_test_split(
@@ -320,43 +310,3 @@ def limit_test_split(
     generator = torch.Generator().manual_seed(seed)
     index = torch.randperm(len(labels), generator=generator)[:limit].sort().values
     return images[index], labels[index]
-
-
-def run_lesion_study(
-    store: Any,
-    run_id: int,
-    *,
-    draws: int = DEFAULT_DRAWS,
-    max_k: int | None = DEFAULT_MAX_K,
-    limit_images: int | None = None,
-    seed: int = 0,
-    checkpoint: str = "best",
-    device: str = "auto",
-    allowed_roots: list[Path] | None = None,
-) -> tuple[int, dict[str, Any]]:
-    """Lesion a stored run's checkpoint on its test split and store the result; returns (analysis id, result)."""
-    path = run_checkpoint(store.run_dir(run_id), checkpoint)
-    model, spec, dataset_info = load_trained_model(path)
-    dataset = load_dataset(spec.data, home=store.home, allowed_roots=allowed_roots)
-    images, labels = limit_test_split(dataset.test_images, dataset.test_labels, limit_images, seed)
-    target = resolve_device(device)
-    autocast_dtype = resolve_precision(spec.train.precision, target)
-    channels_last = resolve_channels_last(spec.train.channels_last, target, autocast_dtype)
-    model = model.to(target)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    start = time.perf_counter()
-    result = lesion_study(
-        model, images, labels, mean=dataset_info["mean"], std=dataset_info["std"], draws=draws, max_k=max_k,
-        seed=seed, device=target, autocast_dtype=autocast_dtype, channels_last=channels_last,
-    )
-    params = {
-        "seconds": round(time.perf_counter() - start, 1),
-        "checkpoint": path.name, "draws": draws, "max_k": result["random"][-1]["k"] if result["random"] else 0,
-        "limit_images": limit_images, "seed": seed, "device": str(target),
-        "precision": str(autocast_dtype or "fp32").removeprefix("torch."),
-    }
-    analysis_id = store.add_analysis(run_id, ANALYSIS_KIND, params, result)
-    logger.info("lesion study of run %d stored as analysis %d (intact error %.2f%%)", run_id, analysis_id,
-                result["baseline_error"])
-    return analysis_id, result

@@ -17,8 +17,6 @@ import torch
 from workbench.errors import UnsafeFileError, WorkbenchError
 
 CHECKPOINT_FORMAT = "workbench-checkpoint/1"
-LAST = "last.pt"
-BEST = "best.pt"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:

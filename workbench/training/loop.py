@@ -21,9 +21,10 @@ from torch import nn
 from workbench.data import Dataset, TrainBatches, eval_batches, load_dataset
 from workbench.errors import WorkbenchError
 from workbench.models import ResNet
-from workbench.science.gradient_flow import UnitInputGradients
+from workbench.paths import RunFolder
 from workbench.spec import NetSpec, RunSpec
-from workbench.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from workbench.training.checkpoint import load_checkpoint, save_checkpoint
+from workbench.training.probes import UnitInputGradients
 from workbench.training.schedule import LearningRateSchedule
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class TrainingSink(Protocol):
         """A checkpoint ('last' or 'best') was written."""
 
 
-class NullSink:
+class MemorySink:
     """A sink that keeps every metric row in memory; for scripts and tests."""
 
     def __init__(self) -> None:
@@ -73,6 +74,26 @@ class NullSink:
 
     def checkpoint_saved(self, path: Path, kind: str) -> None:
         pass
+
+
+@dataclass
+class StartingModel:
+    """The network a run starts from, and the normalization its weights expect (None: the dataset's)."""
+
+    model: nn.Module
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+class ModelFactory(Protocol):
+    """Builds the network of a run for `net` (the spec adapted to the data); `resuming` when a checkpoint follows."""
+
+    def __call__(self, net: NetSpec, *, resuming: bool) -> StartingModel: ...
+
+
+def fresh_model(net: NetSpec, *, resuming: bool) -> StartingModel:
+    """A newly initialised network: the factory of every run that does not start from other weights."""
+    return StartingModel(ResNet(net))
 
 
 @dataclass
@@ -185,10 +206,12 @@ def _stage_gradient_norms(model: ResNet) -> dict[str, float]:
 class _Trainer:
     """State of one training run between `fit` calls' setup and its end."""
 
-    def __init__(self, run: RunSpec, run_dir: Path, sink: TrainingSink, dataset: Dataset) -> None:
+    def __init__(
+        self, run: RunSpec, folder: RunFolder, sink: TrainingSink, dataset: Dataset, model_factory: ModelFactory,
+    ) -> None:
         self.run = run
         self.train = run.train
-        self.run_dir = Path(run_dir)
+        self.folder = folder
         self.sink = sink
         self.dataset = dataset
         self.device = resolve_device(self.train.device)
@@ -199,8 +222,11 @@ class _Trainer:
         self.mean, self.std = tuple(info.mean), tuple(info.std)
 
         torch.manual_seed(self.train.seed)
-        self.model = self._build_model(load_source_weights=not (self.run_dir / "checkpoints" / LAST).exists())
-        self.model = self.model.to(self.device)
+        starting = model_factory(self.net, resuming=folder.last.exists())
+        if starting.mean is not None and starting.std is not None:
+            self.mean, self.std = tuple(starting.mean), tuple(starting.std)
+            logger.info("using the source model's normalization mean %s std %s", self.mean, self.std)
+        self.model = starting.model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step_model = torch.compile(self.model) if self.train.compile else self.model
@@ -230,36 +256,6 @@ class _Trainer:
         self.eval_splits = self._eval_splits()
         self._reset_interval()
 
-    def _build_model(self, load_source_weights: bool) -> ResNet:
-        """The run's network, initialised from `init_from` and partly frozen when fine-tuning.
-
-        When resuming, the structure (head, frozen parts) is rebuilt but the source's weights are not
-        read again: the run's own checkpoint supplies them.
-        """
-        run = self.run
-        if run.init_from is None:
-            return ResNet(self.net)
-        # Imported here because workbench.importers reads the checkpoint format from this package.
-        from workbench.importers import adapt_head, read_weights
-        from workbench.transfer import apply_finetune_mode, build_with_head, infer_head_hidden, load_checked
-
-        imported = read_weights(Path(run.init_from))
-        source_mean, source_std = imported.metadata.get("mean"), imported.metadata.get("std")
-        if source_mean and source_std:
-            self.mean, self.std = tuple(source_mean), tuple(source_std)
-            logger.info("using the source model's normalization mean %s std %s", self.mean, self.std)
-        mode = run.finetune or "all"
-        new_head = mode == "head"
-        model = build_with_head(self.net, None if new_head else infer_head_hidden(imported.state_dict))
-        if load_source_weights:
-            state_dict, dropped = adapt_head(imported.state_dict, model)
-            if dropped or new_head:
-                state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-                state_dict.update({k: v for k, v in model.state_dict().items() if k.startswith("fc.")})
-            load_checked(model, state_dict, source=run.init_from)
-        return apply_finetune_mode(model, mode, hidden=run.head_hidden, stages=run.finetune_stages,
-                                   num_classes=self.net.num_classes)
-
     def _eval_splits(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         splits = []
         if self.dataset.val_images is not None and len(self.dataset.val_labels):
@@ -284,7 +280,7 @@ class _Trainer:
         return self.run.model_copy(update={"net": self.net}).model_dump(mode="json")
 
     def save(self, kind: str) -> None:
-        path = self.run_dir / "checkpoints" / (LAST if kind == "last" else BEST)
+        path = self.folder.checkpoint(kind)
         state: dict[str, Any] = {
             "run_spec": self._run_spec_data(),
             "dataset": self.dataset.info.to_dict(),
@@ -321,7 +317,7 @@ class _Trainer:
 
     def restore(self) -> bool:
         """Continue from the last checkpoint in the run folder, if there is one."""
-        path = self.run_dir / "checkpoints" / LAST
+        path = self.folder.last
         if not path.exists():
             return False
         state = load_checkpoint(path)
@@ -469,11 +465,17 @@ def fit(
     allowed_roots: list[Path] | None = None,
     dataset: Dataset | None = None,
     resume: bool = True,
+    model_factory: ModelFactory = fresh_model,
 ) -> FitResult:
-    """Train `run` to its budget, checkpointing into `run_dir`; continue from its last checkpoint if any."""
-    sink = sink or NullSink()
+    """Train `run` to its budget, checkpointing into `run_dir`; continue from its last checkpoint if any.
+
+    `model_factory` builds the starting network (a fine-tune's comes from `workbench.weights`).
+    """
+    if run.init_from is not None and model_factory is fresh_model:
+        raise WorkbenchError("this run starts from init_from; pass model_factory=workbench.weights.model_factory(run)")
+    sink = sink or MemorySink()
     dataset = dataset if dataset is not None else load_dataset(run.data, home=home, allowed_roots=allowed_roots)
-    trainer = _Trainer(run, run_dir, sink, dataset)
+    trainer = _Trainer(run, RunFolder(run_dir), sink, dataset, model_factory)
     if resume:
         trainer.restore()
     logger.info(

@@ -1,40 +1,35 @@
 """Analysis tab: lesion studies and gradient flow of stored runs (a ladder's degradation verdict is in Compare).
 
-Lesion studies run as detached background jobs (`python -m workbench lesion RUN`); the tab polls
-them on a timer and redraws the lesion charts only when one finishes. Everything shown is read
-from the store, so results survive the browser and the server.
+Lesion studies and gradient profiles are analysis jobs in the store, run by the same workers as
+training; the tab queues them, polls their status on a timer and redraws only when one changes.
+Everything shown is read from the store, so jobs and results survive the browser and the server.
 """
 
 from __future__ import annotations
 
 import functools
-import subprocess
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 
-from storage.status import COMPLETED
 from workbench.errors import WorkbenchError
-from workbench.science.figures import (
+from workbench.jobs.analyses import GRADIENT_PROFILE, LESION
+from workbench.science.gradient_flow import UNIT_GRAD_PREFIX, unit_gradient_matrix
+from workbench.science.lesion import DEFAULT_DRAWS, DEFAULT_MAX_K
+from workbench.spec import NetSpec
+from workbench.ui.context import WorkbenchContext
+from workbench.viz.figures import (
     gradient_heatmaps,
     gradient_profile_chart,
     lesion_by_k,
     lesion_by_unit,
 )
-from workbench.science.gradient_flow import UNIT_GRAD_PREFIX, initial_profiles_of_runs, unit_gradient_matrix
-from workbench.science.jobs import start_lesion_job
-from workbench.science.lesion import ANALYSIS_KIND, DEFAULT_DRAWS, DEFAULT_MAX_K
-from workbench.spec import NetSpec
-
-if TYPE_CHECKING:
-    from workbench.ui.context import WorkbenchContext
 
 REFRESH_SECONDS = 3.0
 DEFAULT_LESION_IMAGES = 1000
-LOG_TAIL_LINES = 6
+SHOWN_JOBS = 8
+PROFILE_BATCH = 128
 
 
 def run_title(run: Any) -> str:
@@ -46,84 +41,53 @@ def _is_residual(run: Any) -> bool:
     return NetSpec.model_validate(run.spec["net"]).shortcut != "none"
 
 
-@dataclass
-class LesionJob:
-    """One background lesion study started from the UI."""
-
-    run_id: int
-    process: subprocess.Popen
-
-    def state(self) -> str:
-        code = self.process.poll()
-        return "running" if code is None else ("finished" if code == 0 else "failed")
-
-    def describe(self) -> str:
-        state = self.state()
+def job_lines(ctx: WorkbenchContext) -> str:
+    """The newest analysis jobs with their status, progress and error, one line each."""
+    lines = []
+    for job in reversed(ctx.analyses()[-SHOWN_JOBS:]):
+        state = job.status
         if state == "running":
-            return f"run #{self.run_id}: lesion study running (pid {self.process.pid})"
-        if state == "finished":
-            return f"run #{self.run_id}: lesion study finished and stored"
-        lines = self.process.log_path.read_text(errors="replace").strip().splitlines()[-LOG_TAIL_LINES:]
-        detail = next((line for line in reversed(lines) if line.startswith("error:")), lines[-1] if lines else "")
-        return f"run #{self.run_id}: lesion study failed: {detail} (log: `{self.process.log_path}`)"
+            state = f"running, {100 * job.progress:.0f}%"
+        error = f": {job.error_message}" if job.status == "failed" and job.error_message else ""
+        lines.append(f"- analysis #{job.id}: {job.kind.replace('_', ' ')} of run #{job.run_id}, {state}{error}")
+    return "\n".join(lines)
 
 
-@dataclass
-class LesionJobs:
-    """Background lesion jobs started from this server, shared by every browser session."""
-
-    jobs: dict[int, LesionJob] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(
-        self, ctx: WorkbenchContext, run_id: int, *, draws: int, max_k: int, limit_images: int | None
-    ) -> LesionJob:
-        """Start a lesion study of a completed run, unless one is already running for it."""
-        run = ctx.store.get_run(run_id)
-        if run.status != COMPLETED:
-            raise WorkbenchError(f"run #{run_id} is {run.status}; a lesion study needs a completed run")
-        with self.lock:
-            current = self.jobs.get(run_id)
-            if current is not None and current.state() == "running":
-                raise WorkbenchError(f"a lesion study of run #{run_id} is already running")
-            process = start_lesion_job(
-                ctx.home, ctx.store.engine.url.render_as_string(hide_password=False), run_id, draws=draws,
-                max_k=max_k, limit_images=limit_images, data_roots=list(ctx.data_roots) or None,
-            )
-            job = LesionJob(run_id, process)
-            self.jobs[run_id] = job
-            return job
-
-    def states(self) -> dict[int, str]:
-        with self.lock:
-            return {run_id: job.state() for run_id, job in self.jobs.items()}
-
-    def describe(self) -> str:
-        with self.lock:
-            return "\n".join(f"- {job.describe()}" for job in self.jobs.values())
+def job_states(ctx: WorkbenchContext) -> dict[int, tuple[str, float]]:
+    return {job.id: (job.status, round(job.progress, 2)) for job in ctx.analyses(status=("queued", "running"))} | {
+        job.id: (job.status, 1.0) for job in ctx.analyses()[-SHOWN_JOBS:]}
 
 
-def completed_runs(store: Any) -> list[tuple[str, int]]:
+def start_lesion(ctx: WorkbenchContext, run_id: int, *, draws: int, max_k: int, limit_images: int | None) -> int:
+    """Queue a lesion study of a completed run, unless one is already queued or running for it."""
+    run = ctx.get_run(run_id)
+    if run.status != "completed":
+        raise WorkbenchError(f"run #{run_id} is {run.status}; a lesion study needs a completed run")
+    if ctx.analyses(run_id, LESION, ("queued", "running")):
+        raise WorkbenchError(f"a lesion study of run #{run_id} is already queued or running")
+    return ctx.queue_analysis(run_id, LESION, {"draws": draws, "max_k": max_k, "limit_images": limit_images})
+
+
+def completed_runs(ctx: WorkbenchContext) -> list[tuple[str, int]]:
     """(title, id) of every completed run, newest first."""
-    return [(run_title(run), run.id) for run in store.list_runs(status=COMPLETED)]
+    return [(run_title(run), run.id) for run in ctx.list_runs(status="completed")]
 
 
-def all_runs(store: Any) -> list[tuple[str, int]]:
+def all_runs(ctx: WorkbenchContext) -> list[tuple[str, int]]:
     """(title, id) of every run, newest first."""
-    return [(run_title(run), run.id) for run in store.list_runs()]
+    return [(run_title(run), run.id) for run in ctx.list_runs()]
 
 
-def lesion_view(store: Any, run_ids: Sequence[int]) -> tuple[Any, Any, str]:
+def lesion_view(ctx: WorkbenchContext, run_ids: Sequence[int]) -> tuple[Any, Any, str]:
     """(error vs deleted unit, error vs k, a summary) from the latest stored lesion study of each run."""
     studies = []
     missing = []
     for run_id in run_ids:
-        analyses = store.list_analyses(int(run_id), ANALYSIS_KIND)
-        if not analyses:
+        result = ctx.latest_result(int(run_id), LESION)
+        if result is None:
             missing.append(f"#{run_id}")
             continue
-        latest = analyses[-1]
-        studies.append((run_title(store.get_run(int(run_id))), latest.result))
+        studies.append((run_title(ctx.get_run(int(run_id))), result))
     lines = []
     for title, study in studies:
         single = [entry["error"] for entry in study["single"]]
@@ -135,9 +99,10 @@ def lesion_view(store: Any, run_ids: Sequence[int]) -> tuple[Any, Any, str]:
     return lesion_by_unit(studies), lesion_by_k(studies), "\n".join(lines)
 
 
-def gradient_view(store: Any, run_ids: Sequence[int]) -> Any:
+def gradient_view(ctx: WorkbenchContext, run_ids: Sequence[int]) -> Any:
     """Heatmaps of the recorded per-unit input gradient norms, plain runs first, then residual ones."""
-    runs = sorted((store.get_run(int(run_id)) for run_id in run_ids), key=lambda r: (_is_residual(r), r.id))
+    store = ctx.store
+    runs = sorted((ctx.get_run(int(run_id)) for run_id in run_ids), key=lambda r: (_is_residual(r), r.id))
     if not runs:
         return gradient_heatmaps([])
     units = max(NetSpec.model_validate(run.spec["net"]).units for run in runs)
@@ -146,20 +111,25 @@ def gradient_view(store: Any, run_ids: Sequence[int]) -> Any:
     return gradient_heatmaps([(run_title(run), *unit_gradient_matrix(batches[run.id].rows)) for run in runs])
 
 
+def queue_profiles(ctx: WorkbenchContext, run_ids: Sequence[int]) -> str:
+    """Queue a gradient profile at initialization for each run that has none stored or on the way."""
+    queued = []
+    for run_id in map(int, run_ids):
+        if ctx.latest_result(run_id, GRADIENT_PROFILE) is None and not ctx.analyses(run_id, GRADIENT_PROFILE,
+                                                                                    ("queued", "running")):
+            queued.append(ctx.queue_analysis(run_id, GRADIENT_PROFILE, {"batch_size": PROFILE_BATCH}))
+    return f"Queued {len(queued)} gradient profile(s)." if queued else "Every picked run has a profile already."
+
+
 def profile_view(ctx: WorkbenchContext, run_ids: Sequence[int]) -> Any:
-    """Per-unit input gradient norms at initialization of the runs' nets, on a batch of their data."""
-    ids = [int(run_id) for run_id in run_ids]
-    if not ids:
-        return gradient_profile_chart([])
-    profiles = initial_profiles_of_runs(ctx.store, ids, allowed_roots=list(ctx.data_roots) or None)
-    return gradient_profile_chart([(run_title(ctx.store.get_run(run_id)), norms) for run_id, norms in profiles])
+    """Per-unit input gradient norms at initialization of the runs that have a stored profile."""
+    profiles = [(run_title(ctx.get_run(int(run_id))), result["profile"]) for run_id in run_ids
+                if (result := ctx.latest_result(int(run_id), GRADIENT_PROFILE)) is not None]
+    return gradient_profile_chart(profiles)
 
 
-def build_analysis_tab(
-    ctx: WorkbenchContext, demo: gr.Blocks | None = None, jobs: LesionJobs | None = None
-) -> LesionJobs:
-    """Create the Analysis tab inside the current Blocks; returns the registry of its lesion jobs."""
-    jobs = jobs or LesionJobs()
+def build_analysis_tab(ctx: WorkbenchContext, demo: gr.Blocks | None = None) -> None:
+    """Create the Analysis tab inside the current Blocks."""
     bound = functools.partial
     with gr.Tab("Analysis", id="analysis") as tab:
         gr.Markdown("### Lesion study\nDelete each unit of a trained net in turn (a residual unit keeps only its "
@@ -188,39 +158,40 @@ def build_analysis_tab(
 
         gr.Markdown("The degradation verdict of a depth ladder, with its plain and residual curves side by side "
                     "(He et al. 2015, Fig. 6), is in the Compare tab: pick the ladder's group there.")
-        job_states = gr.State({})
+        seen_jobs = gr.State({})
         timer = gr.Timer(REFRESH_SECONDS)
 
     def refresh_choices():
-        completed = completed_runs(ctx.store)
-        everything = all_runs(ctx.store)
-        return gr.update(choices=completed), gr.update(choices=completed), gr.update(choices=everything)
+        completed = completed_runs(ctx)
+        return gr.update(choices=completed), gr.update(choices=completed), gr.update(choices=all_runs(ctx))
 
     def start_job(run_id, draws_value, max_k_value, limit_value, shown_ids):
         if run_id is None:
-            return "Pick a completed run first.", gr.skip(), jobs.states()
+            return "Pick a completed run first.", gr.skip()
         try:
-            jobs.start(ctx, int(run_id), draws=int(draws_value or DEFAULT_DRAWS),
-                       max_k=int(max_k_value or DEFAULT_MAX_K), limit_images=int(limit_value) if limit_value else None)
+            start_lesion(ctx, int(run_id), draws=int(draws_value or DEFAULT_DRAWS),
+                         max_k=int(max_k_value or DEFAULT_MAX_K),
+                         limit_images=int(limit_value) if limit_value else None)
         except WorkbenchError as exc:
-            return f"**Cannot start:** {exc}", gr.skip(), jobs.states()
-        wanted = sorted({*map(int, shown_ids or []), int(run_id)})
-        return jobs.describe(), gr.update(value=wanted), jobs.states()
+            return f"**Cannot start:** {exc}", gr.skip()
+        return job_lines(ctx), gr.update(value=sorted({*map(int, shown_ids or []), int(run_id)}))
 
-    def poll_jobs(shown_ids, seen_states):
-        states = jobs.states()
-        if states == seen_states:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        first, second, summary = lesion_view(ctx.store, shown_ids or [])
-        return jobs.describe(), first, second, summary, states
+    def poll_jobs(shown_ids, profile_ids, seen):
+        states = job_states(ctx)
+        if states == seen:
+            return (gr.skip(),) * 6
+        first, second, summary = lesion_view(ctx, shown_ids or [])
+        return job_lines(ctx), first, second, summary, profile_view(ctx, profile_ids or []), states
+
+    def start_profiles(run_ids):
+        return f"{queue_profiles(ctx, run_ids or [])}\n{job_lines(ctx)}"
 
     targets = [demo.load, tab.select] if demo is not None else [tab.select]
     gr.on(targets, refresh_choices, None, [lesion_run, shown, gradient_runs], api_visibility="private")
-    start.click(start_job, [lesion_run, draws, max_k, limit, shown], [job_status, shown, job_states],
-                api_visibility="private")
-    shown.change(bound(lesion_view, ctx.store), shown, [by_unit, by_k, lesion_summary], api_visibility="private")
-    timer.tick(poll_jobs, [shown, job_states], [job_status, by_unit, by_k, lesion_summary, job_states],
+    start.click(start_job, [lesion_run, draws, max_k, limit, shown], [job_status, shown], api_visibility="private")
+    shown.change(bound(lesion_view, ctx), shown, [by_unit, by_k, lesion_summary], api_visibility="private")
+    timer.tick(poll_jobs, [shown, gradient_runs, seen_jobs],
+               [job_status, by_unit, by_k, lesion_summary, profile, seen_jobs],
                concurrency_limit=None, api_visibility="private", show_progress="hidden")
-    gradient_runs.change(bound(gradient_view, ctx.store), gradient_runs, heatmap, api_visibility="private")
-    profile_button.click(bound(profile_view, ctx), gradient_runs, profile, api_visibility="private")
-    return jobs
+    gradient_runs.change(bound(gradient_view, ctx), gradient_runs, heatmap, api_visibility="private")
+    profile_button.click(start_profiles, gradient_runs, job_status, api_visibility="private")

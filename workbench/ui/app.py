@@ -14,10 +14,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from storage import RunStore, open_store  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
 from workbench.jobs import LocalExecutor  # noqa: E402
 from workbench.paths import database_url, home_dir  # noqa: E402
+from workbench.service import RunStore, open_store  # noqa: E402
 from workbench.ui.analysis_tab import build_analysis_tab  # noqa: E402
 from workbench.ui.build_tab import build_tab  # noqa: E402
 from workbench.ui.compare_tab import compare_tab  # noqa: E402
@@ -107,7 +107,7 @@ def create_app(args: argparse.Namespace) -> WorkbenchApp:
     executor = LocalExecutor(store, db_url=database_url(home, args.db), workers=args.workers,
                              auto_resume=args.auto_resume, data_roots=data_roots)
     executor.start()
-    context = WorkbenchContext(store=store, executor=executor, home=home, data_roots=data_roots)
+    context = WorkbenchContext(store, executor, data_roots)
     try:
         demo = build_ui(context)
     except BaseException:

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import gradio as gr
 
 from workbench import summarize
-from workbench.charts import path_length_figure, unit_diagram_figure
 from workbench.errors import WorkbenchError
-from workbench.launch import net_spec_from_fields
 from workbench.presets import get_preset, save_preset
+from workbench.service.forms import net_spec_from_fields
 from workbench.spec import PLACEMENTS, SHORTCUTS, NetSpec
 from workbench.ui.context import WorkbenchContext
+from workbench.viz.charts import path_length_figure, unit_diagram_figure
 
 DEFAULT_PRESET = "resnet20"
 STAGE_COLUMNS = ["stage", "units", "output (C x H x W)", "parameters"]

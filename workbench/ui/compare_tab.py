@@ -14,19 +14,19 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from storage import RunRecord
-from workbench.charts import training_curves_figure
-from workbench.curves import CurveCache, curves_of, ladder_curve_runs
-from workbench.run_table import run_label
 from workbench.science.degradation import (
-    LADDER,
     degradation_observed,
     net_depth_and_residual,
     paper_reference_errors,
     verdict_markdown,
 )
-from workbench.science.figures import error_vs_depth, figure6, final_errors
+from workbench.service import RunRecord
+from workbench.service.curves import CurveCache, curves_of, ladder_curve_runs
+from workbench.service.plans import LADDER
 from workbench.ui.context import WorkbenchContext
+from workbench.ui.run_table import run_label
+from workbench.viz.charts import training_curves_figure
+from workbench.viz.figures import error_vs_depth, figure6, final_errors
 
 REFRESH_SECONDS = 3.0
 NO_GROUP = ""

@@ -3,39 +3,19 @@
 from __future__ import annotations
 
 import functools
-import re
-from pathlib import Path
 
 import gradio as gr
 
-from storage import RunRecord
 from workbench.errors import WorkbenchError
-from workbench.export import EXPORT_FORMATS, export_from_checkpoint
-from workbench.paths import exports_dir
-from workbench.run_table import run_label
 from workbench.ui.context import WorkbenchContext
+from workbench.ui.run_table import run_label
+from workbench.weights.export import EXPORT_FORMATS
 
-CHECKPOINT_FILES = {"last": "last.pt", "best": "best.pt"}
-
-
-def checkpoint_file(ctx: WorkbenchContext, run_id: int, which: str) -> Path:
-    """Where a run's last or best checkpoint is kept."""
-    return ctx.store.run_dir(run_id) / "checkpoints" / CHECKPOINT_FILES[which]
-
-
-def exportable_runs(ctx: WorkbenchContext) -> list[RunRecord]:
-    """Runs that have at least a last checkpoint, newest first."""
-    return [run for run in ctx.store.list_runs() if checkpoint_file(ctx, run.id, "last").exists()]
-
-
-def export_file_name(run: RunRecord, which: str, fmt: str) -> str:
-    """A file name that says what the file holds: "run12-resnet20-best.onnx"."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", run.name).strip("-") or "run"
-    return f"run{run.id}-{slug}-{which}{EXPORT_FORMATS[fmt].suffix}"
+CHECKPOINTS = ("best", "last")
 
 
 def run_choices(ctx: WorkbenchContext):
-    return gr.update(choices=[(run_label(run), run.id) for run in exportable_runs(ctx)])
+    return gr.update(choices=[(run_label(run), run.id) for run in ctx.exportable_runs()])
 
 
 def prepare_export(ctx: WorkbenchContext, run_id: int | str | None, which: str, fmt: str):
@@ -46,13 +26,7 @@ def prepare_export(ctx: WorkbenchContext, run_id: int | str | None, which: str, 
     if not str(run_id).isdigit():
         return f"**Not exported:** {run_id!r} is not a run id; pick a run from the list.", hidden
     try:
-        run = ctx.store.get_run(int(run_id))
-        checkpoint = checkpoint_file(ctx, run.id, which)
-        if not checkpoint.exists():
-            return f"Run #{run.id} has no {which} checkpoint yet.", hidden
-        target = exports_dir(ctx.home) / export_file_name(run, which, fmt)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        export_from_checkpoint(checkpoint, fmt, target, metadata={"preset": run.preset or run.name})
+        target = ctx.export(int(run_id), fmt, which)
     except WorkbenchError as exc:
         return f"**Not exported:** {exc}", hidden
     size = target.stat().st_size / 2**20
@@ -67,7 +41,7 @@ def export_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
         run = gr.Dropdown([], value=None, label="Run (with a checkpoint)", elem_id="export-run",
                           allow_custom_value=True)
         with gr.Row():
-            which = gr.Radio(list(CHECKPOINT_FILES), value="best", label="Checkpoint")
+            which = gr.Radio(list(CHECKPOINTS), value="best", label="Checkpoint")
             fmt = gr.Radio([(f"{name}: {spec.description}", name) for name, spec in EXPORT_FORMATS.items()],
                            value="bundle", label="Format", elem_id="export-format")
         prepare = gr.Button("Prepare file", variant="primary", elem_id="prepare-export")

@@ -8,25 +8,22 @@ from pathlib import Path
 import gradio as gr
 
 from workbench.errors import WorkbenchError
-from workbench.finetune import (
-    CHECKPOINT_FILES,
+from workbench.paths import CHECKPOINT_KINDS
+from workbench.service.finetune import (
     MODE_LABELS,
     checkpoint_source,
     describe_source,
     inspect_source,
     locate_model_file,
     plan_finetune,
-    run_checkpoint,
     store_upload,
-    submit_finetune,
 )
-from workbench.importers import IMPORT_FORMATS
-from workbench.launch import checked_specs_from_form
-from workbench.run_table import run_label
-from workbench.transfer import FINETUNE_MODES
+from workbench.service.forms import FORM_FIELDS
 from workbench.ui.context import WorkbenchContext
-from workbench.ui.export_tab import exportable_runs
 from workbench.ui.launch_tab import run_form
+from workbench.ui.run_table import run_label
+from workbench.weights.importers import IMPORT_FORMATS
+from workbench.weights.transfer import FINETUNE_MODES
 
 SOURCES = [("Upload a file", "upload"), ("File on the server", "path"), ("Another run's checkpoint", "run")]
 NO_SOURCE = "Pick a model to start from: upload a file, give its path on the server, or pick a run."
@@ -80,7 +77,7 @@ def inspect_run(ctx: WorkbenchContext, run_id: int | str | None, which: str):
     if not str(run_id).isdigit():
         return _refused(WorkbenchError(f"{run_id!r} is not a run id; pick a run from the list"))
     try:
-        path = run_checkpoint(ctx.store, int(run_id), which)
+        path = ctx.checkpoint(int(run_id), which)
         return _inspected(ctx, path, (int(run_id), which))
     except WorkbenchError as exc:
         return _refused(exc)
@@ -98,27 +95,26 @@ def inspect_with_preset(ctx: WorkbenchContext, model_file: str, preset: str | No
 
 
 def launch_finetune(ctx: WorkbenchContext, model_file: str, preset: str | None, mode: str, stages, head_hidden,
-                    dataset: str, path: str, download: bool, classes: str, per_class_cap, resolution, validation_size,
-                    synthetic_train, synthetic_test, budget_unit: str, budget, batch_size, lr, schedule: str, warmup,
-                    seed, precision: str, device: str, log_every, eval_every):
-    """Queue a fine-tune of `model_file`, checked again (location, safety, fit); returns the message."""
+                    *form_values):
+    """Queue a fine-tune of `model_file`, checked again (location, safety, fit); `form_values` are the launch
+    form's FORM_FIELDS in order. Returns the message."""
     try:
         source = locate_model_file(model_file, ctx.home, ctx.data_roots)
         presets = ctx.presets()
         report = inspect_source(source, presets, preset or None, checkpoint_source(source, ctx.home))
-        data, train = checked_specs_from_form(locals(), ctx.home, ctx.data_roots)
+        data, train = ctx.specs_from_form(dict(zip(FORM_FIELDS, form_values, strict=True)))
         plan = plan_finetune(report, mode=mode, data=data, train=train, presets=presets, stages=stages,
                              head_hidden=head_hidden)
-        run_id = submit_finetune(ctx.executor, plan, ctx.home)
+        run_id = ctx.launch_finetune(plan)
     except (WorkbenchError, ValueError) as exc:
         return f"**Nothing launched:** {exc}"
-    parent = f" (child of run #{plan.source_run[0]})" if plan.source_run else ""
+    parent = f" (child of run #{plan.parent_run_id})" if plan.parent_run_id is not None else ""
     return (f"Queued #{run_id} {plan.name}{parent} on {data.name}, starting from `{source.name}`. "
             "Follow it in the Runs and Compare tabs.")
 
 
 def run_choices(ctx: WorkbenchContext):
-    return gr.update(choices=[(run_label(run), run.id) for run in exportable_runs(ctx)])
+    return gr.update(choices=[(run_label(run), run.id) for run in ctx.exportable_runs()])
 
 
 def finetune_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
@@ -139,7 +135,7 @@ def finetune_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
         with gr.Row(visible=False) as run_row:
             run = gr.Dropdown([], value=None, label="Run (with a checkpoint)", allow_custom_value=True,
                               elem_id="finetune-run")
-            which = gr.Radio(list(CHECKPOINT_FILES), value="best", label="Checkpoint")
+            which = gr.Radio(list(CHECKPOINT_KINDS), value="best", label="Checkpoint")
         summary = gr.Markdown(NO_SOURCE, elem_id="finetune-summary")
         with gr.Row():
             model_file = gr.Textbox(label="Model file the fine-tune starts from", interactive=False, scale=3,

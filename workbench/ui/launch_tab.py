@@ -8,30 +8,26 @@ from dataclasses import dataclass
 import gradio as gr
 
 from workbench.errors import WorkbenchError
-from workbench.launch import (
+from workbench.service.forms import FORM_FIELDS, field_choices, field_default, field_help, parse_int_list
+from workbench.service.plans import (
     DEFAULT_DROP_PROB,
     DEFAULT_LADDER_DEPTHS,
-    FORM_FIELDS,
-    checked_specs_from_form,
-    default_group_name,
-    parse_int_list,
     plan_ladder,
     plan_placements,
     plan_single,
     plan_stochastic_depth,
     plan_twin,
-    submit_plan,
-    unique_group_name,
 )
-from workbench.spec import NetSpec
+from workbench.spec import DataSpec, NetSpec, TrainSpec
 from workbench.ui.context import WorkbenchContext
 
-DATASETS = [
-    ("Embedded synthetic set (no download)", "synthetic"),
-    ("CIFAR-10", "cifar10"),
-    ("CIFAR-100", "cifar100"),
-    ("Image folder", "folder"),
-]
+DATASET_LABELS = {
+    "synthetic": "Embedded synthetic set (no download)",
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "folder": "Image folder",
+}
+DATASETS = [(DATASET_LABELS.get(name, name), name) for name in field_choices(DataSpec, "name")]
 LAUNCH_KINDS = ("run", "twin", "ladder", "placements", "stochastic_depth")
 
 
@@ -88,23 +84,23 @@ def dataset_visibility(name: str):
             gr.update(visible=name in ("cifar10", "cifar100")), gr.update(visible=name == "folder"))
 
 
-def launch(ctx: WorkbenchContext, kind: str, spec_json: str, dataset: str, path: str, download: bool, classes: str,
-           per_class_cap, resolution, validation_size, synthetic_train, synthetic_test, budget_unit: str, budget,
-           batch_size, lr, schedule: str, warmup, seed, precision: str, device: str, log_every, eval_every,
-           ladder_depths: str, drop_prob):
-    """Queue one run, a twin, a ladder, the five placements or a stochastic-depth pair; returns (message, launched)."""
+def launch(ctx: WorkbenchContext, kind: str, spec_json: str, *values):
+    """Queue one run, a twin, a ladder, the five placements or a stochastic-depth pair; returns (message, launched).
+
+    `values` are the launch form's FORM_FIELDS in order, then the ladder depths and the drop probability.
+    """
+    *form_values, ladder_depths, drop_prob = values
     if not spec_json:
         return "**Nothing launched:** the network in the Build tab is invalid; fix it there first.", gr.skip()
     try:
         net = NetSpec.model_validate_json(spec_json)
-        data, train = checked_specs_from_form(locals(), ctx.home, ctx.data_roots)
+        data, train = ctx.specs_from_form(dict(zip(FORM_FIELDS, form_values, strict=True)))
         presets = ctx.presets()
         group = None
         if kind == "run":
             plan = plan_single(net, data, train, presets)
         else:
-            taken = [name for name, _ in ctx.store.list_groups()]
-            group = unique_group_name(default_group_name(kind.replace("_", " "), net, data), taken)
+            group = ctx.group_name(kind.replace("_", " "), net.name, data)
             if kind == "twin":
                 plan = plan_twin(net, data, train, presets, group=group)
             elif kind == "ladder":
@@ -114,7 +110,7 @@ def launch(ctx: WorkbenchContext, kind: str, spec_json: str, dataset: str, path:
                 plan = plan_placements(net, data, train, presets, group=group)
             else:
                 plan = plan_stochastic_depth(net, drop_prob, data, train, presets, group=group)
-        run_ids = submit_plan(ctx.executor, plan)
+        run_ids = ctx.submit(plan)
     except (WorkbenchError, ValueError) as exc:
         return f"**Nothing launched:** {exc}", gr.skip()
     names = ", ".join(f"#{run_id} {run.name}" for run_id, run in zip(run_ids, plan, strict=True))
@@ -135,9 +131,11 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
             gr.Markdown("#### Data")
             dataset_picker = gr.Dropdown(DATASETS, value=dataset, label="Dataset", elem_id=f"{id_prefix}dataset-picker")
             with gr.Row(visible=dataset == "synthetic") as synthetic_row:
-                synthetic_train = gr.Number(10000, label="Synthetic training images", precision=0,
+                synthetic_train = gr.Number(field_default(DataSpec, "synthetic_train"),
+                                            label="Synthetic training images", precision=0,
                                             elem_id=f"{id_prefix}synthetic-train")
-                synthetic_test = gr.Number(2000, label="Synthetic test images", precision=0,
+                synthetic_test = gr.Number(field_default(DataSpec, "synthetic_test"), label="Synthetic test images",
+                                           precision=0,
                                            elem_id=f"{id_prefix}synthetic-test")
             with gr.Column(visible=dataset != "synthetic") as path_column:
                 path = gr.Textbox(label="Path (archive or folder)", elem_id=f"{id_prefix}dataset-path",
@@ -152,7 +150,8 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
                 classes = gr.Textbox(label="Classes", placeholder="all; or first k (5); or names: cat, dog")
                 per_class_cap = gr.Number(0, label="Images per class (0 = all)", precision=0,
                                           elem_id=f"{id_prefix}per-class-cap")
-                validation_size = gr.Number(0, label="Validation images", precision=0)
+                validation_size = gr.Number(field_default(DataSpec, "validation_size"), label="Validation images",
+                                            precision=0, info=field_help(DataSpec, "validation_size"))
         with gr.Column():
             gr.Markdown("#### Training")
             with gr.Row():
@@ -160,17 +159,24 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
                                        elem_id=f"{id_prefix}budget-unit")
                 budget_field = gr.Number(budget, label="Budget", elem_id=f"{id_prefix}budget")
             with gr.Row():
-                batch_size = gr.Number(128, label="Batch size", precision=0, elem_id=f"{id_prefix}batch-size")
+                batch_size = gr.Number(field_default(TrainSpec, "batch_size"), label="Batch size", precision=0,
+                                       elem_id=f"{id_prefix}batch-size")
                 lr_field = gr.Number(lr, label="Learning rate", elem_id=f"{id_prefix}lr")
-                schedule = gr.Dropdown(["step", "cosine", "constant"], value="step", label="Schedule")
+                schedule = gr.Dropdown(field_choices(TrainSpec, "schedule"), value=field_default(TrainSpec, "schedule"),
+                                       label="Schedule")
             with gr.Row():
-                warmup = gr.Number(0, label="Warm-up iterations", precision=0)
-                seed = gr.Number(0, label="Seed", precision=0)
+                warmup = gr.Number(field_default(TrainSpec, "warmup_iterations"), label="Warm-up iterations",
+                                   precision=0, info=field_help(TrainSpec, "warmup_iterations"))
+                seed = gr.Number(field_default(TrainSpec, "seed"), label="Seed", precision=0)
             with gr.Row():
-                precision = gr.Dropdown(["auto", "fp32", "bf16"], value="auto", label="Precision")
-                device = gr.Dropdown(["auto", "cpu", "cuda", "mps"], value="auto", label="Device")
+                precision = gr.Dropdown(field_choices(TrainSpec, "precision"),
+                                        value=field_default(TrainSpec, "precision"), label="Precision")
+                device = gr.Dropdown(field_choices(TrainSpec, "device"), value=field_default(TrainSpec, "device"),
+                                     label="Device")
             with gr.Row():
-                log_every = gr.Number(20, label="Log every (iterations)", precision=0, elem_id=f"{id_prefix}log-every")
+                log_every = gr.Number(field_default(TrainSpec, "log_every"), label="Log every (iterations)",
+                                      precision=0, elem_id=f"{id_prefix}log-every",
+                                      info=field_help(TrainSpec, "log_every"))
                 eval_every = gr.Number(0, label="Extra evaluation every (0 = at epoch ends only)", precision=0)
     dataset_picker.change(dataset_visibility, dataset_picker, [synthetic_row, path_column, cifar_column, folder_column],
                           api_visibility="private")

@@ -7,10 +7,10 @@ import json
 import gradio as gr
 import pandas as pd
 
-from storage import RunRecord
 from workbench.errors import WorkbenchError
-from workbench.run_table import RUN_TABLE_COLUMNS, run_label, run_rows
+from workbench.service import RunRecord
 from workbench.ui.context import WorkbenchContext
+from workbench.ui.run_table import RUN_TABLE_COLUMNS, run_label, run_rows
 
 REFRESH_SECONDS = 2.0
 
@@ -46,11 +46,11 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
 
     def list_runs():
         """The runs table and the run picker's choices."""
-        runs = ctx.store.list_runs()
+        runs = ctx.list_runs()
         return table_frame(runs), gr.update(choices=run_choices(runs))
 
     def refresh(shown: list | None, run_id: int | None):
-        runs = ctx.store.list_runs()
+        runs = ctx.list_runs()
         rows = run_rows(runs)
         if rows == shown:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -63,7 +63,7 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
         if run_id in (None, ""):
             return "", gr.update(value="", visible=False), "", "", ""
         try:
-            run = ctx.store.get_run(int(run_id))
+            run = ctx.get_run(int(run_id))
         except (ValueError, WorkbenchError) as exc:
             return str(exc), gr.update(value="", visible=False), "", "", ""
         return run_details(run), _traceback(run), json.dumps(run.spec, indent=2), run.name, run.notes
@@ -79,26 +79,7 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
             message = f"**Not done:** {exc}"
         return (message, *list_runs())
 
-    def cancel(run_id: int) -> str:
-        status = ctx.executor.cancel(run_id)
-        return (f"Run #{run_id}: cancel requested; it stops after the current step and keeps a checkpoint."
-                if status == "running" else f"Run #{run_id} is {status}.")
-
-    def resume(run_id: int) -> str:
-        ctx.executor.resume(run_id)
-        return f"Run #{run_id} queued again; it continues from its last checkpoint."
-
-    def delete(run_id: int) -> str:
-        ctx.store.delete_run(run_id)
-        return f"Run #{run_id} deleted with its metrics and checkpoints."
-
-    def rename(run_id: int, name: str) -> str:
-        ctx.store.rename_run(run_id, name)
-        return f"Run #{run_id} renamed to {name.strip()!r}."
-
-    def save_notes(run_id: int, notes: str) -> str:
-        ctx.store.set_notes(run_id, notes)
-        return f"Notes of run #{run_id} saved."
+    cancel, resume, delete, rename, save_notes = ctx.cancel, ctx.resume, ctx.delete, ctx.rename, ctx.annotate
 
     def ask_delete(run_id: int | None):
         if run_id is None:

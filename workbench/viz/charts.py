@@ -15,9 +15,9 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from workbench.curves import RunCurves, Series
 from workbench.models.blocks import _unit_recipe
 from workbench.spec import CONVS_PER_UNIT, NetSpec
+from workbench.viz.series import RunCurves, Series
 
 CURVE_HEIGHT = 480
 SMALL_CHART_HEIGHT = 260

@@ -21,19 +21,27 @@ from typing import Any
 import plotly.graph_objects as go
 import torch
 
+from storage import RunStore
 from storage.status import COMPLETED, INTERRUPTED, QUEUED, RUNNING
 from workbench.errors import IllegalTransition, WorkbenchError
+from workbench.jobs.analyses import GRADIENT_PROFILE, LESION
+from workbench.jobs.executor import QueueExecutor
 from workbench.jobs.worker import default_worker_id, execute_run
 from workbench.models import ResNet
 from workbench.models.analysis import count_parameters
+from workbench.paths import RunFolder
 from workbench.science.degradation import (
     CurveRun,
     degradation_observed,
-    launch_degradation_ladder,
     load_curve_runs,
     paper_reference_errors,
 )
-from workbench.science.figures import (
+from workbench.science.gradient_flow import unit_gradient_matrix
+from workbench.service.plans import plan_preset_ladder
+from workbench.service.runs import Workbench
+from workbench.spec import DataSpec, RunSpec, TrainSpec
+from workbench.training.loop import cpu_has_native_bf16
+from workbench.viz.figures import (
     error_vs_depth,
     figure6,
     final_errors,
@@ -42,10 +50,6 @@ from workbench.science.figures import (
     lesion_by_k,
     lesion_by_unit,
 )
-from workbench.science.gradient_flow import initial_profiles_of_runs, unit_gradient_matrix
-from workbench.science.lesion import ANALYSIS_KIND, run_lesion_study
-from workbench.spec import DataSpec, RunSpec, TrainSpec
-from workbench.training.loop import cpu_has_native_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +147,13 @@ def _screenshot_html(html: str, path: Path, width: int, height: int) -> None:
             browser.close()
 
 
-def _group_runs(store: Any, config: ReproductionConfig) -> dict[str, int]:
+def _group_runs(service: Workbench, config: ReproductionConfig) -> dict[str, int]:
     """The group's runs by preset name, queuing the ladder first when the group is new."""
+    store = service.store
     runs = store.list_runs(group_name=config.group_name)
     if not runs:
-        return launch_degradation_ladder(store, config.depths, data=config.data(), train=config.train(),
-                                         group_name=config.group_name)
+        plan = plan_preset_ladder(config.depths, config.data(), config.train(), group=config.group_name)
+        return dict(zip((run.preset for run in plan), service.submit(plan), strict=True))
     expected = (config.data(), config.train())
     for run in runs:
         spec = RunSpec.model_validate(run.spec)
@@ -160,12 +165,13 @@ def _group_runs(store: Any, config: ReproductionConfig) -> dict[str, int]:
     return {run.preset: run.id for run in reversed(runs)}
 
 
-def train_ladder(store: Any, config: ReproductionConfig) -> dict[str, int]:
+def train_ladder(service: Workbench, config: ReproductionConfig) -> dict[str, int]:
     """Queue (if needed) and train the group's runs in this process, as a worker does; resumes interrupted runs.
 
     Only this group's runs are claimed; runs another worker holds are waited for.
     """
-    run_ids = _group_runs(store, config)
+    store = service.store
+    run_ids = _group_runs(service, config)
     for run_id in run_ids.values():
         if store.get_run(run_id).status == INTERRUPTED:
             store.transition(run_id, QUEUED)
@@ -200,16 +206,28 @@ def lesion_params(config: ReproductionConfig) -> dict[str, Any]:
             "seed": config.seed}
 
 
-def ensure_lesion(store: Any, run_id: int, config: ReproductionConfig) -> tuple[dict[str, Any], float | None]:
+def ensure_lesion(service: Workbench, run_id: int, config: ReproductionConfig) -> tuple[dict[str, Any], float | None]:
     """(the stored lesion result with this config's settings, the seconds it took), computing it if missing."""
     wanted = lesion_params(config)
-    for analysis in reversed(store.list_analyses(run_id, ANALYSIS_KIND)):
-        if all(analysis.params.get(key) == value for key, value in wanted.items()):
-            return analysis.result, analysis.params.get("seconds")
-    analysis_id, result = run_lesion_study(store, run_id, draws=config.lesion_draws, max_k=config.lesion_max_k,
-                                           limit_images=config.lesion_images, seed=config.seed)
-    stored = next(a for a in store.list_analyses(run_id, ANALYSIS_KIND) if a.id == analysis_id)
-    return result, stored.params.get("seconds")
+    result = service.latest_result(run_id, LESION, wanted)
+    if result is None:
+        analysis = service.run_analysis(run_id, LESION, wanted)
+        if analysis.status != COMPLETED:
+            raise WorkbenchError(f"the lesion study of run {run_id} {analysis.status}: {analysis.error_message}")
+        result = analysis.result
+    return result, result.get("run", {}).get("seconds")
+
+
+def gradient_profile(service: Workbench, run_id: int, batch_size: int) -> list[float | None]:
+    """Per-unit input gradient norms of a run's network at initialization, computed once and stored."""
+    wanted = {"batch_size": batch_size}
+    result = service.latest_result(run_id, GRADIENT_PROFILE, wanted)
+    if result is None:
+        analysis = service.run_analysis(run_id, GRADIENT_PROFILE, wanted)
+        if analysis.status != COMPLETED:
+            raise WorkbenchError(f"the gradient profile of run {run_id} {analysis.status}: {analysis.error_message}")
+        result = analysis.result
+    return result["profile"]
 
 
 def _duration(run: Any) -> float | None:
@@ -250,7 +268,8 @@ def reproduce(home: Path, docs_dir: Path, config: ReproductionConfig) -> Reprodu
     from storage import open_store
 
     with open_store(home) as store:
-        run_ids = train_ladder(store, config)
+        service = Workbench(store, QueueExecutor(store))
+        run_ids = train_ladder(service, config)
         runs = [store.get_run(run_id) for run_id in run_ids.values()]
         curves = load_curve_runs(store, runs)
         verdict = degradation_observed(curves).to_dict()
@@ -259,10 +278,9 @@ def reproduce(home: Path, docs_dir: Path, config: ReproductionConfig) -> Reprodu
         lesion_names = [f"resnet{deepest}", f"plain{deepest}"]
         lesions, lesion_seconds = {}, {}
         for name in lesion_names:
-            lesions[name], lesion_seconds[name] = ensure_lesion(store, run_ids[name], config)
+            lesions[name], lesion_seconds[name] = ensure_lesion(service, run_ids[name], config)
         profile_names = [f"plain{deepest}", f"resnet{deepest}"]
-        profiles = [(name, norms) for name, (_, norms) in zip(profile_names, initial_profiles_of_runs(
-            store, [run_ids[name] for name in profile_names], batch_size=config.profile_batch), strict=True)]
+        profiles = [(name, gradient_profile(service, run_ids[name], config.profile_batch)) for name in profile_names]
         gradient_rows = store.fetch_metrics_since(
             {run_ids[name]: 0 for name in lesion_names},
             names=[f"unit_grad/{k}" for k in range(1, len(lesions[lesion_names[0]]["single"]) + 1)],
@@ -300,10 +318,10 @@ def reproduce(home: Path, docs_dir: Path, config: ReproductionConfig) -> Reprodu
                         lesions=lesions, figures=figure_files, report=report)
 
 
-def _dataset_counts(store: Any, run_id: int) -> dict[str, int]:
+def _dataset_counts(store: RunStore, run_id: int) -> dict[str, int]:
     from workbench.training import load_checkpoint
 
-    state = load_checkpoint(store.run_dir(run_id) / "checkpoints" / "last.pt")
+    state = load_checkpoint(RunFolder.of(store.home, run_id).last)
     return dict(state["dataset"]["counts"])
 
 
@@ -367,7 +385,7 @@ def render_report(*, home: Path, config: ReproductionConfig, runs: list, finals:
     lines = [
         "# Reproduction: degradation and lesion study on this CPU",
         "",
-        "Generated by the workbench itself (`workbench/science/reproduction.py`): the runs were queued in a run store,",
+        "Generated by the workbench itself (`workbench/service/reproduction.py`): the runs were queued in a run store,",
         "trained by a workbench worker with the engine's `fit`, lesioned with `workbench.science.lesion`, and the",
         "figures are the same Plotly charts the Compare and Analysis tabs show, saved as PNG. Every number below is",
         "read from the store; nothing was edited by hand.",

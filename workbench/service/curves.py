@@ -8,43 +8,14 @@ deletes the old rows), so new rows at or before the last cached iteration replac
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from storage.records import METRIC_FIELDS
 from workbench.science.degradation import CurveRun
+from workbench.viz.series import RunCurves, Series
 
 CURVE_METRICS = ("error", "loss")
-
-
-@dataclass
-class Series:
-    """One metric of one split of one run: iterations, epochs and values in iteration order."""
-
-    iterations: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    epochs: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
-    values: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
-
-    def __len__(self) -> int:
-        return len(self.iterations)
-
-    def extend(self, iterations: Sequence[int], epochs: Sequence[float], values: Sequence[float]) -> None:
-        """Append points; cached points at or after the first new iteration are replaced (a resumed run)."""
-        if not len(iterations):
-            return
-        keep = int(np.searchsorted(self.iterations, iterations[0], side="left"))
-        self.iterations = np.concatenate([self.iterations[:keep], np.asarray(iterations, dtype=np.int64)])
-        self.epochs = np.concatenate([self.epochs[:keep], np.asarray(epochs, dtype=np.float64)])
-        self.values = np.concatenate([self.values[:keep], np.asarray(values, dtype=np.float64)])
-
-    def points(self) -> list[tuple[int, float]]:
-        """(iteration, value) pairs in iteration order."""
-        return list(zip(self.iterations.tolist(), self.values.tolist(), strict=True))
-
-    def x(self, axis: str) -> np.ndarray:
-        """The x values for an "iterations" or "epochs" axis."""
-        return self.epochs if axis == "epochs" else self.iterations
 
 
 SeriesKey = tuple[int, str, str]
@@ -105,16 +76,6 @@ class CurveCache:
     def get(self, run_id: int, split: str, name: str) -> Series | None:
         """The cached series, or None when the run has logged none yet."""
         return self.series.get((run_id, split, name))
-
-
-@dataclass(frozen=True)
-class RunCurves:
-    """The curves of one run to draw: a label and its training and test series (either may be missing)."""
-
-    run_id: int
-    label: str
-    train: Series | None
-    test: Series | None
 
 
 def curves_of(cache: CurveCache, labels: dict[int, str], metric: str = "error") -> list[RunCurves]:

@@ -31,23 +31,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from workbench.errors import WorkbenchError
-from workbench.models import ResNet
 from workbench.models import summarize as summarize_model
-from workbench.spec import IMAGENET_DEPTHS, NetSpec, parse_spec
-from workbench.transfer import build_with_head, head_hidden, infer_head_hidden, load_checked
+from workbench.spec import IMAGENET_DEPTHS, NetSpec
+from workbench.weights.bundle import BUNDLE_FORMAT, CARD_MEMBER, METADATA_MEMBER, SPEC_MEMBER, WEIGHTS_MEMBER
+from workbench.weights.transfer import head_hidden
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = "workbench-bundle/1"
-WEIGHTS_MEMBER = "weights.safetensors"
-SPEC_MEMBER = "spec.json"
-METADATA_MEMBER = "metadata.json"
-CARD_MEMBER = "MODEL_CARD.md"
 EXPORT_TOLERANCE = 1e-4
 ONNX_OPSET = 17
 ONNX_INPUT = "input"
@@ -239,50 +233,6 @@ def export_bundle(model: nn.Module, spec: NetSpec, metadata: dict | None, path: 
     return path
 
 
-def is_bundle(path: Path) -> bool:
-    """Whether `path` is a zip holding a bundle's weights and spec."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        names = set(archive.namelist())
-    return {WEIGHTS_MEMBER, SPEC_MEMBER} <= names
-
-
-def read_bundle(path: Path) -> tuple[dict[str, torch.Tensor], NetSpec, dict]:
-    """The state_dict, NetSpec and metadata stored in a bundle, without building a model."""
-    path = Path(path)
-    if not path.is_file():
-        raise WorkbenchError(f"bundle {path} does not exist")
-    if not is_bundle(path):
-        raise WorkbenchError(f"{path} is not a workbench bundle (a zip with {WEIGHTS_MEMBER} and {SPEC_MEMBER})")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            weights = safetensors_load(archive.read(WEIGHTS_MEMBER))
-            spec_data = json.loads(archive.read(SPEC_MEMBER))
-            names = archive.namelist()
-            metadata = json.loads(archive.read(METADATA_MEMBER)) if METADATA_MEMBER in names else {}
-    except (zipfile.BadZipFile, json.JSONDecodeError, OSError, ValueError) as exc:
-        raise WorkbenchError(f"bundle {path} is damaged: {exc}") from None
-    spec = parse_spec(NetSpec, spec_data)
-    return weights, spec, metadata
-
-
-def load_bundle(path: Path) -> tuple[ResNet, NetSpec, dict]:
-    """Rebuild the exact model of a bundle (eval mode) with its spec and metadata."""
-    weights, spec, metadata = read_bundle(path)
-    model = build_with_head(spec, infer_head_hidden(weights))
-    load_checked(model, weights, source=str(path))
-    model.eval()
-    model.metadata = metadata
-    return model, spec, metadata
-
-
-def load_model(path: Path) -> ResNet:
-    """The model stored in a bundle, in eval mode; `model.metadata` holds class names, mean/std and more."""
-    model, _spec, _metadata = load_bundle(path)
-    return model
-
-
 # ---------------------------------------------------------------- ONNX
 
 
@@ -455,14 +405,3 @@ def export_model(model: nn.Module, spec: NetSpec, metadata: dict | None, fmt: st
     if fmt not in EXPORT_FORMATS:
         raise WorkbenchError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     return EXPORT_FORMATS[fmt].function(model, spec, metadata=metadata, path=Path(path))
-
-
-def export_from_checkpoint(checkpoint_path: Path, fmt: str, out_path: Path, metadata: dict | None = None) -> Path:
-    """Rebuild the model of a workbench checkpoint (its run_spec's net and weights) and export it.
-
-    `metadata` defaults to the checkpoint's `metadata` entry if it has one, plus its training settings.
-    """
-    from workbench.importers import model_from_checkpoint
-
-    model, spec, stored = model_from_checkpoint(checkpoint_path)
-    return export_model(model, spec, {**stored, **(metadata or {})}, fmt, out_path)

@@ -16,8 +16,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from workbench.charts import MAX_POINTS_PER_TRACE, downsample_minmax
 from workbench.science.degradation import CurveRun, smoothed_at
+from workbench.viz.charts import MAX_POINTS_PER_TRACE, downsample_minmax
 
 PALETTE = qualitative.Plotly
 HEIGHT = 420

@@ -24,11 +24,9 @@ from safetensors.torch import load_file as safetensors_load_file
 from torch import nn
 
 from workbench.errors import UnsafeFileError, WorkbenchError
-from workbench.export import is_bundle, read_bundle
-from workbench.models import ResNet
 from workbench.spec import NetSpec, parse_spec
 from workbench.training.checkpoint import CHECKPOINT_FORMAT
-from workbench.transfer import build_with_head, infer_head_hidden, load_checked, replace_head
+from workbench.weights.bundle import is_bundle, read_bundle
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +168,7 @@ def _checkpoint_metadata(state: dict) -> dict[str, Any]:
         metadata.setdefault("dataset", run_spec["data"].get("name"))
     if run_spec.get("train"):
         metadata.setdefault("train", run_spec["train"])
+    metadata["run_spec"] = run_spec
     return metadata
 
 
@@ -235,54 +234,3 @@ def adapt_head(state_dict: dict[str, torch.Tensor], model: nn.Module) -> tuple[d
     dropped = sorted(head)
     log.info("replacing the head: dropped %s from the imported weights", ", ".join(dropped) or "nothing")
     return {k: v for k, v in state_dict.items() if not k.startswith("fc.")}, dropped
-
-
-# ---------------------------------------------------------------- public entry points
-
-
-def import_weights(path: Path, spec: NetSpec) -> dict[str, torch.Tensor]:
-    """The weights in `path` as a state_dict for `spec`'s model, every key and shape checked."""
-    imported = read_weights(path)
-    model = build_with_head(spec, infer_head_hidden(imported.state_dict))
-    load_checked(model, imported.state_dict, source=str(path))
-    return model.state_dict()
-
-
-def load_pretrained(path: Path, spec: NetSpec | None = None, *, new_head: bool = False) -> ResNet:
-    """A model for `spec` (default: the spec stored in the file) initialised from `path`, in eval mode.
-
-    When `new_head` is set and the file's head does not fit (another number of classes), the head
-    is replaced by a fresh `Linear`; otherwise any mismatch raises WorkbenchError. `model.metadata`
-    carries the source's normalization and notes (`source_format`, `head_replaced`, `dropped_keys`).
-    """
-    imported = read_weights(path)
-    spec = spec or imported.spec
-    if spec is None:
-        kind = IMPORT_FORMATS[imported.format]
-        raise WorkbenchError(f"{path} ({kind}) does not say which network it holds; give a spec")
-    model = build_with_head(spec, infer_head_hidden(imported.state_dict))
-    state_dict, dropped = adapt_head(imported.state_dict, model) if new_head else (imported.state_dict, [])
-    metadata = {**imported.metadata, "source_format": imported.format, "source_path": str(path)}
-    if dropped:
-        replace_head(model, spec.num_classes)
-        state_dict = {**state_dict, **{k: v for k, v in model.state_dict().items() if k.startswith("fc.")}}
-        metadata.pop("class_names", None)
-        metadata.pop("head_hidden", None)
-    metadata["head_replaced"] = bool(dropped)
-    metadata["dropped_keys"] = dropped
-    load_checked(model, state_dict, source=str(path))
-    model.eval()
-    model.metadata = metadata
-    return model
-
-
-def model_from_checkpoint(path: Path) -> tuple[ResNet, NetSpec, dict]:
-    """Rebuild a run's model from a workbench checkpoint: (model in eval mode, NetSpec, metadata)."""
-    imported = read_weights(path)
-    if imported.format != "workbench-checkpoint":
-        raise WorkbenchError(f"{path} is not a workbench checkpoint but a {IMPORT_FORMATS[imported.format]}")
-    model = build_with_head(imported.spec, infer_head_hidden(imported.state_dict))
-    load_checked(model, imported.state_dict, source=str(path))
-    model.eval()
-    model.metadata = imported.metadata
-    return model, imported.spec, imported.metadata

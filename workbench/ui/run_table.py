@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from storage import RunRecord
+from workbench.service import RunRecord
 
 RUN_TABLE_COLUMNS = [
     "id", "name", "preset", "dataset", "status", "progress", "epoch", "best test err", "last test err",

@@ -17,7 +17,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,36 +25,22 @@ import torch
 
 from workbench.data.base import check_allowed, resolve_user_path
 from workbench.errors import DataError, SpecError, WorkbenchError
-from workbench.importers import IMPORT_FORMATS, read_weights
-from workbench.launch import matching_preset
-from workbench.paths import runs_dir
+from workbench.paths import RunFolder, imports_dir
 from workbench.presets import Preset
+from workbench.service.plans import PlannedRun, matching_preset
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
-from workbench.training.checkpoint import BEST, LAST
-from workbench.transfer import (
-    FINETUNE_MODES,
-    Mismatches,
-    build_with_head,
-    fill_batch_counters,
-    infer_head_hidden,
-    state_dict_mismatches,
-)
+from workbench.weights.importers import IMPORT_FORMATS, read_weights
+from workbench.weights.loader import fitting_presets, network_mismatches
+from workbench.weights.transfer import FINETUNE_MODES, Mismatches, infer_head_hidden
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FILES = {"best": BEST, "last": LAST}
 MODE_LABELS = {
     "all": "all layers",
     "last_stages": "last stage(s) + head",
     "head": "new head only",
 }
-_STAGE_KEY = re.compile(r"layer(\d+)\.(\d+)\.")
 _SHOWN_CLASSES = 12
-
-
-def imports_dir(home: Path) -> Path:
-    """Folder holding uploaded models and copies of run checkpoints that fine-tunes start from."""
-    return Path(home) / "imports"
 
 
 # ---------------------------------------------------------------- where the file comes from
@@ -87,28 +73,9 @@ def locate_model_file(text: str | None, home: Path, data_roots: Sequence[Path]) 
     return path
 
 
-def run_checkpoint(store: Any, run_id: int, which: str) -> Path:
-    """Where run `run_id` keeps its best or last checkpoint; DataError when it has none yet."""
-    if which not in CHECKPOINT_FILES:
-        raise WorkbenchError(f"checkpoint is 'best' or 'last', not {which!r}")
-    path = store.run_dir(run_id) / "checkpoints" / CHECKPOINT_FILES[which]
-    if not path.is_file():
-        run = store.get_run(run_id)
-        raise DataError(f"run #{run_id} ({run.status}) has no {which} checkpoint yet")
-    return path
-
-
 def checkpoint_source(path: Path, home: Path) -> tuple[int, str] | None:
     """(run id, "best" or "last") when `path` is a run's checkpoint in this home folder, else None."""
-    folder = runs_dir(Path(home)).resolve()
-    resolved = Path(path).resolve()
-    if not resolved.is_relative_to(folder):
-        return None
-    parts = resolved.relative_to(folder).parts
-    names = {name: which for which, name in CHECKPOINT_FILES.items()}
-    if len(parts) == 3 and parts[0].isdigit() and parts[1] == "checkpoints" and parts[2] in names:
-        return int(parts[0]), names[parts[2]]
-    return None
+    return RunFolder.parse(path, home)
 
 
 def copy_run_checkpoint(path: Path, run_id: int, which: str, home: Path) -> Path:
@@ -131,55 +98,6 @@ def copy_run_checkpoint(path: Path, run_id: int, which: str, home: Path) -> Path
 
 
 # ---------------------------------------------------------------- what the file holds
-
-
-def stage_blocks(state_dict: dict[str, torch.Tensor]) -> list[int]:
-    """Units per stage as the keys `layer<stage>.<unit>.` of a state_dict show them."""
-    counts: dict[int, int] = {}
-    for key in state_dict:
-        match = _STAGE_KEY.match(key)
-        if match:
-            stage, unit = int(match[1]), int(match[2])
-            counts[stage] = max(counts.get(stage, 0), unit + 1)
-    return [counts[stage] for stage in sorted(counts)]
-
-
-def _same_outline(spec: NetSpec, state_dict: dict[str, torch.Tensor], blocks: list[int]) -> bool:
-    """A cheap first test (stem, units per stage, unit kind) before building the network."""
-    stem = state_dict.get("conv1.weight")
-    kernel = 7 if spec.family == "imagenet" else 3
-    bottleneck = any(".conv3." in key for key in state_dict)
-    return (
-        stem is not None
-        and tuple(stem.shape) == (spec.widths[0], spec.in_channels, kernel, kernel)
-        and blocks == spec.blocks
-        and bottleneck == (spec.unit == "bottleneck")
-    )
-
-
-def network_mismatches(state_dict: dict[str, torch.Tensor], spec: NetSpec) -> tuple[Mismatches, Mismatches]:
-    """How the weights differ from `spec`'s network: (backbone mismatches, head `fc.*` mismatches)."""
-    model = build_with_head(spec, infer_head_hidden(state_dict))
-    found = state_dict_mismatches(fill_batch_counters(state_dict, model), model)
-
-    def part(head: bool) -> Mismatches:
-        return Mismatches(
-            missing=[name for name in found.missing if name.startswith("fc.") == head],
-            unexpected=[name for name in found.unexpected if name.startswith("fc.") == head],
-            shapes=[entry for entry in found.shapes if entry[0].startswith("fc.") == head],
-        )
-
-    return part(head=False), part(head=True)
-
-
-def fitting_presets(state_dict: dict[str, torch.Tensor], presets: Sequence[Preset]) -> list[str]:
-    """Names of the presets whose network takes these weights (the head aside), in preset order."""
-    blocks = stage_blocks(state_dict)
-    fits = []
-    for preset in presets:
-        if _same_outline(preset.spec, state_dict, blocks) and not network_mismatches(state_dict, preset.spec)[0]:
-            fits.append(preset.name)
-    return fits
 
 
 @dataclass
@@ -331,16 +249,6 @@ def describe_source(report: SourceReport) -> str:
 # ---------------------------------------------------------------- planning and queueing
 
 
-@dataclass(frozen=True)
-class FinetunePlan:
-    """A fine-tuning run to queue: name, full spec, preset (when the network is one) and the source run."""
-
-    name: str
-    spec: RunSpec
-    preset: str | None
-    source_run: tuple[int, str] | None = None
-
-
 def plan_finetune(
     report: SourceReport,
     *,
@@ -350,7 +258,7 @@ def plan_finetune(
     presets: Sequence[Preset] = (),
     stages: Any = 1,
     head_hidden: Any = None,
-) -> FinetunePlan:
+) -> PlannedRun:
     """The run that fine-tunes `report`'s model in `mode` (see FINETUNE_MODES) on `data` with `train`.
 
     `stages` counts only for "last_stages" and `head_hidden` (0 or empty: none) only for "head".
@@ -376,17 +284,17 @@ def plan_finetune(
         "init_from": str(report.path), "finetune": mode, **changes,
     })
     preset = matching_preset(spec, presets)
-    return FinetunePlan(f"{spec.name} fine-tuned ({MODE_LABELS[mode]})", run, preset.name if preset else None,
-                        report.source_run)
+    parent = report.source_run[0] if report.source_run is not None else None
+    return PlannedRun(f"{spec.name} fine-tuned ({MODE_LABELS[mode]})", run, preset.name if preset else None,
+                      parent_run_id=parent)
 
 
-def submit_finetune(executor: Any, plan: FinetunePlan, home: Path) -> int:
-    """Queue the fine-tune; a run checkpoint is first copied into the imports folder. Returns the run id."""
-    spec, parent = plan.spec, None
-    if plan.source_run is not None:
-        parent, which = plan.source_run
-        copy = copy_run_checkpoint(Path(spec.init_from), parent, which, home)
-        spec = spec.model_copy(update={"init_from": str(copy)})
-    run_id = executor.submit(spec, name=plan.name, preset=plan.preset, parent_run_id=parent)
-    logger.info("queued fine-tune %d from %s (mode %s)", run_id, spec.init_from, spec.finetune)
-    return run_id
+def with_copied_source(plan: PlannedRun, home: Path) -> PlannedRun:
+    """The plan with a run checkpoint source copied into the imports folder (so deleting that run later
+    does not matter); other sources are left as they are."""
+    source = RunFolder.parse(Path(plan.spec.init_from), home)
+    if source is None:
+        return plan
+    run_id, which = source
+    copy = copy_run_checkpoint(Path(plan.spec.init_from), run_id, which, home)
+    return replace(plan, spec=plan.spec.model_copy(update={"init_from": str(copy)}))

@@ -1,0 +1,216 @@
+"""The launch form, once: its fields, their choices and defaults read from the pydantic specs, and the
+parsing of form values (UI text fields, CLI flags) into specs with readable errors."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+
+from workbench.errors import SpecError
+from workbench.spec import DataSpec, NetSpec, TrainSpec, parse_spec
+
+
+def field_choices(model: type[BaseModel], name: str) -> list[str]:
+    """The allowed values of a Literal field of a spec (what a dropdown or a CLI `choices=` offers)."""
+    annotation = model.model_fields[name].annotation
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    literal = next((arg for arg in args if typing.get_origin(arg) is typing.Literal), annotation)
+    return list(typing.get_args(literal))
+
+
+def field_default(model: type[BaseModel], name: str) -> Any:
+    """A spec field's default value."""
+    return model.model_fields[name].get_default(call_default_factory=True)
+
+
+def field_help(model: type[BaseModel], name: str) -> str | None:
+    """A spec field's description (the UI's info text and the CLI's help)."""
+    return model.model_fields[name].description
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """"3, 3, 3" (or "3 3 3", "[3,3,3]") as [3, 3, 3]; SpecError naming `what` otherwise."""
+    cleaned = str(text).strip().strip("[]()")
+    parts = [part for part in cleaned.replace(",", " ").split() if part]
+    if not parts:
+        raise SpecError(f"{what}: give whole numbers separated by commas, for example 3, 3, 3")
+    try:
+        return [int(part) for part in parts]
+    except ValueError:
+        raise SpecError(f"{what}: {text!r} is not a list of whole numbers; write for example 3, 3, 3") from None
+
+
+def parse_classes(text: str | None) -> int | list[str] | None:
+    """Class selection from a text field: empty for all, a number for the first k, or names separated by commas."""
+    cleaned = (text or "").strip()
+    if not cleaned:
+        return None
+    if cleaned.isdigit():
+        return int(cleaned)
+    names = [name.strip() for name in cleaned.split(",") if name.strip()]
+    return names or None
+
+
+def _whole(value: Any, what: str) -> int | None:
+    if value is None or value == "":
+        return None
+    number = float(value)
+    if number != int(number):
+        raise SpecError(f"{what} must be a whole number; got {value}")
+    return int(number)
+
+
+def net_spec_from_fields(
+    *,
+    name: str,
+    family: str,
+    unit: str,
+    size_by: str,
+    depth: Any,
+    blocks: str,
+    widths: str,
+    bottleneck_stride: str,
+    placement: str,
+    shortcut: str,
+    zero_init_residual: bool,
+    stochastic_depth: Any,
+    num_classes: Any,
+    input_size: Any,
+    in_channels: Any,
+) -> NetSpec:
+    """The NetSpec a Build form describes; `size_by` ("depth" or "blocks") says which of the two counts."""
+    data: dict[str, Any] = {
+        "name": (name or "").strip() or "custom",
+        "family": family,
+        "unit": unit,
+        "widths": parse_int_list(widths, "widths"),
+        "bottleneck_stride": bottleneck_stride,
+        "placement": placement,
+        "shortcut": shortcut,
+        "zero_init_residual": bool(zero_init_residual),
+        "stochastic_depth": float(stochastic_depth or 0.0),
+        "num_classes": _whole(num_classes, "classes"),
+        "input_size": _whole(input_size, "input size"),
+        "in_channels": _whole(in_channels, "input channels"),
+    }
+    if size_by == "depth":
+        data["depth"] = _whole(depth, "depth")
+        if data["depth"] is None:
+            raise SpecError("depth: give the number of weighted layers, for example 20 or 56")
+    else:
+        data["blocks"] = parse_int_list(blocks, "blocks per stage")
+    return parse_spec(NetSpec, {key: value for key, value in data.items() if value is not None})
+
+
+def data_spec_from_fields(
+    *,
+    name: str,
+    path: str | None = None,
+    download: bool = False,
+    classes: str | None = None,
+    per_class_cap: Any = None,
+    resolution: Any = None,
+    validation_size: Any = 0,
+    synthetic_train: Any = None,
+    synthetic_test: Any = None,
+    seed: Any = 0,
+) -> DataSpec:
+    """The DataSpec of a Launch form; fields that do not apply to the chosen dataset are ignored."""
+    data: dict[str, Any] = {
+        "name": name,
+        "classes": parse_classes(classes),
+        "per_class_cap": _whole(per_class_cap, "per-class cap") or None,
+        "validation_size": _whole(validation_size, "validation size") or 0,
+        "seed": _whole(seed, "seed") or 0,
+    }
+    if name == "synthetic":
+        data["synthetic_train"] = _whole(synthetic_train, "synthetic training images")
+        data["synthetic_test"] = _whole(synthetic_test, "synthetic test images")
+    else:
+        data["path"] = (path or "").strip() or None
+    if name in ("cifar10", "cifar100"):
+        data["download"] = bool(download)
+    if name == "folder":
+        data["resolution"] = _whole(resolution, "resolution") or None
+    return parse_spec(DataSpec, {key: value for key, value in data.items() if value is not None})
+
+
+def train_spec_from_fields(
+    *,
+    budget_unit: str,
+    budget: Any,
+    batch_size: Any,
+    lr: Any,
+    schedule: str,
+    warmup_iterations: Any = 0,
+    seed: Any = 0,
+    precision: str = "auto",
+    device: str = "auto",
+    log_every: Any = None,
+    eval_every: Any = None,
+) -> TrainSpec:
+    """The TrainSpec of a Launch form; the budget is in "epochs" or "iterations"."""
+    if budget is None or budget == "":
+        raise SpecError(f"budget: give the number of {budget_unit}")
+    data: dict[str, Any] = {
+        "batch_size": _whole(batch_size, "batch size"),
+        "lr": float(lr) if lr not in (None, "") else None,
+        "schedule": schedule,
+        "warmup_iterations": _whole(warmup_iterations, "warm-up iterations") or 0,
+        "seed": _whole(seed, "seed") or 0,
+        "precision": precision,
+        "device": device,
+        "log_every": _whole(log_every, "log every") or None,
+        "eval_every": _whole(eval_every, "evaluate every") or None,
+    }
+    if budget_unit == "iterations":
+        data["iterations"] = _whole(budget, "iterations")
+    else:
+        data["epochs"] = float(budget)
+    return parse_spec(TrainSpec, {key: value for key, value in data.items() if value is not None})
+
+
+FORM_FIELDS = (
+    "dataset", "path", "download", "classes", "per_class_cap", "resolution", "validation_size", "synthetic_train",
+    "synthetic_test", "budget_unit", "budget", "batch_size", "lr", "schedule", "warmup", "seed", "precision",
+    "device", "log_every", "eval_every",
+)
+
+
+def specs_from_form(
+    *,
+    dataset: str,
+    path: str | None,
+    download: bool,
+    classes: str | None,
+    per_class_cap: Any,
+    resolution: Any,
+    validation_size: Any,
+    synthetic_train: Any,
+    synthetic_test: Any,
+    budget_unit: str,
+    budget: Any,
+    batch_size: Any,
+    lr: Any,
+    schedule: str,
+    warmup: Any,
+    seed: Any,
+    precision: str,
+    device: str,
+    log_every: Any,
+    eval_every: Any,
+) -> tuple[DataSpec, TrainSpec]:
+    """The DataSpec and TrainSpec of a launch form (fields as in FORM_FIELDS); one seed drives both."""
+    data = data_spec_from_fields(
+        name=dataset, path=path, download=download, classes=classes, per_class_cap=per_class_cap,
+        resolution=resolution, validation_size=validation_size, synthetic_train=synthetic_train,
+        synthetic_test=synthetic_test, seed=seed,
+    )
+    train = train_spec_from_fields(
+        budget_unit=budget_unit, budget=budget, batch_size=batch_size, lr=lr, schedule=schedule,
+        warmup_iterations=warmup, seed=seed, precision=precision, device=device, log_every=log_every,
+        eval_every=eval_every,
+    )
+    return data, train

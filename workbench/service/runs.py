@@ -1,0 +1,205 @@
+"""The one API the UI tabs and the CLI call for everything that touches runs.
+
+`Workbench` plans and submits groups, cancels, resumes, deletes, renames and annotates runs,
+exports their models (recording the artifact), hands out fine-tune sources and queues or runs
+analyses. It owns no state of its own: the store is the record, the executor runs the jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from storage import AnalysisRecord, RunRecord, RunStore
+from storage.status import CANCELLED, FAILED, INTERRUPTED, RUNNING
+from workbench.data import check_source
+from workbench.errors import WorkbenchError
+from workbench.jobs.analyses import ANALYSIS_KINDS, execute_analysis
+from workbench.jobs.executor import Executor
+from workbench.jobs.worker import default_worker_id
+from workbench.paths import RunFolder, exports_dir
+from workbench.presets import Preset, list_presets
+from workbench.service.finetune import with_copied_source
+from workbench.service.forms import FORM_FIELDS, specs_from_form
+from workbench.service.plans import PlannedRun, default_group_name, unique_group_name
+from workbench.spec import DataSpec, TrainSpec
+from workbench.weights.export import EXPORT_FORMATS, export_model
+from workbench.weights.loader import load_model_file
+
+logger = logging.getLogger(__name__)
+
+
+def export_file_name(run: RunRecord, which: str, fmt: str) -> str:
+    """A file name that says what the file holds: "run12-resnet20-best.onnx"."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", run.name).strip("-") or "run"
+    return f"run{run.id}-{slug}-{which}{EXPORT_FORMATS[fmt].suffix}"
+
+
+class Workbench:
+    """Runs, groups, exports and analyses of one home folder, through one store and one executor."""
+
+    def __init__(self, store: RunStore, executor: Executor, data_roots: Sequence[Path] = ()) -> None:
+        self.store = store
+        self.executor = executor
+        self.data_roots = [Path(root) for root in data_roots]
+
+    @property
+    def home(self) -> Path:
+        return self.store.home
+
+    def presets(self) -> list[Preset]:
+        """Built-in presets and the ones saved in this home folder."""
+        return list_presets(self.home)
+
+    def folder(self, run_id: int) -> RunFolder:
+        return RunFolder.of(self.home, run_id)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def list_runs(self, **filters: Any) -> list[RunRecord]:
+        return self.store.list_runs(**filters)
+
+    def get_run(self, run_id: int) -> RunRecord:
+        return self.store.get_run(run_id)
+
+    def list_groups(self) -> list[tuple[str, str | None]]:
+        return self.store.list_groups()
+
+    # -- planning and submitting ---------------------------------------------------------------
+
+    def check_data(self, data: DataSpec) -> None:
+        """Fail before queueing, with the loader's message, when a dataset path is outside the data roots or missing."""
+        check_source(data, self.home, list(self.data_roots))
+
+    def group_name(self, kind: str, net_name: str, data: DataSpec) -> str:
+        """A readable group name not used yet ("twin resnet20 on synthetic, 2026-12-01 14:03")."""
+        taken = [name for name, _ in self.store.list_groups()]
+        return unique_group_name(default_group_name(kind, net_name, data), taken)
+
+    def specs_from_form(self, form: Mapping[str, Any]) -> tuple[DataSpec, TrainSpec]:
+        """The DataSpec and TrainSpec of a launch form's FORM_FIELDS (other keys ignored), the data source checked."""
+        data, train = specs_from_form(**{name: form[name] for name in FORM_FIELDS})
+        self.check_data(data)
+        return data, train
+
+    def launch_finetune(self, plan: PlannedRun) -> int:
+        """Queue a fine-tune; a run checkpoint source is first copied into the imports folder. Returns the run id."""
+        return self.submit([with_copied_source(plan, self.home)])[0]
+
+    def submit(self, plan: Sequence[PlannedRun]) -> list[int]:
+        """Queue every planned run through the executor (data sources checked first); ids in plan order."""
+        if not plan:
+            raise WorkbenchError("nothing to launch: the plan has no runs")
+        for data in {run.spec.data.model_dump_json(): run.spec.data for run in plan}.values():
+            self.check_data(data)
+        ids = [
+            self.executor.submit(run.spec, name=run.name, preset=run.preset, group_name=run.group_name,
+                                 group_kind=run.group_kind, parent_run_id=run.parent_run_id)
+            for run in plan
+        ]
+        logger.info("queued runs %s (%s)", ids, plan[0].group_name or "no group")
+        return ids
+
+    # -- the life of a run ---------------------------------------------------------------------
+
+    def cancel(self, run_id: int) -> str:
+        """Cancel a queued run now or ask a running one to stop; returns what happens, in words."""
+        status = self.executor.cancel(run_id)
+        if status == RUNNING:
+            return f"Run #{run_id}: cancel requested; it stops after the current step and keeps a checkpoint."
+        return f"Run #{run_id} is {status}."
+
+    def resume(self, run_id: int) -> str:
+        """Queue an interrupted, cancelled or failed run again; says whether it continues or restarts."""
+        run = self.store.get_run(run_id)
+        if run.status not in (INTERRUPTED, CANCELLED, FAILED):
+            raise WorkbenchError(f"run #{run_id} is {run.status}; only an interrupted, cancelled or failed run "
+                                 "can be resumed")
+        self.executor.resume(run_id)
+        if self.folder(run_id).last.is_file():
+            return f"Run #{run_id} queued again; it continues from its last checkpoint."
+        return (f"Run #{run_id} queued again; it has no checkpoint yet, so it restarts from the beginning "
+                "(the rows it logged are replaced).")
+
+    def delete(self, run_id: int) -> str:
+        self.store.delete_run(run_id)
+        return f"Run #{run_id} deleted with its metrics and checkpoints."
+
+    def rename(self, run_id: int, name: str) -> str:
+        self.store.rename_run(run_id, name)
+        return f"Run #{run_id} renamed to {name.strip()!r}."
+
+    def annotate(self, run_id: int, notes: str) -> str:
+        self.store.set_notes(run_id, notes)
+        return f"Notes of run #{run_id} saved."
+
+    # -- checkpoints and exports ---------------------------------------------------------------
+
+    def checkpoint(self, run_id: int, which: str = "best") -> Path:
+        """The run's `which` checkpoint; WorkbenchError when it has none yet (exact: no fallback)."""
+        path = self.folder(run_id).checkpoint(which)
+        if not path.is_file():
+            run = self.store.get_run(run_id)
+            raise WorkbenchError(f"run #{run_id} ({run.status}) has no {which} checkpoint yet; it is written after "
+                                 "the first evaluation")
+        return path
+
+    def exportable_runs(self) -> list[RunRecord]:
+        """Runs that have at least a last checkpoint, newest first."""
+        return [run for run in self.store.list_runs() if self.folder(run.id).last.is_file()]
+
+    def export(self, run_id: int, fmt: str, which: str = "best", out_path: Path | None = None) -> Path:
+        """Export a run's best or last checkpoint in `fmt` (default into the exports folder) and record it."""
+        if fmt not in EXPORT_FORMATS:
+            raise WorkbenchError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+        run = self.store.get_run(run_id)
+        model = load_model_file(self.checkpoint(run_id, which))
+        metadata = {
+            **model.metadata, "run_id": run.id, "run_name": run.name, "preset": run.preset, "checkpoint": which,
+            "best_test_error": run.best_test_error, "last_test_error": run.last_test_error,
+            "last_train_error": run.last_train_error, "iterations": run.iteration,
+        }
+        metadata.pop("run_spec", None)
+        target = Path(out_path) if out_path is not None else exports_dir(self.home) / export_file_name(run, which, fmt)
+        written = export_model(model, model.spec, metadata, fmt, target)
+        self.store.add_artifact(run_id, "export", written)
+        return written
+
+    # -- analyses ------------------------------------------------------------------------------
+
+    def queue_analysis(self, run_id: int, kind: str, params: dict[str, Any] | None = None) -> int:
+        """Queue an analysis of a run for the workers; returns its id."""
+        if kind not in ANALYSIS_KINDS:
+            raise WorkbenchError(f"analysis kind {kind!r} is unknown; choose one of {', '.join(ANALYSIS_KINDS)}")
+        self.store.get_run(run_id)
+        return self.store.create_analysis(run_id, kind, params or {})
+
+    def run_analysis(self, run_id: int, kind: str, params: dict[str, Any] | None = None) -> AnalysisRecord:
+        """Run an analysis in this process (stored as a job like any other, so it is listed); returns it finished."""
+        analysis_id = self.queue_analysis(run_id, kind, params)
+        worker_id = f"{default_worker_id()}-foreground"
+        claimed = self.store.claim_analysis(analysis_id, worker_id)
+        execute_analysis(self.store, claimed, worker_id, allowed_roots=self.data_roots or None,
+                         shutdown=threading.Event())
+        return self.store.get_analysis(analysis_id)
+
+    def analyses(self, run_id: int | None = None, kind: str | None = None,
+                 status: str | Sequence[str] | None = None) -> list[AnalysisRecord]:
+        return self.store.list_analyses(run_id, kind, status)
+
+    def cancel_analysis(self, analysis_id: int) -> str:
+        status = self.store.request_analysis_cancel(analysis_id)
+        if status == RUNNING:
+            return f"Analysis #{analysis_id}: cancel requested; it stops within a second."
+        return f"Analysis #{analysis_id} is {status}."
+
+    def latest_result(self, run_id: int, kind: str, params: dict[str, Any] | None = None) -> Any | None:
+        """The result of the newest completed analysis of this kind (and these params, when given)."""
+        for analysis in reversed(self.store.list_analyses(run_id, kind, "completed")):
+            if params is None or all(analysis.params.get(k) == v for k, v in params.items()):
+                return analysis.result
+        return None

@@ -1,0 +1,1 @@
+"""Plotly figure builders: rows in, figure out; nothing here reads the store."""

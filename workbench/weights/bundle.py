@@ -1,0 +1,50 @@
+"""The bundle format: a zip of `weights.safetensors`, `spec.json`, `metadata.json` and `MODEL_CARD.md`.
+
+Written by `workbench.weights.export.export_bundle`; read here without building a model.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as safetensors_load
+
+from workbench.errors import WorkbenchError
+from workbench.spec import NetSpec, parse_spec
+
+BUNDLE_FORMAT = "workbench-bundle/1"
+WEIGHTS_MEMBER = "weights.safetensors"
+SPEC_MEMBER = "spec.json"
+METADATA_MEMBER = "metadata.json"
+CARD_MEMBER = "MODEL_CARD.md"
+
+
+def is_bundle(path: Path) -> bool:
+    """Whether `path` is a zip holding a bundle's weights and spec."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+    return {WEIGHTS_MEMBER, SPEC_MEMBER} <= names
+
+
+def read_bundle(path: Path) -> tuple[dict[str, torch.Tensor], NetSpec, dict]:
+    """The state_dict, NetSpec and metadata stored in a bundle, without building a model."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkbenchError(f"bundle {path} does not exist")
+    if not is_bundle(path):
+        raise WorkbenchError(f"{path} is not a workbench bundle (a zip with {WEIGHTS_MEMBER} and {SPEC_MEMBER})")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            weights = safetensors_load(archive.read(WEIGHTS_MEMBER))
+            spec_data = json.loads(archive.read(SPEC_MEMBER))
+            names = archive.namelist()
+            metadata = json.loads(archive.read(METADATA_MEMBER)) if METADATA_MEMBER in names else {}
+    except (zipfile.BadZipFile, json.JSONDecodeError, OSError, ValueError) as exc:
+        raise WorkbenchError(f"bundle {path} is damaged: {exc}") from None
+    spec = parse_spec(NetSpec, spec_data)
+    return weights, spec, metadata
