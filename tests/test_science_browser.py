@@ -58,8 +58,8 @@ def test_analysis_tab_verdict_gradients_and_a_lesion_job(page, serve_workbench, 
 
     pick(page, "lesion-run", f"#{trained} tiny trained")
     page.locator("#lesion-start").click()
-    expect()(page.locator("#lesion-status")).to_contain_text(f"run #{trained}: lesion study")
-    expect()(page.locator("#lesion-status")).to_contain_text("finished and stored", timeout=LESION_TIMEOUT_MS)
+    expect()(page.locator("#lesion-status")).to_contain_text(f"lesion of run #{trained}")
+    expect()(page.locator("#lesion-status")).to_contain_text("completed", timeout=LESION_TIMEOUT_MS)
     expect()(page.locator("#lesion-by-unit .scatterlayer .trace")).to_have_count(2, timeout=30_000)
     page.screenshot(path=artifacts_dir / "analysis-tab.png", full_page=True)
     assert len(served.store.list_analyses(trained, "lesion")) == 1
