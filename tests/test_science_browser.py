@@ -49,7 +49,7 @@ def analysis_home(tmp_path):
 
 def test_analysis_tab_verdict_gradients_and_a_lesion_job(page, serve_workbench, analysis_home, artifacts_dir):
     home, trained = analysis_home
-    served = serve_workbench(home, "--workers", "0")
+    served = serve_workbench(home, "--workers", "1")
     page.goto(served.url)
     page.get_by_role("tab", name="Analysis", exact=True).click()
 
