@@ -206,28 +206,27 @@ def lesion_params(config: ReproductionConfig) -> dict[str, Any]:
             "seed": config.seed}
 
 
+def stored_result(service: Workbench, run_id: int, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The stored result of the `kind` analysis of a run with these params, run here first when missing."""
+    result = service.latest_result(run_id, kind, params)
+    if result is None:
+        analysis = service.run_analysis(run_id, kind, params)
+        if analysis.status != COMPLETED:
+            raise WorkbenchError(f"the {kind.replace('_', ' ')} of run {run_id} {analysis.status}: "
+                                 f"{analysis.error_message}")
+        result = analysis.result
+    return result
+
+
 def ensure_lesion(service: Workbench, run_id: int, config: ReproductionConfig) -> tuple[dict[str, Any], float | None]:
     """(the stored lesion result with this config's settings, the seconds it took), computing it if missing."""
-    wanted = lesion_params(config)
-    result = service.latest_result(run_id, LESION, wanted)
-    if result is None:
-        analysis = service.run_analysis(run_id, LESION, wanted)
-        if analysis.status != COMPLETED:
-            raise WorkbenchError(f"the lesion study of run {run_id} {analysis.status}: {analysis.error_message}")
-        result = analysis.result
+    result = stored_result(service, run_id, LESION, lesion_params(config))
     return result, result.get("run", {}).get("seconds")
 
 
 def gradient_profile(service: Workbench, run_id: int, batch_size: int) -> list[float | None]:
     """Per-unit input gradient norms of a run's network at initialization, computed once and stored."""
-    wanted = {"batch_size": batch_size}
-    result = service.latest_result(run_id, GRADIENT_PROFILE, wanted)
-    if result is None:
-        analysis = service.run_analysis(run_id, GRADIENT_PROFILE, wanted)
-        if analysis.status != COMPLETED:
-            raise WorkbenchError(f"the gradient profile of run {run_id} {analysis.status}: {analysis.error_message}")
-        result = analysis.result
-    return result["profile"]
+    return stored_result(service, run_id, GRADIENT_PROFILE, {"batch_size": batch_size})["profile"]
 
 
 def _duration(run: Any) -> float | None:
