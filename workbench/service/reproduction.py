@@ -267,7 +267,8 @@ def reproduce(home: Path, docs_dir: Path, config: ReproductionConfig) -> Reprodu
     from storage import open_store
 
     with open_store(home) as store:
-        service = Workbench(store, QueueExecutor(store))
+        # The archive the user named is trusted as a data root for this run only.
+        service = Workbench(store, QueueExecutor(store), [Path(config.data_path).resolve().parent])
         run_ids = train_ladder(service, config)
         runs = [store.get_run(run_id) for run_id in run_ids.values()]
         curves = load_curve_runs(store, runs)
