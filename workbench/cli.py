@@ -152,7 +152,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     store = _open_store(args)
     run_worker(store, args.worker_id, exit_when_idle=args.exit_when_idle, allowed_roots=args.data_root or None,
-               stop=stop)
+               stop=stop, stale_after_s=args.stale_after, auto_resume=args.auto_resume, parent_pid=args.parent_pid)
     return 0
 
 
@@ -170,7 +170,9 @@ def run_summary(run) -> dict:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    runs = [run_summary(run) for run in _open_store(args).list_runs(status=args.status)]
+    store = _open_store(args)
+    store.mark_stale_interrupted(args.stale_after)
+    runs = [run_summary(run) for run in store.list_runs(status=args.status)]
     if args.json:
         print(json.dumps(runs, indent=2))
         return 0
@@ -187,10 +189,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from storage.status import QUEUED
-
-    _open_store(args).transition(args.run, QUEUED)
-    print(f"run {args.run} queued; a worker continues it from its last checkpoint")
+    print(_open_store(args).resume_run(args.run, stale_after_s=args.stale_after))
     return 0
 
 
@@ -283,6 +282,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-hidden", type=int, default=None, help="head: width of an extra hidden layer")
 
 
+def _add_stale_option(parser: argparse.ArgumentParser) -> None:
+    from storage.store import DEFAULT_STALE_AFTER_S
+
+    parser.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER_S, metavar="SECONDS",
+                        help="a running run without a heartbeat for this long is taken as interrupted "
+                             f"(default {DEFAULT_STALE_AFTER_S:.0f})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__)
     parser.add_argument("--home", type=Path, default=None, help="home folder (default $WORKBENCH_HOME or ./.workbench)")
@@ -314,11 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="a worker process that trains queued runs")
     worker.add_argument("--worker-id", default=None)
     worker.add_argument("--exit-when-idle", action="store_true")
+    worker.add_argument("--auto-resume", action="store_true",
+                        help="queue interrupted runs again (they continue from their checkpoints)")
+    worker.add_argument("--parent-pid", type=int, default=None,
+                        help="stop (checkpoint, leave the run interrupted) when this process, its parent, dies")
+    _add_stale_option(worker)
     worker.set_defaults(handler=cmd_worker)
 
     runs = commands.add_parser("runs", help="list runs")
     runs.add_argument("--status", default=None)
     runs.add_argument("--json", action="store_true")
+    _add_stale_option(runs)
     runs.set_defaults(handler=cmd_runs)
 
     cancel = commands.add_parser("cancel", help="cancel a queued or running run")
@@ -334,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     resume = commands.add_parser("resume", help="queue an interrupted, cancelled or failed run again")
     resume.add_argument("run", type=int)
+    _add_stale_option(resume)
     resume.set_defaults(handler=cmd_resume)
     lesion = commands.add_parser("lesion", help="lesion study of a trained run (Veit et al. 2016); stores the result")
     lesion.add_argument("run", type=int)

@@ -85,8 +85,8 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
                 if status == "running" else f"Run #{run_id} is {status}.")
 
     def resume(run_id: int) -> str:
-        ctx.executor.resume(run_id)
-        return f"Run #{run_id} queued again; it continues from its last checkpoint."
+        # The executor says whether the run continues from a checkpoint or restarts from the beginning.
+        return ctx.executor.resume(run_id)
 
     def delete(run_id: int) -> str:
         ctx.store.delete_run(run_id)
