@@ -151,3 +151,13 @@ def test_resuming_a_run_that_already_reached_its_budget_takes_no_extra_step(tiny
     assert again.status == "completed" and again.iteration == 8
     after = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_run_restarted_without_a_checkpoint_drops_the_rows_of_its_first_attempt(tiny_data, tmp_path):
+    sink = MemorySink()
+    # Rows a first attempt logged before it was killed, with no checkpoint written.
+    sink.rows = [{"iteration": i, "epoch": i / 8, "split": "train", "name": "error", "value": 50.0} for i in (2, 4)]
+    fit(tiny_run(epochs=1), tmp_path, sink, dataset=tiny_data)
+    keys = [(r["split"], r["name"], r["iteration"]) for r in sink.rows]
+    assert len(keys) == len(set(keys))
+    assert [r["iteration"] for r in sink.rows if (r["split"], r["name"]) == ("train", "error")] == [2, 4, 6, 8]
