@@ -630,13 +630,9 @@ class RunStore:
         if progress is not None and math.isfinite(progress):
             values["progress"] = min(1.0, max(0.0, float(progress)))
         with self._write() as conn:
-            owned = (analyses.c.id == analysis_id, analyses.c.status == RUNNING, analyses.c.worker_id == worker_id)
-            if conn.execute(update(analyses).where(*owned).values(values)).rowcount != 1:
-                current = self._fetch_analysis(conn, analysis_id)
-                raise IllegalTransition(
-                    f"analysis {analysis_id} is no longer running under worker {worker_id} "
-                    f"(it is {current.status}); stop working on it"
-                )
+            self._update_owned_analysis(
+                conn, analysis_id, worker_id, values,
+                "is no longer running under worker {worker} (it is {status}); stop working on it")
             return bool(conn.scalar(select(analyses.c.cancel_requested).where(analyses.c.id == analysis_id)))
 
     def finish_analysis(
@@ -650,13 +646,19 @@ class RunStore:
         if status == COMPLETED:
             values.update(result=_json_checked(result, "analysis result"), progress=1.0)
         with self._write() as conn:
-            owned = (analyses.c.id == analysis_id, analyses.c.status == RUNNING, analyses.c.worker_id == worker_id)
-            if conn.execute(update(analyses).where(*owned).values(values)).rowcount != 1:
-                current = self._fetch_analysis(conn, analysis_id)
-                raise IllegalTransition(
-                    f"analysis {analysis_id} cannot go from {current.status} to {status} for worker {worker_id}"
-                )
+            self._update_owned_analysis(conn, analysis_id, worker_id, values,
+                                        f"cannot go from {{status}} to {status} for worker {{worker}}")
             return self._fetch_analysis(conn, analysis_id)
+
+    def _update_owned_analysis(self, conn: Connection, analysis_id: int, worker_id: str, values: dict[str, Any],
+                               refusal: str) -> None:
+        """Update an analysis only while it runs under this worker; otherwise IllegalTransition with `refusal`
+        (formatted with the current `status` and the `worker`)."""
+        owned = (analyses.c.id == analysis_id, analyses.c.status == RUNNING, analyses.c.worker_id == worker_id)
+        if conn.execute(update(analyses).where(*owned).values(values)).rowcount != 1:
+            current = self._fetch_analysis(conn, analysis_id)
+            raise IllegalTransition(
+                f"analysis {analysis_id} " + refusal.format(status=current.status, worker=worker_id))
 
     def request_analysis_cancel(self, analysis_id: int) -> str:
         """Cancel a queued analysis now, or flag a running one for its worker; returns its status afterwards."""
