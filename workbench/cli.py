@@ -16,6 +16,7 @@ from workbench.paths import home_dir
 from workbench.presets import get_preset, list_presets
 from workbench.service.forms import field_choices, field_default, field_help
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
+from workbench.threads import cli_threads, use_threads
 
 
 def _spec_from_arg(value: str) -> NetSpec:
@@ -314,6 +315,12 @@ def _add_stale_option(parser: argparse.ArgumentParser) -> None:
                              f"(default {STALE_AFTER_S:.0f})")
 
 
+def _add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of this process (default $WORKBENCH_THREADS, else the share the app "
+                             "gave it, else all cores); see workbench/threads.py")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__)
     parser.add_argument("--home", type=Path, default=None, help="home folder (default $WORKBENCH_HOME or ./.workbench)")
@@ -336,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train in the foreground (stored like any run)")
     _add_run_options(train)
+    _add_threads_option(train)
     train.set_defaults(handler=cmd_train)
 
     submit = commands.add_parser("submit", help="queue a run for the workers; prints its id")
@@ -350,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--parent-pid", type=int, default=None,
                         help="stop (checkpoint, leave the run interrupted) when this process, its parent, dies")
     _add_stale_option(worker)
+    _add_threads_option(worker)
     worker.set_defaults(handler=cmd_worker)
 
     runs = commands.add_parser("runs", help="list runs")
@@ -413,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
+        use_threads(cli_threads(getattr(args, "threads", None)))
         return args.handler(args)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
@@ -262,7 +263,7 @@ def execute_run(
         status = CANCELLED
     fields: dict[str, Any] = {
         "iteration": result.iteration, "total_iterations": result.total_iterations,
-        "device": f"{result.device} ({result.precision})",
+        "device": device_description(result.device, result.precision),
     }
     checkpoint = RunFolder(store.run_dir(run_id)).last
     if checkpoint.is_file():
@@ -270,6 +271,13 @@ def execute_run(
     final = _record_end(store, run_id, status, worker_id, sink.shutdown, **fields)
     logger.info("run %d %s at iteration %d", run_id, final, result.iteration)
     return final
+
+
+def device_description(device: str, precision: str) -> str:
+    """"cpu (fp32, 2 threads)", "cuda (bf16)": where a run trained, as the Runs table shows it."""
+    count = torch.get_num_threads()
+    threads = f", {count} thread{'s' if count > 1 else ''}" if device == "cpu" else ""
+    return f"{device} ({precision}{threads})"
 
 
 def failure_message(exc: BaseException, store: RunStore | None = None) -> str:
