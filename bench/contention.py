@@ -39,11 +39,11 @@ def measure(kind: str, net: str, iterations: int) -> float:
     import torch
 
     from bench.input_pipeline import load_cifar10, measure_ours, measure_reference
-    from bench.train_throughput import engine_images_per_s, reference_images_per_s
+    from bench.train_throughput import engine_run, reference_images_per_s
 
     data, _ = load_cifar10()
     if kind == "engine":
-        return engine_images_per_s(net, data, iterations)[0]
+        return engine_run(net, data, iterations)[0]
     if kind == "textbook":
         return reference_images_per_s(net, data, iterations, workers=2)
     if kind == "pipeline":
