@@ -82,7 +82,7 @@ def _service(args: argparse.Namespace):
 
     store = _open_store(args)
     executor = QueueExecutor(store, stale_after_s=getattr(args, "stale_after", STALE_AFTER_S))
-    return Workbench(store, executor, args.data_root)
+    return Workbench(store, executor, args.data_root or None)
 
 
 def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:

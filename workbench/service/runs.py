@@ -42,10 +42,11 @@ def export_file_name(run: RunRecord, which: str, fmt: str) -> str:
 class Workbench:
     """Runs, groups, exports and analyses of one home folder, through one store and one executor."""
 
-    def __init__(self, store: RunStore, executor: Executor, data_roots: Sequence[Path] = ()) -> None:
+    def __init__(self, store: RunStore, executor: Executor, data_roots: Sequence[Path] | None = None) -> None:
+        """`data_roots`: the folders datasets may be read from (besides the home's), None for any folder."""
         self.store = store
         self.executor = executor
-        self.data_roots = [Path(root) for root in data_roots]
+        self.data_roots = None if data_roots is None else [Path(root) for root in data_roots]
 
     @property
     def home(self) -> Path:
@@ -73,7 +74,7 @@ class Workbench:
 
     def check_data(self, data: DataSpec) -> None:
         """Fail before queueing, with the loader's message, when a dataset path is outside the data roots or missing."""
-        check_source(data, self.home, list(self.data_roots))
+        check_source(data, self.home, self.data_roots)
 
     def group_name(self, kind: str, net_name: str, data: DataSpec) -> str:
         """A readable group name not used yet ("twin resnet20 on synthetic, 2026-12-01 14:03")."""
@@ -194,7 +195,7 @@ class Workbench:
         analysis_id = self.queue_analysis(run_id, kind, params)
         worker_id = f"{default_worker_id()}-foreground"
         claimed = self.store.claim_analysis(analysis_id, worker_id)
-        execute_analysis(self.store, claimed, worker_id, allowed_roots=self.data_roots or None,
+        execute_analysis(self.store, claimed, worker_id, allowed_roots=self.data_roots,
                          shutdown=threading.Event())
         return self.store.get_analysis(analysis_id)
 
