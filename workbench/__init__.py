@@ -49,11 +49,19 @@ def build_model(net: str | dict | NetSpec, home: Path | None = None) -> ResNet:
 
 
 def summarize(net: str | dict | NetSpec | nn.Module, input_size: int | None = None, batch_size: int = 128) -> dict:
-    """Parameters, multiply-adds, depth and more for a preset, spec or built model."""
+    """Parameters, multiply-adds, depth and more for a preset, spec or built model.
+
+    A spec is laid out on the meta device: counted without allocating a single weight.
+    """
+    import torch
+
     from workbench.models import ResNet
     from workbench.models import summarize as summarize_model
 
-    model = net if isinstance(net, ResNet) else build_model(net)
+    if isinstance(net, ResNet):
+        return summarize_model(net, input_size=input_size, batch_size=batch_size)
+    with torch.device("meta"):
+        model = build_model(net)
     return summarize_model(model, input_size=input_size, batch_size=batch_size)
 
 

@@ -20,6 +20,7 @@ from workbench.service.finetune import (
 )
 from workbench.service.forms import FORM_FIELDS
 from workbench.ui.context import WorkbenchContext
+from workbench.ui.fields import NumberField
 from workbench.ui.launch_tab import run_form
 from workbench.ui.run_table import run_label
 from workbench.weights.importers import IMPORT_FORMATS
@@ -146,9 +147,9 @@ def finetune_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
         with gr.Row():
             mode = gr.Radio([(f"{MODE_LABELS[name]}: {text}", name) for name, text in FINETUNE_MODES.items()],
                             value="all", label="Mode", scale=3, elem_id="finetune-mode")
-            stages = gr.Number(1, label="Last stages to train", precision=0, visible=False,
+            stages = NumberField(1, label="Last stages to train", precision=0, visible=False,
                                elem_id="finetune-stages")
-            hidden = gr.Number(0, label="Hidden units in the new head (0 = none)", precision=0, visible=False,
+            hidden = NumberField(0, label="Hidden units in the new head (0 = none)", precision=0, visible=False,
                                elem_id="finetune-hidden")
         form = run_form(ctx, "finetune-", dataset="folder", lr=0.01)
         launch = gr.Button("Launch fine-tune", variant="primary", elem_id="finetune-launch")
