@@ -17,6 +17,7 @@ from workbench.threads import server_threads, use_threads
 use_threads(server_threads())
 
 from workbench.errors import WorkbenchError  # noqa: E402
+from workbench.paths import file_max_age_hours  # noqa: E402
 from workbench.ui.app import check_exposure, create_app, launch_options, parse_credentials  # noqa: E402
 
 logger = logging.getLogger("workbench.app")
@@ -35,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="require this login")
     parser.add_argument("--no-auth", action="store_true",
                         help="allow a non-loopback --host without --auth (only on a trusted network)")
+    parser.add_argument("--file-max-age", type=float, default=None, metavar="HOURS",
+                        help="delete uploads and exports older than this (default $WORKBENCH_FILE_MAX_AGE_HOURS or "
+                             "168, a week); checked at start and every hour")
     parser.add_argument("--auto-resume", action="store_true",
                         help="queue interrupted runs again automatically (they continue from their checkpoints)")
     return parser.parse_args(argv)
@@ -51,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         check_exposure(args.host, args.auth, args.no_auth)
         if args.auth:
             parse_credentials(args.auth)
+        file_max_age_hours(args.file_max_age)
     except WorkbenchError as exc:
         logger.error("%s", exc)
         return 2

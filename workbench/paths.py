@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from workbench.errors import WorkbenchError
+
 DEFAULT_HOME = ".workbench"
+DEFAULT_FILE_MAX_AGE_HOURS = 168.0
 
 
 def home_dir(home: str | os.PathLike | None = None) -> Path:
@@ -21,7 +24,12 @@ def database_url(home: Path, db: str | None = None) -> str:
     url = db or os.environ.get("WORKBENCH_DATABASE_URL")
     if url:
         return url
-    return f"sqlite:///{home / 'workbench.db'}"
+    return f"sqlite:///{database_file(home)}"
+
+
+def database_file(home: Path) -> Path:
+    """The SQLite database of a home folder (its -wal and -shm files lie beside it)."""
+    return Path(home) / "workbench.db"
 
 
 def runs_dir(home: Path) -> Path:
@@ -100,3 +108,15 @@ def cache_dir(home: Path) -> Path:
 def exports_dir(home: Path) -> Path:
     """Folder where exported model files are written for download."""
     return home / "exports"
+
+
+def file_max_age_hours(hours: float | None = None) -> float:
+    """How long uploads and exports are kept: argument, then $WORKBENCH_FILE_MAX_AGE_HOURS, then a week."""
+    chosen = hours if hours is not None else os.environ.get("WORKBENCH_FILE_MAX_AGE_HOURS")
+    try:
+        value = float(chosen) if chosen not in (None, "") else DEFAULT_FILE_MAX_AGE_HOURS
+    except ValueError:
+        raise WorkbenchError(f"the age of kept files is a number of hours; got {chosen!r}") from None
+    if not value > 0:
+        raise WorkbenchError(f"the age of kept files must be above 0 hours; got {chosen!r}")
+    return value

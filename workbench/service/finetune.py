@@ -59,6 +59,21 @@ def store_upload(upload: Path, home: Path) -> Path:
     return target
 
 
+def import_upload(upload: Path, home: Path, presets: Sequence[Preset]) -> SourceReport:
+    """Keep a copy of an upload in `<home>/imports` and report what it holds; a copy that cannot be used is
+    deleted at once, whatever the reason, and the message names the upload rather than the copy."""
+    upload = Path(upload)
+    stored = store_upload(upload, home)
+    try:
+        return inspect_source(stored, presets)
+    except WorkbenchError as exc:
+        stored.unlink(missing_ok=True)
+        raise type(exc)(str(exc).replace(str(stored), f"the upload {upload.name}")) from None
+    except BaseException:
+        stored.unlink(missing_ok=True)
+        raise
+
+
 def locate_model_file(text: str | None, home: Path, data_roots: Sequence[Path]) -> Path:
     """The model file `text` names (relative paths are looked up under the home and data folders).
 

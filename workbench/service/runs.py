@@ -24,6 +24,7 @@ from workbench.jobs.worker import default_worker_id
 from workbench.paths import RunFolder, exports_dir
 from workbench.presets import Preset, list_presets
 from workbench.service.checks import check_run
+from workbench.service.files import clean_old_files
 from workbench.service.finetune import with_copied_source
 from workbench.service.forms import FORM_FIELDS, parse_id, specs_from_form
 from workbench.service.plans import PlannedRun, default_group_name, unique_group_name
@@ -193,6 +194,11 @@ class Workbench:
         written = export_model(model, model.spec, metadata, fmt, target)
         self.store.add_artifact(run_id, "export", written)
         return written
+
+    def clean_old_files(self, max_age_hours: float) -> list[Path]:
+        """Delete uploads and exports older than `max_age_hours`, keeping imports that a stored run starts from."""
+        in_use = [Path(run.spec["init_from"]) for run in self.store.list_runs() if run.spec.get("init_from")]
+        return clean_old_files(self.home, max_age_hours * 3600, in_use)
 
     # -- analyses ------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from workbench.service.checks import NetworkCost, network_cost
 from workbench.service.forms import net_spec_from_fields, net_spec_from_json
 from workbench.spec import PLACEMENTS, SHORTCUTS, NetSpec
 from workbench.ui.context import WorkbenchContext
-from workbench.ui.fields import NumberField
+from workbench.ui.fields import number_field
 from workbench.viz.charts import path_length_figure, unit_diagram_figure
 
 DEFAULT_PRESET = "resnet20"
@@ -125,7 +125,7 @@ def build_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> BuildTab:
             size_by = gr.Radio([("depth", "depth"), ("blocks per stage", "blocks")], value=start[3],
                                label="Size by")
             with gr.Row():
-                depth = NumberField(start[4], label="Depth (weighted layers)", precision=0, elem_id="depth-field")
+                depth = number_field(start[4], label="Depth (weighted layers)", precision=0, elem_id="depth-field")
                 blocks = gr.Textbox(start[5], label="Blocks per stage", elem_id="blocks-field")
             widths = gr.Textbox(start[6], label="Widths per stage", elem_id="widths-field")
             placement = gr.Dropdown([(f"{key}: {text}", key) for key, text in PLACEMENTS.items()],
@@ -136,12 +136,12 @@ def build_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> BuildTab:
                 stride = gr.Radio(["3x3", "1x1"], value=start[7], label="Bottleneck stride on")
                 zero_init = gr.Checkbox(start[10], label="Zero-init last BN of each unit")
             with gr.Row():
-                drop = NumberField(start[11], label="Stochastic depth (last unit's drop prob.)",
+                drop = number_field(start[11], label="Stochastic depth (last unit's drop prob.)",
                                  minimum=0, maximum=0.95, step=0.05)
-                classes = NumberField(start[12], label="Classes", precision=0)
+                classes = number_field(start[12], label="Classes", precision=0)
             with gr.Row():
-                input_size = NumberField(start[13], label="Input size (px)", precision=0)
-                in_channels = NumberField(start[14], label="Input channels", precision=0)
+                input_size = number_field(start[13], label="Input size (px)", precision=0)
+                in_channels = number_field(start[14], label="Input channels", precision=0)
             with gr.Accordion("Save as a preset", open=False):
                 with gr.Row():
                     preset_name = gr.Textbox(label="Preset name", placeholder="my-resnet", scale=3)

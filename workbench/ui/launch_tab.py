@@ -27,7 +27,7 @@ from workbench.service.plans import (
 )
 from workbench.spec import DataSpec, TrainSpec
 from workbench.ui.context import WorkbenchContext
-from workbench.ui.fields import NumberField
+from workbench.ui.fields import number_field
 
 DATASET_LABELS = {
     "synthetic": "Embedded synthetic set (no download)",
@@ -143,10 +143,10 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
             gr.Markdown("#### Data")
             dataset_picker = gr.Dropdown(DATASETS, value=dataset, label="Dataset", elem_id=f"{id_prefix}dataset-picker")
             with gr.Row(visible=dataset == "synthetic") as synthetic_row:
-                synthetic_train = NumberField(field_default(DataSpec, "synthetic_train"),
+                synthetic_train = number_field(field_default(DataSpec, "synthetic_train"),
                                             label="Synthetic training images", precision=0,
                                             elem_id=f"{id_prefix}synthetic-train")
-                synthetic_test = NumberField(field_default(DataSpec, "synthetic_test"), label="Synthetic test images",
+                synthetic_test = number_field(field_default(DataSpec, "synthetic_test"), label="Synthetic test images",
                                            precision=0,
                                            elem_id=f"{id_prefix}synthetic-test")
             with gr.Column(visible=dataset != "synthetic") as path_column:
@@ -156,40 +156,40 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
             with gr.Column(visible=dataset in ("cifar10", "cifar100")) as cifar_column:
                 download = gr.Checkbox(False, label="Download when not found")
             with gr.Column(visible=dataset == "folder") as folder_column:
-                resolution = NumberField(0, label="Resolution in px (0 = as stored)", precision=0,
+                resolution = number_field(0, label="Resolution in px (0 = as stored)", precision=0,
                                        elem_id=f"{id_prefix}resolution")
             with gr.Row():
                 classes = gr.Textbox(label="Classes", placeholder="all; or first k (5); or names: cat, dog")
-                per_class_cap = NumberField(0, label="Images per class (0 = all)", precision=0,
+                per_class_cap = number_field(0, label="Images per class (0 = all)", precision=0,
                                           elem_id=f"{id_prefix}per-class-cap")
-                validation_size = NumberField(field_default(DataSpec, "validation_size"), label="Validation images",
+                validation_size = number_field(field_default(DataSpec, "validation_size"), label="Validation images",
                                             precision=0, info=field_help(DataSpec, "validation_size"))
         with gr.Column():
             gr.Markdown("#### Training")
             with gr.Row():
                 budget_unit = gr.Radio(["epochs", "iterations"], value="epochs", label="Budget in",
                                        elem_id=f"{id_prefix}budget-unit")
-                budget_field = NumberField(budget, label="Budget", elem_id=f"{id_prefix}budget")
+                budget_field = number_field(budget, label="Budget", elem_id=f"{id_prefix}budget")
             with gr.Row():
-                batch_size = NumberField(field_default(TrainSpec, "batch_size"), label="Batch size", precision=0,
+                batch_size = number_field(field_default(TrainSpec, "batch_size"), label="Batch size", precision=0,
                                        elem_id=f"{id_prefix}batch-size")
-                lr_field = NumberField(lr, label="Learning rate", elem_id=f"{id_prefix}lr")
+                lr_field = number_field(lr, label="Learning rate", elem_id=f"{id_prefix}lr")
                 schedule = gr.Dropdown(field_choices(TrainSpec, "schedule"), value=field_default(TrainSpec, "schedule"),
                                        label="Schedule")
             with gr.Row():
-                warmup = NumberField(field_default(TrainSpec, "warmup_iterations"), label="Warm-up iterations",
+                warmup = number_field(field_default(TrainSpec, "warmup_iterations"), label="Warm-up iterations",
                                    precision=0, info=field_help(TrainSpec, "warmup_iterations"))
-                seed = NumberField(field_default(TrainSpec, "seed"), label="Seed", precision=0)
+                seed = number_field(field_default(TrainSpec, "seed"), label="Seed", precision=0)
             with gr.Row():
                 precision = gr.Dropdown(field_choices(TrainSpec, "precision"),
                                         value=field_default(TrainSpec, "precision"), label="Precision")
                 device = gr.Dropdown(field_choices(TrainSpec, "device"), value=field_default(TrainSpec, "device"),
                                      label="Device")
             with gr.Row():
-                log_every = NumberField(field_default(TrainSpec, "log_every"), label="Log every (iterations)",
+                log_every = number_field(field_default(TrainSpec, "log_every"), label="Log every (iterations)",
                                       precision=0, elem_id=f"{id_prefix}log-every",
                                       info=field_help(TrainSpec, "log_every"))
-                eval_every = NumberField(0, label="Extra evaluation every (0 = at epoch ends only)", precision=0)
+                eval_every = number_field(0, label="Extra evaluation every (0 = at epoch ends only)", precision=0)
     dataset_picker.change(dataset_visibility, dataset_picker, [synthetic_row, path_column, cifar_column, folder_column],
                           api_visibility="private")
     return RunForm(
@@ -216,7 +216,7 @@ def launch_tab(ctx: WorkbenchContext, spec_json: gr.Code) -> LaunchTab:
             launch_placements = gr.Button("Launch the five unit placements (He et al. 2016, Fig. 4)",
                                           elem_id="launch-placements")
             with gr.Column():
-                drop_prob = NumberField(DEFAULT_DROP_PROB, minimum=0, maximum=1, label="Last unit's drop probability",
+                drop_prob = number_field(DEFAULT_DROP_PROB, minimum=0, maximum=1, label="Last unit's drop probability",
                                       elem_id="drop-prob")
                 launch_sd = gr.Button("Launch without and with stochastic depth", elem_id="launch-stochastic-depth")
         message = gr.Markdown(elem_id="launch-message")
