@@ -225,6 +225,8 @@ def check_allowed(path: Path, allowed_roots: list[Path] | None, what: str) -> Pa
 
 def resolve_user_path(path: str, search_roots: list[Path]) -> Path:
     """A path as given; a relative path that does not exist from here is looked up under the data roots."""
+    if "\0" in str(path):
+        raise DataError(f"the path {str(path)!r} contains a NUL byte, which no file name can hold; type it again")
     candidate = Path(path).expanduser()
     if candidate.is_absolute() or candidate.exists():
         return candidate

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import psutil
 import torch
 
-from workbench import summarize
+from workbench import layout_model, summarize
 from workbench.errors import SpecError
+from workbench.models.analysis import count_parameters
 from workbench.spec import NetSpec, RunSpec
 
 MAX_PARAMS = 500_000_000  # eight times the largest preset (ResNet-152, 60 M)
@@ -23,16 +24,14 @@ REVIEW_BATCH_SIZE = 128  # the batch the Build tab's summary counts activations 
 
 @dataclass(frozen=True)
 class NetworkCost:
-    """What training a network costs, counted from its spec."""
+    """What training a network costs, counted from its spec; `summary` is None when the parameters alone
+    are over the limit (the rest is not counted then)."""
 
-    summary: dict
+    params: int
+    summary: dict | None
     batch_size: int
     memory_name: str
     memory_bytes: int
-
-    @property
-    def params(self) -> int:
-        return self.summary["params"]
 
     @property
     def training_bytes(self) -> int:
@@ -41,7 +40,7 @@ class NetworkCost:
 
     def problem(self) -> str | None:
         """Why this network cannot be trained here, with the numbers; None when it can."""
-        if self.params > MAX_PARAMS:
+        if self.summary is None:
             return (f"the network has {self.params:,} parameters; the limit is {MAX_PARAMS:,} (eight times "
                     "ResNet-152); use fewer units or narrower stages")
         if self.training_bytes > self.memory_bytes:
@@ -73,8 +72,10 @@ def device_memory(device: str) -> tuple[str, int]:
 
 def network_cost(net: NetSpec, batch_size: int = REVIEW_BATCH_SIZE, device: str = "auto") -> NetworkCost:
     """Parameters, multiply-adds, activations and training memory of `net`, counted on the meta device."""
-    name, size = device_memory(device)
-    return NetworkCost(summarize(net, batch_size=batch_size), batch_size, name, size)
+    model = layout_model(net)
+    params = count_parameters(model)[0]
+    summary = summarize(model, batch_size=batch_size) if params <= MAX_PARAMS else None
+    return NetworkCost(params, summary, batch_size, *device_memory(device))
 
 
 def check_run(spec: RunSpec) -> None:
