@@ -17,7 +17,7 @@ from workbench import build_model, summarize
 from workbench.errors import WorkbenchError
 from workbench.paths import home_dir
 from workbench.presets import get_preset, list_presets
-from workbench.service.forms import field_choices, field_default, field_help
+from workbench.service.forms import field_choices, field_default, field_help, parse_classes
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
 from workbench.threads import cli_threads, use_threads
 
@@ -293,7 +293,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=field_default(DataSpec, "name"), choices=field_choices(DataSpec, "name"))
     parser.add_argument("--data-dir", default=None, help="archive or folder of the dataset")
     parser.add_argument("--download", action="store_true", default=None, help="download CIFAR when not found")
-    parser.add_argument("--classes", type=int, default=None, help="image folders: use the first k classes")
+    parser.add_argument("--classes", type=parse_classes, default=None,
+                        help="the first k classes (5) or class names separated by commas (cat, dog)")
     parser.add_argument("--per-class-cap", type=int, default=None)
     parser.add_argument("--resolution", type=int, default=None)
     parser.add_argument("--validation-size", type=int, default=None, help="images held out of train (paper: 5000)")
