@@ -286,7 +286,10 @@ def plan_finetune(
     spec = report.spec
     changes: dict[str, Any] = {}
     if mode == "last_stages":
-        count = whole_number(stages, "stages to train") or 0
+        try:
+            count = whole_number(stages, "stages to train") or 0
+        except SpecError:
+            count = 0  # not a whole number: the message below says what is
         if not 1 <= count <= len(spec.blocks):
             raise SpecError(f"stages to train: a whole number from 1 to {len(spec.blocks)} for {spec.name}")
         changes["finetune_stages"] = count
