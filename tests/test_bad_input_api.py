@@ -65,7 +65,8 @@ def server(tmp_path_factory):
         [sys.executable, "app.py", "--home", str(home), "--port", str(port), "--workers", "0",
          "--data-root", str(data), "--file-max-age", "72"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+             "GRADIO_TEMP_DIR": str(home.parent / f"{home.name}-gradio")},
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
@@ -232,6 +233,11 @@ def _imports(server) -> list[str]:
     return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
 
 
+def _gradio_copies(server, name: str) -> list[Path]:
+    """Gradio's own copies of an uploaded file (it keeps uploads in GRADIO_TEMP_DIR)."""
+    return list(server.home.parent.joinpath(f"{server.home.name}-gradio").rglob(name))
+
+
 def test_a_zip_bomb_on_the_server_is_refused_unread(server):
     with PeakMemory(server) as memory:
         _, summary, _ = answered(server.client, "bomb.zip", api_name="/finetune_inspect_path")
@@ -248,7 +254,7 @@ def test_an_uploaded_zip_bomb_is_refused_unread_and_deleted(server):
         _, summary, _ = answered(server.client, handle_file(str(bomb)), api_name="/finetune_upload")
     assert memory.growth < MEMORY_GROWTH
     assert "**Not usable:**" in summary and "weights.safetensors in the upload bomb.zip would inflate" in summary
-    assert _imports(server) == []
+    assert _imports(server) == [] and _gradio_copies(server, "bomb.zip") == []
 
 
 def test_an_uploaded_bundle_of_pickled_weights_is_refused_and_deleted(server, tmp_path):
@@ -260,7 +266,7 @@ def test_an_uploaded_bundle_of_pickled_weights_is_refused_and_deleted(server, tm
         archive.writestr("weights.safetensors", b"\x80\x04\x95" + b"\x00" * 64)
     _, summary, _ = answered(server.client, handle_file(str(bundle)), api_name="/finetune_upload")
     assert "**Not usable:**" in summary and "must be a safetensors file" in summary
-    assert _imports(server) == []
+    assert _imports(server) == [] and _gradio_copies(server, "pickled.zip") == []
 
 
 def _status(url: str) -> int:

@@ -84,10 +84,8 @@ class Workbench:
         return unique_group_name(default_group_name(kind, net_name, data), taken)
 
     def specs_from_form(self, form: Mapping[str, Any]) -> tuple[DataSpec, TrainSpec]:
-        """The DataSpec and TrainSpec of a launch form's FORM_FIELDS (other keys ignored), the data source checked."""
-        data, train = specs_from_form(**{name: form[name] for name in FORM_FIELDS})
-        self.check_data(data)
-        return data, train
+        """The DataSpec and TrainSpec of a launch form's FORM_FIELDS (other keys ignored); `submit` checks the data."""
+        return specs_from_form(**{name: form[name] for name in FORM_FIELDS})
 
     def launch_finetune(self, plan: PlannedRun) -> int:
         """Queue a fine-tune; a run checkpoint source is first copied into the imports folder. Returns the run id."""
