@@ -212,8 +212,8 @@ class DataSpec(BaseModel):
         if not 0.0 < self.split_fraction < 1.0:
             raise ValueError(f"split_fraction must be between 0 and 1; got {self.split_fraction}")
         _check_range("validation_size", self.validation_size, 0, MAX_ITERATIONS)
-        if isinstance(self.classes, int):
-            _check_range("classes", self.classes, 1, MAX_CLASSES)
+        count = len(self.classes) if isinstance(self.classes, list) else self.classes
+        _check_range("classes", count, 1, MAX_CLASSES)
         for field in ("synthetic_train", "synthetic_test"):
             _check_range(field, getattr(self, field), 1, MAX_SYNTHETIC_IMAGES,
                          "images are generated and held in the worker's memory")
@@ -280,8 +280,7 @@ class TrainSpec(BaseModel):
             raise ValueError(f"momentum must be in [0, 1); got {self.momentum}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay cannot be negative; got {self.weight_decay}")
+        _check_range("weight_decay", self.weight_decay, 0, 1, "the paper uses 0.0001")
         if any(not 0 < m < 1 for m in self.milestones) or self.milestones != sorted(self.milestones):
             raise ValueError(f"milestones are increasing fractions of the budget in (0, 1); got {self.milestones}")
         if not 0 < self.gamma <= 1:
