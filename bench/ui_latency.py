@@ -129,9 +129,11 @@ def server_benches(ctx: WorkbenchContext, run_ids: list[int], points: int, repea
         next_iteration["value"] = start + 10
 
     def serialized(outputs) -> int:
-        """Bytes of every figure the handler returned (curves, and for a ladder Figure 6 and error vs depth)."""
+        """Bytes of every figure the handler returned (curves, and for a ladder Figure 6 and error vs depth),
+        as charts to mount or as the JSON text of live updates."""
         figures = [output.get("value") if isinstance(output, dict) else output for output in outputs[:-1]]
-        return sum(len(plot.postprocess(figure).plot) for figure in figures if isinstance(figure, go.Figure))
+        return sum(len(plot.postprocess(figure).plot) if isinstance(figure, go.Figure) else len(figure)
+                   for figure in figures if isinstance(figure, go.Figure | str))
 
     view = CompareView()
     sizes = {"ours": serialized(redraw(ctx, run_ids, *OPTIONS, view)),

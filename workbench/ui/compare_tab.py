@@ -13,6 +13,7 @@ import functools
 from dataclasses import dataclass, field
 
 import gradio as gr
+import plotly.graph_objects as go
 
 from workbench.science.degradation import (
     degradation_observed,
@@ -24,11 +25,13 @@ from workbench.service import RunRecord
 from workbench.service.curves import CurveCache, curves_of, ladder_curve_runs
 from workbench.service.plans import LADDER
 from workbench.ui.context import WorkbenchContext
+from workbench.ui.live_plot import apply_live_figures, live_channel, live_figures
 from workbench.ui.run_table import run_label
 from workbench.viz.charts import training_curves_figure
 from workbench.viz.figures import error_vs_depth, figure6, final_errors
 
 REFRESH_SECONDS = 3.0
+CURVES_ID, FIGURE6_ID, DEPTH_ID = "curves-plot", "compare-figure6", "depth-plot"
 NO_GROUP = ""
 
 
@@ -42,7 +45,8 @@ class CompareView:
     ladder_group: str | None = None
     ladder_members: dict[int, tuple[str, int, bool]] = field(default_factory=dict)
     references: dict[int, float] = field(default_factory=dict)
-    drawn: tuple | None = None
+    revision: str | None = None
+    smoothing: float = 0.0
 
     def cache(self, metric: str) -> CurveCache:
         """The curves of `metric` for the followed runs (only the metric on screen is fetched)."""
@@ -69,23 +73,20 @@ LADDER_HINT = ("Pick a ladder group (Launch: \"Launch depth ladder\") to see the
                "residual nets side by side and error against depth.")
 
 
-def _ladder_outputs(view: CompareView):
-    """(verdict, Figure 6 layout, error against depth) of the followed ladder, hidden when it is not one."""
-    if view.ladder_group is None:
-        return gr.update(visible=False), gr.update(visible=False), gr.update(visible=False)
+def _ladder_figures(view: CompareView) -> tuple[str, go.Figure, go.Figure]:
+    """(verdict, Figure 6 layout, error against depth) of the followed ladder."""
     curves = ladder_curve_runs(view.cache("error"), view.ladder_members)
-    verdict = degradation_observed(curves)
-    return (
-        gr.update(value=verdict_markdown(verdict), visible=True),
-        gr.update(value=figure6(curves, title=view.ladder_group), visible=True),
-        gr.update(value=error_vs_depth([final_errors(curve) for curve in curves], view.references), visible=True),
-    )
+    figure_6 = figure6(curves, title=view.ladder_group)
+    depth = error_vs_depth([final_errors(curve) for curve in curves], view.references)
+    for figure in (figure_6, depth):
+        figure.update_layout(uirevision=view.revision)
+    return verdict_markdown(degradation_observed(curves)), figure_6, depth
 
 
 def _curves_figure(view: CompareView, metric: str, x_axis: str, smoothing: float, log_y: bool):
     return training_curves_figure(
         curves_of(view.cache(metric), view.labels, metric), metric=metric, x_axis=x_axis, smoothing=smoothing or 0.0,
-        log_y=bool(log_y),
+        log_y=bool(log_y), revision=view.revision,
     )
 
 
@@ -97,19 +98,19 @@ def _ladder_of(runs: list[RunRecord]) -> str | None:
     return None
 
 
-SKIPPED = (gr.skip(),) * 5
+SKIPPED = (gr.skip(),) * 6
 
 
 def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis: str, smoothing: float, log_y: bool,
            view: CompareView):
     """Follow the picked runs and draw their curves (new runs' curves are read in full, once).
 
-    Returns (curves, verdict, Figure 6, error against depth, view). When the selection and options
-    are what is already shown, this is a timer tick: only what new rows changed is redrawn.
+    Returns (curves, verdict, Figure 6, error against depth, live figures, view). A new selection,
+    metric or axis draws new charts; otherwise this is a tick (see `tick`).
     """
     wanted = [int(run_id) for run_id in run_ids or [] if str(run_id).isdigit()]
-    drawn = (tuple(wanted), metric, x_axis, smoothing, bool(log_y))
-    if drawn == view.drawn:
+    revision = repr((wanted, metric, x_axis, bool(log_y)))
+    if revision == view.revision:
         return tick(ctx, metric, x_axis, smoothing, log_y, view)
     picked = [run for run in ctx.store.list_runs() if run.id in wanted]
     view.run_ids = wanted
@@ -122,8 +123,14 @@ def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis
         sorted({depth for _, depth, residual in view.ladder_members.values() if residual}), ctx.home
     ) if on_cifar10 else {}
     _refresh(ctx, view, metric)
-    view.drawn = drawn
-    return (_curves_figure(view, metric, x_axis, smoothing, log_y), *_ladder_outputs(view), view)
+    view.revision, view.smoothing = revision, smoothing
+    curves = _curves_figure(view, metric, x_axis, smoothing, log_y)
+    if view.ladder_group is None:
+        hidden = gr.update(visible=False)
+        return curves, hidden, hidden, hidden, "", view
+    verdict, figure_6, depth = _ladder_figures(view)
+    return (curves, gr.update(value=verdict, visible=True), gr.update(value=figure_6, visible=True),
+            gr.update(value=depth, visible=True), "", view)
 
 
 def _refresh(ctx: WorkbenchContext, view: CompareView, metric: str) -> tuple[bool, bool]:
@@ -136,13 +143,23 @@ def _refresh(ctx: WorkbenchContext, view: CompareView, metric: str) -> tuple[boo
 
 
 def tick(ctx: WorkbenchContext, metric: str, x_axis: str, smoothing: float, log_y: bool, view: CompareView):
-    """Fetch only rows newer than what is shown; redraw what they changed, leave the rest alone."""
+    """Fetch only rows newer than what is shown; send what they (or a new smoothing) changed to the charts in place.
+
+    The charts themselves are skipped, so the browser keeps them (and the user's zoom) and applies
+    the live figures with Plotly.react; nothing at all is sent when nothing changed.
+    """
     shown, ladder = _refresh(ctx, view, metric)
-    if not (shown or ladder):
+    restyled = smoothing != view.smoothing
+    view.smoothing = smoothing
+    if not (shown or ladder or restyled):
         return SKIPPED
-    curves = _curves_figure(view, metric, x_axis, smoothing, log_y) if shown else gr.skip()
-    ladder_outputs = _ladder_outputs(view) if ladder else (gr.skip(),) * 3
-    return (curves, *ladder_outputs, view)
+    live = {}
+    if shown or restyled:
+        live[CURVES_ID] = _curves_figure(view, metric, x_axis, smoothing, log_y)
+    verdict = gr.skip()
+    if ladder:
+        verdict, live[FIGURE6_ID], live[DEPTH_ID] = _ladder_figures(view)
+    return gr.skip(), verdict, gr.skip(), gr.skip(), live_figures(live), view
 
 
 def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> None:
@@ -160,25 +177,28 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
             smoothing = gr.Slider(0, 0.99, value=0, step=0.01, label="Smoothing (training curves)")
             log_y = gr.Checkbox(False, label="Log scale")
         curves = gr.Plot(_curves_figure(CompareView(), "error", "iterations", 0, False), label="Training curves",
-                         elem_id="curves-plot")
+                         elem_id=CURVES_ID)
         gr.Markdown("Dashed: training error (averaged over the logging interval); bold: test error. " + LADDER_HINT)
         verdict = gr.Markdown(visible=False, elem_id="compare-verdict")
         figure_6 = gr.Plot(label="Plain (left) and residual (right), as in He et al. 2015 Fig. 6", visible=False,
-                           elem_id="compare-figure6")
+                           elem_id=FIGURE6_ID)
         depth = gr.Plot(label="Error against depth (stars, for CIFAR-10 ladders: the paper's ResNet test errors)",
-                        visible=False, elem_id="depth-plot")
+                        visible=False, elem_id=DEPTH_ID)
+        live = live_channel("compare-live")
         view = gr.State(CompareView())
         timer = gr.Timer(REFRESH_SECONDS)
 
     options = [metric, x_axis, smoothing, log_y]
-    outputs = [curves, verdict, figure_6, depth, view]
+    outputs = [curves, verdict, figure_6, depth, live, view]
     gr.on([demo.load, tab.select], bound(choices, ctx), None, [group, runs], api_visibility="private")
     group.input(bound(pick_group, ctx), group, runs, api_visibility="private")
-    gr.on([runs.change, metric.input, x_axis.input, smoothing.release, log_y.input], bound(redraw, ctx),
-          [runs, *options, view], outputs, trigger_mode="always_last", api_name="compare",
-          show_progress="minimal")
-    timer.tick(bound(tick, ctx), [*options, view], outputs, concurrency_limit=None, api_visibility="private",
-               show_progress="hidden")
+    redrawn = gr.on([runs.change, metric.input, x_axis.input, smoothing.input, log_y.input], bound(redraw, ctx),
+                    [runs, *options, view], outputs, trigger_mode="always_last", api_name="compare",
+                    show_progress="minimal")
+    ticked = timer.tick(bound(tick, ctx), [*options, view], outputs, concurrency_limit=None,
+                        api_visibility="private", show_progress="hidden")
+    for event in (redrawn, ticked):
+        apply_live_figures(event, live)
 
     def follow_launch(latest: dict | None):
         group_choices, run_choices = choices(ctx)

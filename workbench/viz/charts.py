@@ -81,7 +81,7 @@ def _curve_trace(
     return {
         "type": "scatter", "x": x, "y": np.round(y, 4), "mode": "lines+markers" if test and len(x) <= 60 else "lines",
         "name": f"{label} {split} {_final_text(metric, float(series.values[-1]))}",
-        "legendgroup": str(group),
+        "legendgroup": str(group), "uid": f"{group}-{split}",
         "line": {"color": colour, "width": 2.6 if test else 1.2, "dash": "solid" if test else "dash"},
         "marker": {"size": 5},
         "hovertemplate": f"{label} {split}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
@@ -97,8 +97,12 @@ def training_curves_figure(
     log_y: bool = False,
     max_points: int = MAX_POINTS_PER_TRACE,
     height: int = CURVE_HEIGHT,
+    revision: str = "curves",
 ) -> go.Figure:
-    """Training (dashed) and test (bold) curves of several runs, one colour per run, final values in the legend."""
+    """Training (dashed) and test (bold) curves of several runs, one colour per run, final values in the legend.
+
+    `revision` is the layout's uirevision: a chart updated with the same revision keeps the user's zoom.
+    """
     traces = []
     for index, run in enumerate(runs):
         for split, series in (("train", run.train), ("test", run.test)):
@@ -115,7 +119,7 @@ def training_curves_figure(
         "yaxis": {"title": {"text": METRIC_AXIS_TITLES.get(metric, metric)}, "type": "log" if log_y else "linear"},
         "legend": {"x": 1.02, "y": 1},
         "hovermode": "closest",
-        "uirevision": "curves",
+        "uirevision": revision,
     })
     if not traces:
         _add_note(figure, "No curves yet: pick runs or a group; curves appear after the first logged iterations.")
