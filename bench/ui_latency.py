@@ -55,7 +55,7 @@ logger = logging.getLogger("bench.ui_latency")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-OPTIONS = ("error", "iterations", 0.0, False)
+OPTIONS = ("error", "iterations", 0.0, "EMA (debiased)", False)
 LOG_EVERY = 1
 TEST_EVERY = 100
 GROUP = "bench ladder"

@@ -7,6 +7,7 @@ from workbench.service.curves import RunCurves, Series
 from workbench.spec import NetSpec
 from workbench.viz.charts import (
     MAX_POINTS_PER_TRACE,
+    RUNNING_MEAN,
     downsample_minmax,
     path_length_figure,
     smooth,
@@ -53,11 +54,24 @@ def test_downsample_bounds_points_and_keeps_extremes_and_ends_in_order():
     np.testing.assert_array_equal(kept_y, y[kept_x])
 
 
-def test_smooth_is_an_exponential_moving_average():
+def test_smooth_is_a_debiased_exponential_moving_average_or_a_running_mean():
     values = np.array([0.0, 10.0, 10.0])
-    np.testing.assert_allclose(smooth(values, 0.5), [0.0, 5.0, 7.5])
+    np.testing.assert_allclose(smooth(values, 0.5), [0.0, 5.0 / 0.75, 7.5 / 0.875])
     assert smooth(values, 0.0) is values
     np.testing.assert_allclose(smooth(np.full(5, 3.0), 0.9), np.full(5, 3.0))
+    np.testing.assert_allclose(smooth(np.array([4.0, 0.0, 8.0, 2.0]), 0.5, RUNNING_MEAN), [4.0, 2.0, 4.0, 5.0])
+
+
+def test_wall_time_axis_counts_minutes_from_each_runs_first_point_and_hover_is_unified():
+    train, test = Series(), Series()
+    train.extend([10, 20], [0.1, 0.2], [50.0, 40.0], [1000.0, 1060.0])
+    test.extend([20], [0.2], [45.0], [1090.0])
+    later = Series()
+    later.extend([10], [0.1], [30.0], [5000.0])
+    figure = training_curves_figure([RunCurves(1, "a", train, test), RunCurves(2, "b", later, None)],
+                                    x_axis="wall time")
+    assert [list(trace.x) for trace in figure.data] == [[0.0, 1.0], [1.5], [0.0]]
+    assert figure.layout.hovermode == "x unified" and "min" in figure.layout.xaxis.title.text
 
 
 def test_curves_are_paper_style_dashed_train_bold_test_one_colour_per_run():
@@ -86,7 +100,7 @@ def test_curves_toggles_epochs_loss_and_log_scale():
 def test_curves_smoothing_applies_to_training_curves_only():
     raw = training_curves_figure(twin_curves())
     smoothed = training_curves_figure(twin_curves(), smoothing=0.5)
-    assert list(smoothed.data[0].y) == [60.0, 50.0, 40.0] != list(raw.data[0].y)
+    assert list(smoothed.data[0].y) == pytest.approx([60.0, 46.6667, 37.1429]) != list(raw.data[0].y)
     assert list(smoothed.data[1].y) == list(raw.data[1].y)
     assert smoothed.data[0].name == raw.data[0].name
 

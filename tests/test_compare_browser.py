@@ -63,3 +63,53 @@ def test_zoom_and_hidden_trace_survive_three_live_updates(page, serve_workbench,
     assert seen > zoomed[1]
     page.screenshot(path=artifacts_dir / "compare-zoom-kept-while-training.png", full_page=True)
     served.app.context.cancel(run_id)
+
+
+def stored_run(store, name: str, offset: float) -> int:
+    """A completed run with 50 logged training iterations, one a second, and two test points."""
+    run_id = store.create_run(LIVE, name=name, status="completed")
+    rows = [{"iteration": i, "epoch": i / 32, "split": "train", "name": "error", "value": offset + (i % 2) * 20.0,
+             "wall_time": 1_000.0 + 60.0 * i} for i in range(1, 51)]
+    rows += [{"iteration": i, "epoch": i / 32, "split": "test", "name": "error", "value": offset + 5.0,
+              "wall_time": 1_000.0 + 60.0 * i} for i in (25, 50)]
+    store.append_metrics(run_id, rows)
+    return run_id
+
+
+def test_smoothing_follows_each_slider_step_wall_time_axis_and_unified_hover(page, serve_workbench, tmp_path):
+    served = serve_workbench(tmp_path, "--workers", "0")
+    first, second = (stored_run(served.store, name, offset) for name, offset in (("zig", 10.0), ("zag", 50.0)))
+    page.goto(served.url)
+    page.wait_for_selector("#unit-diagram .main-svg", timeout=60_000)
+    page.get_by_role("tab", name="Compare", exact=True).click()
+    pick(page, "compare-runs", f"#{first} zig", f"#{second} zag")
+    train_y = f"Array.from(document.querySelector('{PLOT}')._fullData[0].y)"
+    page.wait_for_function(f"{train_y}.length === 50", timeout=60_000)
+    assert page.evaluate(train_y)[:2] == [30.0, 10.0]
+
+    slider = page.locator("#compare-smoothing input[type=range]")
+    box = slider.bounding_box()
+    middle = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 2, middle)
+    page.mouse.down()
+    for fraction in (0.3, 0.6):
+        page.mouse.move(box["x"] + box["width"] * fraction, middle, steps=3)
+        weight = float(slider.input_value())
+        assert weight > 0.2
+        debiased = (30 * weight * (1 - weight) + 10 * (1 - weight)) / (1 - weight ** 2)
+        page.wait_for_function(f"Math.abs({train_y}[1] - {debiased}) < 1e-3", timeout=20_000)
+    page.mouse.up()
+    slider.focus()
+    slider.press("End")
+    page.wait_for_function(f"Math.abs({train_y}[1] - 19.9497) < 1e-3", timeout=20_000)
+    page.get_by_label("running mean", exact=True).check()
+    page.wait_for_function(f"{train_y}[1] === 20", timeout=20_000)
+
+    page.locator("#compare-x-axis").get_by_label("wall time", exact=True).check()
+    page.wait_for_function(f"document.querySelector('{PLOT}')._fullData[0].x[1] === 1", timeout=20_000)
+    assert page.evaluate(f"document.querySelector('{PLOT}')._fullLayout.hovermode") == "x unified"
+    box = page.locator(f"{PLOT} .nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    hover = page.locator(f"{PLOT} .hoverlayer")
+    expect()(hover).to_contain_text("zig train")
+    expect()(hover).to_contain_text("zag train")

@@ -11,8 +11,9 @@ from storage import open_store
 from workbench.spec import DataSpec, NetSpec, RunSpec
 from workbench.ui.compare_tab import CompareView, pick_group, redraw, tick
 from workbench.ui.context import WorkbenchContext
+from workbench.viz.charts import EMA, RUNNING_MEAN
 
-OPTIONS = ("error", "iterations", 0.0, False)
+OPTIONS = ("error", "iterations", 0.0, EMA, False)
 CIFAR10 = DataSpec(name="cifar10", download=True)
 
 
@@ -75,9 +76,11 @@ def test_smoothing_goes_to_the_chart_in_place_and_a_new_selection_draws_a_new_ch
     ctx.store.append_metrics(run_ids[0], [{"iteration": i, "split": "train", "name": "error", "value": v}
                                           for i, v in ((1, 10.0), (2, 20.0))])
     *_, view = redraw(ctx, run_ids, *OPTIONS, CompareView())
-    figure = live(redraw(ctx, run_ids, "error", "iterations", 0.5, False, view))["curves-plot"]
+    figure = live(redraw(ctx, run_ids, "error", "iterations", 0.5, EMA, False, view))["curves-plot"]
+    assert figure["data"][0]["y"] == pytest.approx([10.0, 16.6667], abs=1e-3)
+    figure = live(redraw(ctx, run_ids, "error", "iterations", 0.5, RUNNING_MEAN, False, view))["curves-plot"]
     assert figure["data"][0]["y"] == [10.0, 15.0]
-    redrawn = redraw(ctx, run_ids[:1], "error", "iterations", 0.5, False, view)
+    redrawn = redraw(ctx, run_ids[:1], "error", "iterations", 0.5, EMA, False, view)
     assert redrawn[0].layout.uirevision != figure["layout"]["uirevision"] and redrawn[4] == ""
 
 
@@ -86,7 +89,7 @@ def test_redraw_skips_when_selection_and_options_are_unchanged(ctx):
     log(ctx.store, run_ids[0], [10])
     *_, view = redraw(ctx, run_ids, *OPTIONS, CompareView())
     assert all(is_skip(value) for value in redraw(ctx, run_ids, *OPTIONS, view))
-    figure, *_ = redraw(ctx, run_ids, "loss", "epochs", 0.0, True, view)
+    figure, *_ = redraw(ctx, run_ids, "loss", "epochs", 0.0, EMA, True, view)
     assert figure.layout.yaxis.type == "log" and figure.layout.xaxis.title.text == "epochs"
 
 
@@ -130,10 +133,10 @@ def test_a_ladder_group_shows_the_verdict_figure6_and_error_against_depth(ctx):
 
 def test_ladder_outputs_follow_new_error_rows_while_loss_is_on_screen(ctx):
     runs = ladder(ctx)
-    *_, view = redraw(ctx, sorted(runs.values()), "loss", "iterations", 0.0, False, CompareView())
+    *_, view = redraw(ctx, sorted(runs.values()), "loss", "iterations", 0.0, EMA, False, CompareView())
     for name, error in (("plain20", 30.0), ("plain56", 25.0)):
         log_error(ctx.store, runs[name], range(10, 101, 10), error)
-    outputs = tick(ctx, "loss", "iterations", 0.0, False, view)
+    outputs = tick(ctx, "loss", "iterations", 0.0, EMA, False, view)
     figures = live(outputs)
     assert "curves-plot" not in figures
     assert outputs[1].startswith("**No degradation observed.**") and len(figures["compare-figure6"]["data"]) == 2

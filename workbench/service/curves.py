@@ -66,11 +66,12 @@ class CurveCache:
             return False
         iterations = np.asarray(columns["iteration"], dtype=np.int64)
         epochs = np.asarray(columns["epoch"], dtype=np.float64)
+        wall_times = np.asarray(columns["wall_time"], dtype=np.float64)
         for split in np.unique(splits[usable]):
             for name in np.unique(names[usable & (splits == split)]):
                 chosen = usable & (splits == split) & (names == name)
                 series = self.series.setdefault((run_id, str(split), str(name)), Series())
-                series.extend(iterations[chosen], epochs[chosen], values[chosen])
+                series.extend(iterations[chosen], epochs[chosen], values[chosen], wall_times[chosen])
         return True
 
     def get(self, run_id: int, split: str, name: str) -> Series | None:

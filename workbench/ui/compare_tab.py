@@ -27,7 +27,7 @@ from workbench.service.plans import LADDER
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.live_plot import apply_live_figures, live_channel, live_figures
 from workbench.ui.run_table import run_label
-from workbench.viz.charts import training_curves_figure
+from workbench.viz.charts import EMA, SMOOTHING_KINDS, X_AXES, training_curves_figure
 from workbench.viz.figures import error_vs_depth, figure6, final_errors
 
 REFRESH_SECONDS = 3.0
@@ -46,7 +46,7 @@ class CompareView:
     ladder_members: dict[int, tuple[str, int, bool]] = field(default_factory=dict)
     references: dict[int, float] = field(default_factory=dict)
     revision: str | None = None
-    smoothing: float = 0.0
+    smoothing: tuple[float, str] = (0.0, EMA)
 
     def cache(self, metric: str) -> CurveCache:
         """The curves of `metric` for the followed runs (only the metric on screen is fetched)."""
@@ -83,10 +83,11 @@ def _ladder_figures(view: CompareView) -> tuple[str, go.Figure, go.Figure]:
     return verdict_markdown(degradation_observed(curves)), figure_6, depth
 
 
-def _curves_figure(view: CompareView, metric: str, x_axis: str, smoothing: float, log_y: bool):
+def _curves_figure(view: CompareView, metric: str, x_axis: str, smoothing: float, smoothing_kind: str,
+                   log_y: bool):
     return training_curves_figure(
         curves_of(view.cache(metric), view.labels, metric), metric=metric, x_axis=x_axis, smoothing=smoothing or 0.0,
-        log_y=bool(log_y), revision=view.revision,
+        smoothing_kind=smoothing_kind, log_y=bool(log_y), revision=view.revision,
     )
 
 
@@ -101,8 +102,8 @@ def _ladder_of(runs: list[RunRecord]) -> str | None:
 SKIPPED = (gr.skip(),) * 6
 
 
-def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis: str, smoothing: float, log_y: bool,
-           view: CompareView):
+def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis: str, smoothing: float,
+           smoothing_kind: str, log_y: bool, view: CompareView):
     """Follow the picked runs and draw their curves (new runs' curves are read in full, once).
 
     Returns (curves, verdict, Figure 6, error against depth, live figures, view). A new selection,
@@ -111,7 +112,7 @@ def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis
     wanted = [int(run_id) for run_id in run_ids or [] if str(run_id).isdigit()]
     revision = repr((wanted, metric, x_axis, bool(log_y)))
     if revision == view.revision:
-        return tick(ctx, metric, x_axis, smoothing, log_y, view)
+        return tick(ctx, metric, x_axis, smoothing, smoothing_kind, log_y, view)
     picked = [run for run in ctx.store.list_runs() if run.id in wanted]
     view.run_ids = wanted
     view.labels = {run.id: f"#{run.id} {run.name}" for run in picked}
@@ -123,8 +124,8 @@ def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis
         sorted({depth for _, depth, residual in view.ladder_members.values() if residual}), ctx.home
     ) if on_cifar10 else {}
     _refresh(ctx, view, metric)
-    view.revision, view.smoothing = revision, smoothing
-    curves = _curves_figure(view, metric, x_axis, smoothing, log_y)
+    view.revision, view.smoothing = revision, (smoothing, smoothing_kind)
+    curves = _curves_figure(view, metric, x_axis, smoothing, smoothing_kind, log_y)
     if view.ladder_group is None:
         hidden = gr.update(visible=False)
         return curves, hidden, hidden, hidden, "", view
@@ -142,20 +143,21 @@ def _refresh(ctx: WorkbenchContext, view: CompareView, metric: str) -> tuple[boo
     return shown, ladder
 
 
-def tick(ctx: WorkbenchContext, metric: str, x_axis: str, smoothing: float, log_y: bool, view: CompareView):
+def tick(ctx: WorkbenchContext, metric: str, x_axis: str, smoothing: float, smoothing_kind: str, log_y: bool,
+         view: CompareView):
     """Fetch only rows newer than what is shown; send what they (or a new smoothing) changed to the charts in place.
 
     The charts themselves are skipped, so the browser keeps them (and the user's zoom) and applies
     the live figures with Plotly.react; nothing at all is sent when nothing changed.
     """
     shown, ladder = _refresh(ctx, view, metric)
-    restyled = smoothing != view.smoothing
-    view.smoothing = smoothing
+    restyled = (smoothing, smoothing_kind) != view.smoothing
+    view.smoothing = (smoothing, smoothing_kind)
     if not (shown or ladder or restyled):
         return SKIPPED
     live = {}
     if shown or restyled:
-        live[CURVES_ID] = _curves_figure(view, metric, x_axis, smoothing, log_y)
+        live[CURVES_ID] = _curves_figure(view, metric, x_axis, smoothing, smoothing_kind, log_y)
     verdict = gr.skip()
     if ladder:
         verdict, live[FIGURE6_ID], live[DEPTH_ID] = _ladder_figures(view)
@@ -173,10 +175,13 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
                                allow_custom_value=True)
         with gr.Row():
             metric = gr.Radio(["error", "loss"], value="error", label="Metric")
-            x_axis = gr.Radio(["iterations", "epochs"], value="iterations", label="x axis")
-            smoothing = gr.Slider(0, 0.99, value=0, step=0.01, label="Smoothing (training curves)")
+            x_axis = gr.Radio(list(X_AXES), value="iterations", label="x axis", elem_id="compare-x-axis")
+            smoothing = gr.Slider(0, 0.99, value=0, step=0.01, label="Smoothing weight (training curves)",
+                                  info="a running mean averages the last 1 / (1 - weight) points",
+                                  elem_id="compare-smoothing")
+            smoothing_kind = gr.Radio(list(SMOOTHING_KINDS), value=EMA, label="Smoothing")
             log_y = gr.Checkbox(False, label="Log scale")
-        curves = gr.Plot(_curves_figure(CompareView(), "error", "iterations", 0, False), label="Training curves",
+        curves = gr.Plot(_curves_figure(CompareView(), "error", "iterations", 0, EMA, False), label="Training curves",
                          elem_id=CURVES_ID)
         gr.Markdown("Dashed: training error (averaged over the logging interval); bold: test error. " + LADDER_HINT)
         verdict = gr.Markdown(visible=False, elem_id="compare-verdict")
@@ -188,11 +193,12 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
         view = gr.State(CompareView())
         timer = gr.Timer(REFRESH_SECONDS)
 
-    options = [metric, x_axis, smoothing, log_y]
+    options = [metric, x_axis, smoothing, smoothing_kind, log_y]
     outputs = [curves, verdict, figure_6, depth, live, view]
     gr.on([demo.load, tab.select], bound(choices, ctx), None, [group, runs], api_visibility="private")
     group.input(bound(pick_group, ctx), group, runs, api_visibility="private")
-    redrawn = gr.on([runs.change, metric.input, x_axis.input, smoothing.input, log_y.input], bound(redraw, ctx),
+    redrawn = gr.on([runs.change, metric.input, x_axis.input, smoothing.change, smoothing_kind.input,
+                     log_y.input], bound(redraw, ctx),
                     [runs, *options, view], outputs, trigger_mode="always_last", api_name="compare",
                     show_progress="minimal")
     ticked = timer.tick(bound(tick, ctx), [*options, view], outputs, concurrency_limit=None,

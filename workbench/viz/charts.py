@@ -24,6 +24,10 @@ SMALL_CHART_HEIGHT = 260
 MAX_POINTS_PER_TRACE = 800
 RUN_COLOURS = qualitative.D3 + qualitative.Dark24
 METRIC_AXIS_TITLES = {"error": "error (%)", "loss": "cross-entropy loss"}
+X_AXES = ("iterations", "epochs", "wall time")
+X_AXIS_TITLES = {"wall time": "wall time since the run's first point (min)"}
+EMA, RUNNING_MEAN = "EMA (debiased)", "running mean"
+SMOOTHING_KINDS = (EMA, RUNNING_MEAN)
 OP_COLOURS = {"conv": "#4C78A8", "bn": "#54A24B", "relu": "#F58518", "add": "#7F7F7F", "io": "#FFFFFF"}
 
 
@@ -56,15 +60,27 @@ def downsample_minmax(
     return x[picks], y[picks]
 
 
-def smooth(values: np.ndarray, weight: float) -> np.ndarray:
-    """Exponential moving average (TensorBoard's smoothing); weight 0 returns the values unchanged."""
+def smooth(values: np.ndarray, weight: float, kind: str = EMA) -> np.ndarray:
+    """Smoothed values of every stored point; weight 0 returns them unchanged.
+
+    EMA: TensorBoard's debiased exponential moving average (the average starts at 0 and is divided
+    by 1 - weight**n, so early points are not pulled towards the first one). Running mean: the
+    mean of the last 1 / (1 - weight) points, the window an EMA of that weight effectively averages.
+    """
     if weight <= 0 or len(values) < 2:
         return values
+    if kind == RUNNING_MEAN:
+        window = max(1, round(1.0 / (1.0 - weight)))
+        sums = np.concatenate([[0.0], np.cumsum(values)])
+        ends = np.arange(1, len(values) + 1)
+        starts = np.maximum(0, ends - window)
+        return (sums[ends] - sums[starts]) / (ends - starts)
     keep = 1.0 - weight
-    return np.fromiter(
-        itertools.accumulate(values, lambda average, value: weight * average + keep * value),
-        dtype=np.float64, count=len(values),
-    )
+    biased = np.fromiter(
+        itertools.accumulate(values, lambda average, value: weight * average + keep * value, initial=0.0),
+        dtype=np.float64, count=len(values) + 1,
+    )[1:]
+    return biased / (1.0 - weight ** np.arange(1, len(values) + 1))
 
 
 def _final_text(metric: str, value: float) -> str:
@@ -72,11 +88,11 @@ def _final_text(metric: str, value: float) -> str:
 
 
 def _curve_trace(
-    series: Series, *, label: str, split: str, colour: str, group: int, metric: str, x_axis: str,
-    smoothing: float, max_points: int,
+    series: Series, *, label: str, split: str, colour: str, group: int, metric: str, x_axis: str, start: float,
+    smoothing: float, smoothing_kind: str, max_points: int,
 ) -> dict:
-    values = smooth(series.values, smoothing) if split == "train" else series.values
-    x, y = downsample_minmax(series.x(x_axis), values, max_points)
+    values = smooth(series.values, smoothing, smoothing_kind) if split == "train" else series.values
+    x, y = downsample_minmax(series.x(x_axis, start), values, max_points)
     test = split == "test"
     return {
         "type": "scatter", "x": x, "y": np.round(y, 4), "mode": "lines+markers" if test and len(x) <= 60 else "lines",
@@ -84,7 +100,7 @@ def _curve_trace(
         "legendgroup": str(group), "uid": f"{group}-{split}",
         "line": {"color": colour, "width": 2.6 if test else 1.2, "dash": "solid" if test else "dash"},
         "marker": {"size": 5},
-        "hovertemplate": f"{label} {split}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
+        "hovertemplate": f"{label} {split}: %{{y:.3f}}<extra></extra>",
     }
 
 
@@ -94,6 +110,7 @@ def training_curves_figure(
     metric: str = "error",
     x_axis: str = "iterations",
     smoothing: float = 0.0,
+    smoothing_kind: str = EMA,
     log_y: bool = False,
     max_points: int = MAX_POINTS_PER_TRACE,
     height: int = CURVE_HEIGHT,
@@ -109,16 +126,17 @@ def training_curves_figure(
             if series is not None and len(series):
                 traces.append(_curve_trace(
                     series, label=run.label, split=split, colour=run_colour(index), group=run.run_id,
-                    metric=metric, x_axis=x_axis, smoothing=smoothing, max_points=max_points,
+                    metric=metric, x_axis=x_axis, start=run.start, smoothing=smoothing,
+                    smoothing_kind=smoothing_kind, max_points=max_points,
                 ))
     figure = go.Figure(data=traces, layout={
         "height": height,
         "margin": {"l": 60, "r": 20, "t": 30, "b": 50},
         "template": "plotly_white",
-        "xaxis": {"title": {"text": x_axis}},
+        "xaxis": {"title": {"text": X_AXIS_TITLES.get(x_axis, x_axis)}},
         "yaxis": {"title": {"text": METRIC_AXIS_TITLES.get(metric, metric)}, "type": "log" if log_y else "linear"},
         "legend": {"x": 1.02, "y": 1},
-        "hovermode": "closest",
+        "hovermode": "x unified",
         "uirevision": revision,
     })
     if not traces:
