@@ -1,6 +1,9 @@
-"""The Compare tab in Chromium while a real worker trains: zoom and legend choices survive live updates."""
+"""The Compare tab in Chromium: zoom and legend choices survive live updates while a real worker trains;
+smoothing, axes, hover and curve downloads on stored runs."""
 
 from __future__ import annotations
+
+import csv
 
 import pytest
 
@@ -76,7 +79,8 @@ def stored_run(store, name: str, offset: float) -> int:
     return run_id
 
 
-def test_smoothing_follows_each_slider_step_wall_time_axis_and_unified_hover(page, serve_workbench, tmp_path):
+def test_smoothing_follows_each_slider_step_wall_time_unified_hover_and_csv_download(page, serve_workbench,
+                                                                                    tmp_path):
     served = serve_workbench(tmp_path, "--workers", "0")
     first, second = (stored_run(served.store, name, offset) for name, offset in (("zig", 10.0), ("zag", 50.0)))
     page.goto(served.url)
@@ -113,3 +117,13 @@ def test_smoothing_follows_each_slider_step_wall_time_axis_and_unified_hover(pag
     hover = page.locator(f"{PLOT} .hoverlayer")
     expect()(hover).to_contain_text("zig train")
     expect()(hover).to_contain_text("zag train")
+
+    page.locator("#prepare-curves").click()
+    with page.expect_download() as started:
+        page.locator("#download-curves").click()
+    saved = tmp_path / started.value.suggested_filename
+    started.value.save_as(saved)
+    with saved.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 52 and {row["run_name"] for row in rows} == {"zig", "zag"}
+    assert {row["metric"] for row in rows} == {"error"}

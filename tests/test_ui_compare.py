@@ -2,6 +2,7 @@
 
 import base64
 import json
+import zipfile
 
 import gradio as gr
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from storage import open_store
 from workbench.spec import DataSpec, NetSpec, RunSpec
-from workbench.ui.compare_tab import CompareView, pick_group, redraw, tick
+from workbench.ui.compare_tab import CompareView, export_curves, pick_group, redraw, tick
 from workbench.ui.context import WorkbenchContext
 from workbench.viz.charts import EMA, RUNNING_MEAN
 
@@ -146,3 +147,15 @@ def test_paper_stars_only_for_a_cifar10_ladder(ctx):
     runs = ladder(ctx, data=DataSpec())
     *_, depth, _, _ = redraw(ctx, sorted(runs.values()), *OPTIONS, CompareView())
     assert depth["visible"] is True and not [trace for trace in depth["value"].data if "He et al." in trace.name]
+
+
+def test_tensorboard_export_of_the_curves_on_screen_is_a_zip_with_a_folder_per_run(ctx):
+    run_ids = twin(ctx)
+    log(ctx.store, run_ids[0], [10, 20])
+    *_, view = redraw(ctx, run_ids, *OPTIONS, CompareView())
+    message, button = export_curves(ctx, "loss", "tensorboard", view)
+    with zipfile.ZipFile(button.value["path"]) as archive:
+        folders = {name.split("/")[0] for name in archive.namelist() if "tfevents" in name}
+    assert folders == {f"run{run_ids[0]}-plain20", f"run{run_ids[1]}-resnet20"} and "Ready" in message
+    message, button = export_curves(ctx, "loss", "csv", CompareView())
+    assert "pick runs" in message and button["visible"] is False

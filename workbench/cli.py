@@ -209,6 +209,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    fmt, target = ("csv", args.csv) if args.csv else ("tensorboard", args.tensorboard)
+    print(_service(args).export_curves(args.runs, fmt, target, args.metric))
+    return 0
+
+
 def cmd_lesion(args: argparse.Namespace) -> int:
     from workbench.jobs.analyses import LESION
 
@@ -351,6 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", choices=["best", "last"], default="best")
     export.add_argument("-o", "--output", type=Path, required=True)
     export.set_defaults(handler=cmd_export)
+
+    metrics = commands.add_parser("metrics", help="write runs' stored curves as a long CSV or TensorBoard event files")
+    metrics.add_argument("runs", type=int, nargs="+", metavar="RUN")
+    target = metrics.add_mutually_exclusive_group(required=True)
+    target.add_argument("--csv", type=Path, metavar="FILE",
+                        help="one row per value: run, run_name, metric, split, iteration, epoch, wall_time, value")
+    target.add_argument("--tensorboard", type=Path, metavar="DIR", help="event files, one folder per run")
+    metrics.add_argument("--metric", action="append", default=None,
+                         help="only this metric (repeatable; default all: error, loss, lr, images_per_s, ...)")
+    metrics.set_defaults(handler=cmd_metrics)
 
     resume = commands.add_parser("resume", help="queue an interrupted, cancelled or failed run again")
     resume.add_argument("run", type=int)

@@ -26,11 +26,14 @@ from workbench.presets import Preset, list_presets
 from workbench.service.finetune import with_copied_source
 from workbench.service.forms import FORM_FIELDS, specs_from_form
 from workbench.service.plans import PlannedRun, default_group_name, unique_group_name
+from workbench.service.results import write_metrics_csv, write_tensorboard
 from workbench.spec import DataSpec, TrainSpec
 from workbench.weights.export import EXPORT_FORMATS, export_model
 from workbench.weights.loader import load_model_file
 
 logger = logging.getLogger(__name__)
+
+CURVE_FORMATS = ("csv", "tensorboard")
 
 
 def export_file_name(run: RunRecord, which: str, fmt: str) -> str:
@@ -168,6 +171,19 @@ class Workbench:
         written = export_model(model, model.spec, metadata, fmt, target)
         self.store.add_artifact(run_id, "export", written)
         return written
+
+    def export_curves(self, run_ids: Sequence[int], fmt: str, out_path: Path | None = None,
+                      names: Sequence[str] | None = None) -> Path:
+        """The runs' stored curves (metrics `names`, or all) as a long CSV file or a folder of TensorBoard event
+        files (one subfolder per run); by default in the exports folder."""
+        if fmt not in CURVE_FORMATS:
+            raise WorkbenchError(f"unknown curve format {fmt!r}; choose one of {', '.join(CURVE_FORMATS)}")
+        stem = "curves-" + "-".join(f"run{run_id}" for run_id in list(run_ids)[:8])
+        if fmt == "csv":
+            return write_metrics_csv(self.store, run_ids, out_path or exports_dir(self.home) / f"{stem}.csv", names)
+        folder = Path(out_path or exports_dir(self.home) / f"{stem}-tensorboard")
+        write_tensorboard(self.store, run_ids, folder, names)
+        return folder
 
     # -- analyses ------------------------------------------------------------------------------
 

@@ -10,11 +10,14 @@ and error against depth with the paper's numbers, all drawn from the same cache.
 from __future__ import annotations
 
 import functools
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 import plotly.graph_objects as go
 
+from workbench.errors import WorkbenchError
 from workbench.science.degradation import (
     degradation_observed,
     net_depth_and_residual,
@@ -164,6 +167,21 @@ def tick(ctx: WorkbenchContext, metric: str, x_axis: str, smoothing: float, smoo
     return gr.skip(), verdict, gr.skip(), gr.skip(), live_figures(live), view
 
 
+CURVE_EXPORTS = {"CSV (long format)": "csv", "TensorBoard event files (zip, a folder per run)": "tensorboard"}
+
+
+def export_curves(ctx: WorkbenchContext, metric: str, fmt: str, view: CompareView):
+    """The followed runs' curves of the metric on screen as a file to download; (message, download button)."""
+    hidden = gr.update(visible=False)
+    try:
+        target = ctx.export_curves(view.run_ids, fmt, names=[metric])
+    except WorkbenchError as exc:
+        return f"**Not exported:** {exc}", hidden
+    if target.is_dir():
+        target = Path(shutil.make_archive(str(target), "zip", target))
+    return f"Ready: `{target.name}`.", gr.DownloadButton(f"Download {target.name}", value=str(target), visible=True)
+
+
 def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> None:
     """Create the Compare tab; a new launch (`launched`) selects its group here."""
     bound = functools.partial
@@ -189,6 +207,12 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
                            elem_id=FIGURE6_ID)
         depth = gr.Plot(label="Error against depth (stars, for CIFAR-10 ladders: the paper's ResNet test errors)",
                         visible=False, elem_id=DEPTH_ID)
+        with gr.Row():
+            curve_format = gr.Radio(list(CURVE_EXPORTS.items()), value="csv", label="Export the curves on screen",
+                                    elem_id="curve-format", scale=3)
+            prepare = gr.Button("Prepare file", elem_id="prepare-curves", scale=1)
+            download = gr.DownloadButton("Download", visible=False, elem_id="download-curves", scale=1)
+        export_message = gr.Markdown(elem_id="curves-export-message")
         live = live_channel("compare-live")
         view = gr.State(CompareView())
         timer = gr.Timer(REFRESH_SECONDS)
@@ -205,6 +229,10 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
                         api_visibility="private", show_progress="hidden")
     for event in (redrawn, ticked):
         apply_live_figures(event, live)
+    prepare.click(bound(export_curves, ctx), [metric, curve_format, view], [export_message, download],
+                  api_name="export_curves")
+    gr.on([runs.change, metric.change, curve_format.change], lambda: gr.update(visible=False), None, download,
+          api_visibility="private")
 
     def follow_launch(latest: dict | None):
         group_choices, run_choices = choices(ctx)
