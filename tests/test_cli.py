@@ -45,3 +45,16 @@ def test_bad_input_gives_a_message_and_exit_code_2(tmp_path):
     assert "6n+2" in result.stderr and "Traceback" not in result.stderr
     result = run_cli("summary", "resnet21", home=tmp_path)
     assert result.returncode == 2 and "Valid presets" in result.stderr
+
+
+def test_submit_with_seeds_queues_a_seed_group(tmp_path):
+    from storage import open_store
+
+    result = run_cli("submit", "--preset", "resnet20", "--iterations", "10", "--seed", "3", "--seeds", "3",
+                     home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_ids = [int(word) for word in result.stdout.split()]
+    with open_store(tmp_path) as store:
+        runs = [store.get_run(run_id) for run_id in run_ids]
+    assert [run.spec["train"]["seed"] for run in runs] == [3, 4, 5]
+    assert {run.group_kind for run in runs} == {"seeds"} and len({run.group_name for run in runs}) == 1
