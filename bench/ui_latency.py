@@ -1,9 +1,10 @@
 """Compare-tab latency next to a naive reference, and page load to the first interactive chart in Chromium.
 
-    python bench/ui_latency.py [--runs 8] [--points 10000] [--repeats 15] [--no-browser]
+    python bench/ui_latency.py [--runs 8] [--seeds 3] [--points 10000] [--repeats 15] [--no-browser]
 
-Server side, with `runs` runs of `points` logged training iterations each (error, loss, lr and
-images/s rows, plus a test point every 100 iterations) in a real SQLite store:
+Server side, with `runs` networks over `seeds` seeds each (seed groups, drawn as mean and std
+band) of `points` logged training iterations each (error, loss, lr and images/s rows, plus a test
+point every 100 iterations) in a real SQLite store:
 
 - compare update: a timer tick after each run logged 10 more iterations; ours fetches only rows
   newer than the cached cursors and redraws the downsampled curves and, the runs being one ladder
@@ -45,7 +46,7 @@ import plotly  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 
 from storage import RunStore, open_store  # noqa: E402
-from workbench.spec import NetSpec, RunSpec  # noqa: E402
+from workbench.spec import NetSpec, RunSpec, TrainSpec  # noqa: E402
 from workbench.ui import compare_tab  # noqa: E402
 from workbench.ui.compare_tab import CompareView, redraw, tick  # noqa: E402
 from workbench.ui.context import WorkbenchContext  # noqa: E402
@@ -81,17 +82,18 @@ def metric_rows(start: int, stop: int) -> list[dict]:
     return rows
 
 
-def fill_store(store: RunStore, runs: int, points: int) -> list[int]:
-    """Runs of a ladder group with `points` logged iterations each."""
+def fill_store(store: RunStore, runs: int, points: int, seeds: int) -> list[int]:
+    """A ladder group of `runs` networks, each over `seeds` seeds (a seed group), `points` logged iterations each."""
     run_ids = []
     for index in range(runs):
         depth = 20 + 12 * (index // 2)
         shortcut = "none" if index % 2 == 0 else "A"
-        run_id = store.create_run(RunSpec(net=NetSpec(depth=depth, shortcut=shortcut)), name=f"run{index}",
-                                  group_name=GROUP, group_kind="ladder")
-        for start in range(1, points + 1, 2000):
-            store.append_metrics(run_id, metric_rows(start, min(start + 2000, points + 1)))
-        run_ids.append(run_id)
+        for seed in range(seeds):
+            spec = RunSpec(net=NetSpec(depth=depth, shortcut=shortcut), train=TrainSpec(seed=seed))
+            run_id = store.create_run(spec, name=f"run{index} seed {seed}", group_name=GROUP, group_kind="ladder")
+            for start in range(1, points + 1, 2000):
+                store.append_metrics(run_id, metric_rows(start, min(start + 2000, points + 1)))
+            run_ids.append(run_id)
     return run_ids
 
 
@@ -136,16 +138,16 @@ def server_benches(ctx: WorkbenchContext, run_ids: list[int], points: int, repea
                    for figure in figures if isinstance(figure, go.Figure | str))
 
     view = CompareView()
-    sizes = {"ours": serialized(redraw(ctx, run_ids, *OPTIONS, view)),
+    sizes = {"ours": serialized(redraw(ctx, run_ids, view, *OPTIONS)),
              "reference": len(plot.postprocess(naive_figure(ctx.store, run_ids)).plot)}
     logger.info("figure JSON: ours %d bytes, reference %d bytes", sizes["ours"], sizes["reference"])
 
-    update_ours = timed(lambda: serialized(tick(ctx, *OPTIONS, view)), repeats, log_more)
+    update_ours = timed(lambda: serialized(tick(ctx, view, *OPTIONS)), repeats, log_more)
     update_reference = timed(lambda: plot.postprocess(naive_figure(ctx.store, run_ids)), repeats, log_more)
-    open_ours = timed(lambda: serialized(redraw(ctx, run_ids, *OPTIONS, CompareView())), max(3, repeats // 3))
+    open_ours = timed(lambda: serialized(redraw(ctx, run_ids, CompareView(), *OPTIONS)), max(3, repeats // 3))
     open_reference = timed(lambda: plot.postprocess(naive_figure(ctx.store, run_ids)), max(3, repeats // 3))
-    idle_ours = timed(lambda: serialized(tick(ctx, *OPTIONS, view)), repeats)
-    label = f"{len(run_ids)} runs x {points} points"
+    idle_ours = timed(lambda: serialized(tick(ctx, view, *OPTIONS)), repeats)
+    label = f"{len(run_ids)} runs x {points} points, seed bands on"
     return [
         result(f"compare update after new rows, server ({label})", update_ours, update_reference, "ms"),
         result(f"compare open (full history), server ({label})", open_ours, open_reference, "ms"),
@@ -248,6 +250,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--points", type=int, default=10_000)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per network: each network is a seed group")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--no-browser", action="store_true")
     args = parser.parse_args()
@@ -258,8 +261,9 @@ def main() -> int:
         home = Path(scratch) / "home"
         store = open_store(home)
         started = time.perf_counter()
-        run_ids = fill_store(store, args.runs, args.points)
-        logger.info("stored %d runs x %d iterations in %.1f s", args.runs, args.points, time.perf_counter() - started)
+        run_ids = fill_store(store, args.runs, args.points, args.seeds)
+        logger.info("stored %d runs x %d seeds x %d iterations in %.1f s", args.runs, args.seeds, args.points,
+                    time.perf_counter() - started)
         ctx = WorkbenchContext(store, None, [home / "datasets"])
         results = server_benches(ctx, run_ids, args.points, args.repeats)
         if args.no_browser or not CHROMIUM.exists():

@@ -68,9 +68,10 @@ def test_zoom_and_hidden_trace_survive_three_live_updates(page, serve_workbench,
     served.app.context.cancel(run_id)
 
 
-def stored_run(store, name: str, offset: float) -> int:
-    """A completed run with 50 logged training iterations, one a second, and two test points."""
-    run_id = store.create_run(LIVE, name=name, status="completed")
+def stored_run(store, name: str, offset: float, seed: int = 0, lr: float = 0.1, group: str | None = None) -> int:
+    """A completed run with 50 logged training iterations, one a minute, and two test points."""
+    spec = LIVE.model_copy(update={"train": LIVE.train.model_copy(update={"seed": seed, "lr": lr})})
+    run_id = store.create_run(spec, name=name, status="completed", group_name=group, group_kind=group and "seeds")
     rows = [{"iteration": i, "epoch": i / 32, "split": "train", "name": "error", "value": offset + (i % 2) * 20.0,
              "wall_time": 1_000.0 + 60.0 * i} for i in range(1, 51)]
     rows += [{"iteration": i, "epoch": i / 32, "split": "test", "name": "error", "value": offset + 5.0,
@@ -82,7 +83,8 @@ def stored_run(store, name: str, offset: float) -> int:
 def test_smoothing_follows_each_slider_step_wall_time_unified_hover_and_csv_download(page, serve_workbench,
                                                                                     tmp_path):
     served = serve_workbench(tmp_path, "--workers", "0")
-    first, second = (stored_run(served.store, name, offset) for name, offset in (("zig", 10.0), ("zag", 50.0)))
+    first, second = (stored_run(served.store, name, offset, lr=lr)
+                     for name, offset, lr in (("zig", 10.0, 0.1), ("zag", 50.0, 0.05)))
     page.goto(served.url)
     page.wait_for_selector("#unit-diagram .main-svg", timeout=60_000)
     page.get_by_role("tab", name="Compare", exact=True).click()
@@ -127,3 +129,27 @@ def test_smoothing_follows_each_slider_step_wall_time_unified_hover_and_csv_down
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * 52 and {row["run_name"] for row in rows} == {"zig", "zag"}
     assert {row["metric"] for row in rows} == {"error"}
+
+
+def test_a_seed_group_is_drawn_as_mean_and_band_with_n_in_the_legend(page, serve_workbench, tmp_path,
+                                                                     artifacts_dir):
+    served = serve_workbench(tmp_path, "--workers", "0")
+    for seed, offset in enumerate((10.0, 14.0, 18.0)):
+        stored_run(served.store, f"tiny seed {seed}", offset, seed=seed, group="tiny over seeds")
+    stored_run(served.store, "tiny lr 0.05", 40.0, lr=0.05, group="tiny over seeds")
+    page.goto(served.url)
+    page.wait_for_selector("#unit-diagram .main-svg", timeout=60_000)
+    page.get_by_role("tab", name="Compare", exact=True).click()
+    pick(page, "compare-group", "tiny over seeds [seeds]")
+    bands = f"document.querySelectorAll('{PLOT} .scatterlayer .trace path.js-fill').length"
+    page.wait_for_function(f"{bands} === 2", timeout=60_000)
+    legend = page.locator(f"{PLOT} .legendtext")
+    expect()(legend.filter(has_text="tiny [3 seeds] test n=3, final 19.00 ± 4.00%")).to_have_count(1)
+    expect()(legend.filter(has_text="tiny lr 0.05 test 45.00%")).to_have_count(1)
+    traces = f"document.querySelector('{PLOT}')._fullData.length"
+    drawn = page.evaluate(traces)
+    page.locator("#show-seed-runs input").check()
+    page.wait_for_function(f"{traces} === {drawn + 6}", timeout=20_000)
+    page.locator("#seed-band").get_by_label("min-max", exact=True).check()
+    page.wait_for_function(f"Math.max(...document.querySelector('{PLOT}')._fullData[0].y) === 38", timeout=20_000)
+    page.locator("#curves-plot").screenshot(path=artifacts_dir / "compare-seed-band.png")

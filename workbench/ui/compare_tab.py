@@ -10,6 +10,7 @@ and error against depth with the paper's numbers, all drawn from the same cache.
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,36 +27,87 @@ from workbench.science.degradation import (
 )
 from workbench.service import RunRecord
 from workbench.service.curves import CurveCache, curves_of, ladder_curve_runs
-from workbench.service.plans import LADDER
+from workbench.service.plans import LADDER, seed_group_key
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.live_plot import apply_live_figures, live_channel, live_figures
 from workbench.ui.run_table import run_label
-from workbench.viz.charts import EMA, SMOOTHING_KINDS, X_AXES, training_curves_figure
+from workbench.viz.charts import (
+    BANDS,
+    EMA,
+    FINAL,
+    SMOOTHING_KINDS,
+    STD,
+    SUMMARIES,
+    X_AXES,
+    CurveStyle,
+    training_curves_figure,
+)
 from workbench.viz.figures import error_vs_depth, figure6, final_errors
+from workbench.viz.series import SeedGroup
 
 REFRESH_SECONDS = 3.0
 CURVES_ID, FIGURE6_ID, DEPTH_ID = "curves-plot", "compare-figure6", "depth-plot"
 NO_GROUP = ""
+NO_BAND = "off: each run"
+SEED_SUFFIX = re.compile(r" seed \d+$")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The chart options, in the order of the tab's option components."""
+
+    metric: str = "error"
+    x_axis: str = "iterations"
+    smoothing: float = 0.0
+    smoothing_kind: str = EMA
+    log_y: bool = False
+    band: str = STD
+    show_runs: bool = False
+    summary: str = FINAL
+    summary_at: float | None = None
+
+    @property
+    def frame(self) -> tuple:
+        """What a new chart is drawn for (the zoom is kept while it stays the same)."""
+        return self.metric, self.x_axis, bool(self.log_y)
+
+    def style(self) -> CurveStyle:
+        at = int(self.summary_at) if self.summary_at else None
+        return CurveStyle(metric=self.metric, x_axis=self.x_axis, smoothing=self.smoothing or 0.0,
+                          smoothing_kind=self.smoothing_kind, band=self.band, show_runs=bool(self.show_runs),
+                          summary=self.summary, summary_at=at)
 
 
 @dataclass
 class CompareView:
-    """What one browser session follows: the runs, one curve cache per metric, labels, the ladder group."""
+    """What one browser session follows: the runs, their seed groups, one curve cache per metric, labels, the ladder
+    group, and the options last drawn."""
 
     run_ids: list[int] = field(default_factory=list)
     caches: dict[str, CurveCache] = field(default_factory=dict)
     labels: dict[int, str] = field(default_factory=dict)
+    seed_groups: list[tuple[str, str, list[int]]] = field(default_factory=list)
     ladder_group: str | None = None
     ladder_members: dict[int, tuple[str, int, bool]] = field(default_factory=dict)
     references: dict[int, float] = field(default_factory=dict)
     revision: str | None = None
-    smoothing: tuple[float, str] = (0.0, EMA)
+    options: Options = field(default_factory=Options)
 
     def cache(self, metric: str) -> CurveCache:
         """The curves of `metric` for the followed runs (only the metric on screen is fetched)."""
         cache = self.caches.setdefault(metric, CurveCache((metric,)))
         cache.select(self.run_ids)
         return cache
+
+
+def seed_groups_of(runs: list[RunRecord]) -> list[tuple[str, str, list[int]]]:
+    """(key, label, run ids) of each set of runs that differ only by seed, in the order first picked."""
+    groups: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        groups.setdefault(seed_group_key(run.spec), []).append(run)
+    return [(str(index), SEED_SUFFIX.sub("", members[0].name) + (f" [{len(members)} seeds]" if len(members) > 1
+                                                                  else ""), [run.id for run in members])
+            for index, members in enumerate(groups.values())]
 
 
 def choices(ctx: WorkbenchContext):
@@ -86,12 +138,15 @@ def _ladder_figures(view: CompareView) -> tuple[str, go.Figure, go.Figure]:
     return verdict_markdown(degradation_observed(curves)), figure_6, depth
 
 
-def _curves_figure(view: CompareView, metric: str, x_axis: str, smoothing: float, smoothing_kind: str,
-                   log_y: bool):
-    return training_curves_figure(
-        curves_of(view.cache(metric), view.labels, metric), metric=metric, x_axis=x_axis, smoothing=smoothing or 0.0,
-        smoothing_kind=smoothing_kind, log_y=bool(log_y), revision=view.revision,
-    )
+def _curves_figure(view: CompareView, options: Options):
+    """Runs as they are, or (with a band chosen) each seed group of several runs as its mean and band."""
+    curves = {run.run_id: run for run in curves_of(view.cache(options.metric), view.labels, options.metric)}
+    if options.band == NO_BAND:
+        entries = list(curves.values())
+    else:
+        entries = [SeedGroup(key, label, tuple(curves[run_id] for run_id in run_ids))
+                   for key, label, run_ids in view.seed_groups]
+    return training_curves_figure(entries, style=options.style(), log_y=bool(options.log_y), revision=view.revision)
 
 
 def _ladder_of(runs: list[RunRecord]) -> str | None:
@@ -105,20 +160,22 @@ def _ladder_of(runs: list[RunRecord]) -> str | None:
 SKIPPED = (gr.skip(),) * 6
 
 
-def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis: str, smoothing: float,
-           smoothing_kind: str, log_y: bool, view: CompareView):
+def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, view: CompareView, *option_values):
     """Follow the picked runs and draw their curves (new runs' curves are read in full, once).
 
-    Returns (curves, verdict, Figure 6, error against depth, live figures, view). A new selection,
-    metric or axis draws new charts; otherwise this is a tick (see `tick`).
+    `option_values` are the Options fields in order. Returns (curves, verdict, Figure 6, error
+    against depth, live figures, view). A new selection, metric or axis draws new charts;
+    otherwise this is a tick (see `tick`).
     """
+    options = Options(*option_values)
     wanted = [int(run_id) for run_id in run_ids or [] if str(run_id).isdigit()]
-    revision = repr((wanted, metric, x_axis, bool(log_y)))
+    revision = repr((wanted, *options.frame))
     if revision == view.revision:
-        return tick(ctx, metric, x_axis, smoothing, smoothing_kind, log_y, view)
-    picked = [run for run in ctx.store.list_runs() if run.id in wanted]
+        return tick(ctx, view, *option_values)
+    picked = sorted((run for run in ctx.store.list_runs() if run.id in wanted), key=lambda run: wanted.index(run.id))
     view.run_ids = wanted
     view.labels = {run.id: f"#{run.id} {run.name}" for run in picked}
+    view.seed_groups = seed_groups_of(picked)
     view.ladder_group = _ladder_of(picked)
     view.ladder_members = {run.id: (run.preset or run.name, *net_depth_and_residual(run.spec))
                            for run in picked} if view.ladder_group else {}
@@ -126,9 +183,9 @@ def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis
     view.references = paper_reference_errors(
         sorted({depth for _, depth, residual in view.ladder_members.values() if residual}), ctx.home
     ) if on_cifar10 else {}
-    _refresh(ctx, view, metric)
-    view.revision, view.smoothing = revision, (smoothing, smoothing_kind)
-    curves = _curves_figure(view, metric, x_axis, smoothing, smoothing_kind, log_y)
+    _refresh(ctx, view, options.metric)
+    view.revision, view.options = revision, options
+    curves = _curves_figure(view, options)
     if view.ladder_group is None:
         hidden = gr.update(visible=False)
         return curves, hidden, hidden, hidden, "", view
@@ -146,21 +203,22 @@ def _refresh(ctx: WorkbenchContext, view: CompareView, metric: str) -> tuple[boo
     return shown, ladder
 
 
-def tick(ctx: WorkbenchContext, metric: str, x_axis: str, smoothing: float, smoothing_kind: str, log_y: bool,
-         view: CompareView):
-    """Fetch only rows newer than what is shown; send what they (or a new smoothing) changed to the charts in place.
+def tick(ctx: WorkbenchContext, view: CompareView, *option_values):
+    """Fetch only rows newer than what is shown; send what they (or new smoothing, band or summary options) changed
+    to the charts in place.
 
     The charts themselves are skipped, so the browser keeps them (and the user's zoom) and applies
     the live figures with Plotly.react; nothing at all is sent when nothing changed.
     """
-    shown, ladder = _refresh(ctx, view, metric)
-    restyled = (smoothing, smoothing_kind) != view.smoothing
-    view.smoothing = (smoothing, smoothing_kind)
+    options = Options(*option_values)
+    shown, ladder = _refresh(ctx, view, options.metric)
+    restyled = options != view.options
+    view.options = options
     if not (shown or ladder or restyled):
         return SKIPPED
     live = {}
     if shown or restyled:
-        live[CURVES_ID] = _curves_figure(view, metric, x_axis, smoothing, smoothing_kind, log_y)
+        live[CURVES_ID] = _curves_figure(view, options)
     verdict = gr.skip()
     if ladder:
         verdict, live[FIGURE6_ID], live[DEPTH_ID] = _ladder_figures(view)
@@ -199,7 +257,13 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
                                   elem_id="compare-smoothing")
             smoothing_kind = gr.Radio(list(SMOOTHING_KINDS), value=EMA, label="Smoothing")
             log_y = gr.Checkbox(False, label="Log scale")
-        curves = gr.Plot(_curves_figure(CompareView(), "error", "iterations", 0, EMA, False), label="Training curves",
+        with gr.Row():
+            band = gr.Radio([NO_BAND, *BANDS], value=STD, label="Seed groups (runs differing only by seed)",
+                            info="drawn as their mean with this band, from every stored point", elem_id="seed-band")
+            show_runs = gr.Checkbox(False, label="Show each seed thin", elem_id="show-seed-runs")
+            summary = gr.Radio(list(SUMMARIES), value=FINAL, label="Legend summary", elem_id="legend-summary")
+            summary_at = gr.Number(None, label="at iteration", precision=0, elem_id="summary-at")
+        curves = gr.Plot(_curves_figure(CompareView(), Options()), label="Training curves",
                          elem_id=CURVES_ID)
         gr.Markdown("Dashed: training error (averaged over the logging interval); bold: test error. " + LADDER_HINT)
         verdict = gr.Markdown(visible=False, elem_id="compare-verdict")
@@ -217,15 +281,15 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
         view = gr.State(CompareView())
         timer = gr.Timer(REFRESH_SECONDS)
 
-    options = [metric, x_axis, smoothing, smoothing_kind, log_y]
+    options = [metric, x_axis, smoothing, smoothing_kind, log_y, band, show_runs, summary, summary_at]
     outputs = [curves, verdict, figure_6, depth, live, view]
     gr.on([demo.load, tab.select], bound(choices, ctx), None, [group, runs], api_visibility="private")
     group.input(bound(pick_group, ctx), group, runs, api_visibility="private")
-    redrawn = gr.on([runs.change, metric.input, x_axis.input, smoothing.change, smoothing_kind.input,
-                     log_y.input], bound(redraw, ctx),
-                    [runs, *options, view], outputs, trigger_mode="always_last", api_name="compare",
+    redrawn = gr.on([runs.change, metric.input, x_axis.input, smoothing.change, smoothing_kind.input, log_y.input,
+                     band.input, show_runs.input, summary.input, summary_at.change], bound(redraw, ctx),
+                    [runs, view, *options], outputs, trigger_mode="always_last", api_name="compare",
                     show_progress="minimal")
-    ticked = timer.tick(bound(tick, ctx), [*options, view], outputs, concurrency_limit=None,
+    ticked = timer.tick(bound(tick, ctx), [view, *options], outputs, concurrency_limit=None,
                         api_visibility="private", show_progress="hidden")
     for event in (redrawn, ticked):
         apply_live_figures(event, live)

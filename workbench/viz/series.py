@@ -32,9 +32,9 @@ class Series:
         self.values = np.concatenate([self.values[:keep], np.asarray(values, dtype=np.float64)])
         self.wall_times = np.concatenate([self.wall_times[:keep], np.asarray(walls, dtype=np.float64)])
 
-    def points(self) -> list[tuple[int, float]]:
-        """(iteration, value) pairs in iteration order."""
-        return list(zip(self.iterations.tolist(), self.values.tolist(), strict=True))
+    def points(self) -> np.ndarray:
+        """(iteration, value) rows in iteration order, as an (n, 2) array."""
+        return np.column_stack([self.iterations.astype(np.float64), self.values])
 
     def x(self, axis: str, start: float = 0.0) -> np.ndarray:
         """The x values for an "iterations", "epochs" or "wall time" axis (minutes after `start`, Unix s)."""
@@ -58,3 +58,12 @@ class RunCurves:
         """The wall time of the run's first drawn point (Unix s): zero of its wall-time axis."""
         return min((series.wall_times[0] for series in (self.train, self.test) if series is not None and len(series)),
                    default=0.0)
+
+
+@dataclass(frozen=True)
+class SeedGroup:
+    """Runs that differ only by seed, drawn as one curve with a band; `key` names it across redraws."""
+
+    key: str
+    label: str
+    runs: tuple[RunCurves, ...]
