@@ -13,6 +13,8 @@ point every 100 iterations) in a real SQLite store:
   Target: ours under 150 ms.
 - compare open: picking the runs (ours reads the full history once, then downsamples).
 - idle tick: nothing new; ours answers gr.skip() (no redraw), the reference redraws anyway.
+- runs table: a search keystroke among 200+ runs with spec columns and identical columns hidden,
+  filtered in memory, next to the store's SQL search feeding the plain table. Target: under 100 ms.
 
 Browser side (Debian's Chromium, skipped without it): the workbench page from navigation to its
 first drawn Plotly chart, next to a bare HTML page drawing the same figure with plotly.js; and the
@@ -156,6 +158,31 @@ def server_benches(ctx: WorkbenchContext, run_ids: list[int], points: int, repea
     ]
 
 
+def table_benches(ctx: WorkbenchContext, repeats: int, count: int = 200) -> list[dict]:
+    """The Runs tab among `count` runs: a keystroke in the search box with two spec columns and identical columns
+    hidden (filtered in memory), next to the store's SQL search feeding the plain table."""
+    import pandas as pd
+
+    from workbench.service.run_query import RunFilter
+    from workbench.ui.run_table import RUN_TABLE_COLUMNS, run_rows
+    from workbench.ui.runs_tab import table_view
+
+    for index in range(count):
+        spec = RunSpec(net=NetSpec(depth=20 + 6 * (index % 4)), train=TrainSpec(lr=0.1 / (1 + index % 3)))
+        ctx.store.create_run(spec, name=f"table run {index}", status="completed", group_name=f"table {index % 7}")
+
+    def ours() -> None:
+        columns, rows = table_view(ctx.list_runs(), RunFilter(text="run 1", statuses=["completed"]),
+                                   ["train.lr", "net.depth"], True)
+        pd.DataFrame(rows, columns=columns)
+
+    def reference() -> None:
+        pd.DataFrame(run_rows(ctx.store.list_runs(search="run 1", status="completed")), columns=RUN_TABLE_COLUMNS)
+
+    return [result(f"runs table filter per keystroke, server ({len(ctx.list_runs())} runs; reference: SQL search)",
+                   timed(ours, repeats), timed(reference, repeats), "ms")]
+
+
 def result(name: str, ours: float, reference: float, unit: str) -> dict:
     return {"bench": name, "ours": round(ours, 2), "reference": round(reference, 2),
             "ratio": round(ours / reference, 4) if reference else None, "unit": unit}
@@ -265,7 +292,7 @@ def main() -> int:
         logger.info("stored %d runs x %d seeds x %d iterations in %.1f s", args.runs, args.seeds, args.points,
                     time.perf_counter() - started)
         ctx = WorkbenchContext(store, None, [home / "datasets"])
-        results = server_benches(ctx, run_ids, args.points, args.repeats)
+        results = server_benches(ctx, run_ids, args.points, args.repeats) + table_benches(ctx, args.repeats)
         if args.no_browser or not CHROMIUM.exists():
             logger.warning("browser benches skipped (%s)", "--no-browser" if args.no_browser else f"no {CHROMIUM}")
         else:

@@ -153,3 +153,32 @@ def test_a_seed_group_is_drawn_as_mean_and_band_with_n_in_the_legend(page, serve
     page.locator("#seed-band").get_by_label("min-max", exact=True).check()
     page.wait_for_function(f"Math.max(...document.querySelector('{PLOT}')._fullData[0].y) === 38", timeout=20_000)
     page.locator("#curves-plot").screenshot(path=artifacts_dir / "compare-seed-band.png")
+
+
+def test_runs_table_filters_per_keystroke_picks_columns_hides_identical_ones_and_diffs_specs(
+        page, serve_workbench, tmp_path, artifacts_dir):
+    served = serve_workbench(tmp_path, "--workers", "0")
+    for name, lr in (("alpha", 0.1), ("beta", 0.05), ("alphabet", 0.02)):
+        stored_run(served.store, name, 10.0, lr=lr)
+    page.goto(served.url)
+    page.wait_for_selector("#unit-diagram .main-svg", timeout=60_000)
+    page.get_by_role("tab", name="Runs", exact=True).click()
+    table = page.locator("#runs-table")
+    expect()(table.get_by_text("beta", exact=True).filter(visible=True)).to_have_count(1, timeout=30_000)
+    page.locator("#runs-search textarea, #runs-search input").first.press_sequentially("alph", delay=50)
+    expect()(table.get_by_text("beta", exact=True).filter(visible=True)).to_have_count(0, timeout=20_000)
+    expect()(table.get_by_text("alphabet", exact=True).filter(visible=True)).to_have_count(1)
+
+    pick(page, "runs-columns", "train.lr", "data.name")
+    expect()(table.get_by_text("0.02", exact=True).filter(visible=True)).to_have_count(1, timeout=20_000)
+    expect()(table.get_by_text("synthetic", exact=True).filter(visible=True)).to_have_count(2)
+    page.locator("#hide-identical input").check()
+    expect()(table.get_by_text("synthetic", exact=True).filter(visible=True)).to_have_count(0, timeout=20_000)
+    expect()(table.get_by_text("0.02", exact=True).filter(visible=True)).to_have_count(1)
+
+    page.get_by_text("Compare specs").click()
+    pick(page, "diff-runs", "#1 alpha", "#3 alphabet")
+    highlighted = page.locator("#spec-diff tr.differs")
+    expect()(highlighted).to_have_count(1, timeout=20_000)
+    expect()(highlighted).to_contain_text("train.lr0.10.02")
+    page.screenshot(path=artifacts_dir / "runs-table-filters-and-spec-diff.png", full_page=True)

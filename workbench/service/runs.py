@@ -136,6 +136,16 @@ class Workbench:
         self.store.rename_run(run_id, name)
         return f"Run #{run_id} renamed to {name.strip()!r}."
 
+    def tag(self, run_id: int, tags: str, remove: bool = False) -> str:
+        """Add (or remove) comma-separated tags of a run."""
+        wanted = [tag.strip() for tag in tags.split(",") if tag.strip()]
+        if not wanted:
+            raise WorkbenchError("type one or more tags, separated by commas")
+        current = self.store.get_run(run_id).tags
+        kept = [tag for tag in current if tag not in wanted] if remove else [*current, *wanted]
+        self.store.set_tags(run_id, kept)
+        return f"Tags of run #{run_id}: {', '.join(dict.fromkeys(kept)) or 'none'}."
+
     def annotate(self, run_id: int, notes: str) -> str:
         self.store.set_notes(run_id, notes)
         return f"Notes of run #{run_id} saved."
