@@ -27,7 +27,7 @@ SWEEP = "sweep"
 SEEDS = "seeds"
 GROUP_KINDS = (TWIN, LADDER, SWEEP, SEEDS)
 ARTIFACT_KINDS = ("checkpoint", "export", "log", "analysis")
-METRIC_SPLITS = ("train", "test", "val")
+METRIC_SPLITS = ("train", "test", "val", "system")
 
 
 def sources_of(status: str) -> list[str]:

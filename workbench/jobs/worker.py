@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from storage import RunStore
 from storage.status import CANCELLED, COMPLETED, FAILED, INTERRUPTED
 from workbench.errors import IllegalTransition, WorkbenchError
 from workbench.jobs.analyses import execute_analysis
+from workbench.jobs.system_metrics import SAMPLE_EVERY_S, SystemSampler
 from workbench.paths import RunFolder
 from workbench.spec import RunSpec
 from workbench.training import FitResult, fit
@@ -61,6 +63,8 @@ class StoreSink:
         self._lost = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{run_id}", daemon=True)
+        self._system = SystemSampler()
+        self._next_sample = time.monotonic()
 
     def start(self) -> StoreSink:
         self._thread.start()
@@ -98,8 +102,18 @@ class StoreSink:
         while not self._closed.wait(self.heartbeat_s):
             try:
                 self._beat()
+                self._sample_system()
             except Exception:
                 logger.exception("heartbeat for run %d failed; retrying", self.run_id)
+
+    def _sample_system(self) -> None:
+        """Every SAMPLE_EVERY_S, once training reports progress: CPU, memory and GPU metrics at its iteration."""
+        with self._lock:
+            iteration, epoch = self._progress.get("iteration"), self._progress.get("epoch")
+        if iteration is None or time.monotonic() < self._next_sample:
+            return
+        self._next_sample = time.monotonic() + SAMPLE_EVERY_S
+        self.store.append_metrics(self.run_id, self._system.rows(iteration, epoch))
 
     @property
     def lost(self) -> bool:

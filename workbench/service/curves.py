@@ -12,10 +12,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from storage.records import METRIC_FIELDS
+from workbench.jobs.system_metrics import SYSTEM_METRICS, SYSTEM_SPLIT
 from workbench.science.degradation import CurveRun
 from workbench.viz.series import RunCurves, Series
 
 CURVE_METRICS = ("error", "loss")
+CHART_METRICS = (*CURVE_METRICS, "lr", "images_per_s", *SYSTEM_METRICS)
 
 
 SeriesKey = tuple[int, str, str]
@@ -80,10 +82,12 @@ class CurveCache:
 
 
 def curves_of(cache: CurveCache, labels: dict[int, str], metric: str = "error") -> list[RunCurves]:
-    """The cached training and test curves of `metric` for each followed run, in selection order."""
+    """The cached training and test curves of `metric` for each followed run, in selection order (a system
+    metric's samples take the training curve's place)."""
+    first = SYSTEM_SPLIT if metric in SYSTEM_METRICS else "train"
     return [
-        RunCurves(run_id, labels.get(run_id, f"#{run_id}"), cache.get(run_id, "train", metric),
-                  cache.get(run_id, "test", metric))
+        RunCurves(run_id, labels.get(run_id, f"#{run_id}"), cache.get(run_id, first, metric),
+                  cache.get(run_id, "test", metric), train_label=first)
         for run_id in cache.run_ids
     ]
 

@@ -107,6 +107,11 @@ class Workbench:
         logger.info("queued runs %s (%s)", ids, plan[0].group_name or "no group")
         return ids
 
+    def latest_values(self, run_id: int, names: Sequence[str]) -> dict[str, float]:
+        """The last stored value of each of these metrics that the run has logged."""
+        batch = self.store.fetch_metrics_since({run_id: 0}, names=list(names)).get(run_id)
+        return {row.name: row.value for row in batch.rows if row.value is not None} if batch else {}
+
     # -- the life of a run ---------------------------------------------------------------------
 
     def cancel(self, run_id: int) -> str:

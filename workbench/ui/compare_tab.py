@@ -26,7 +26,7 @@ from workbench.science.degradation import (
     verdict_markdown,
 )
 from workbench.service import RunRecord
-from workbench.service.curves import CurveCache, curves_of, ladder_curve_runs
+from workbench.service.curves import CHART_METRICS, CurveCache, curves_of, ladder_curve_runs
 from workbench.service.plans import LADDER, seed_group_key
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.live_plot import apply_live_figures, live_channel, live_figures
@@ -250,7 +250,7 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
             runs = gr.Dropdown([], value=[], multiselect=True, label="Runs", elem_id="compare-runs", scale=3,
                                allow_custom_value=True)
         with gr.Row():
-            metric = gr.Radio(["error", "loss"], value="error", label="Metric")
+            metric = gr.Dropdown(list(CHART_METRICS), value="error", label="Metric", elem_id="compare-metric")
             x_axis = gr.Radio(list(X_AXES), value="iterations", label="x axis", elem_id="compare-x-axis")
             smoothing = gr.Slider(0, 0.99, value=0, step=0.01, label="Smoothing weight (training curves)",
                                   info="a running mean averages the last 1 / (1 - weight) points",

@@ -11,6 +11,7 @@ import pandas as pd
 
 from workbench.errors import WorkbenchError
 from workbench.service import RunRecord
+from workbench.service.curves import SYSTEM_METRICS
 from workbench.service.run_query import (
     ALL_STATUSES,
     RESULT_COLUMNS,
@@ -34,9 +35,12 @@ def run_choices(runs: list[RunRecord]) -> list[tuple[str, int]]:
     return [(run_label(run), run.id) for run in runs]
 
 
-def run_details(run: RunRecord) -> str:
-    """Markdown with a run's status, group, progress and (for a failed or interrupted run) its message."""
+def run_details(run: RunRecord, latest: dict[str, float] | None = None) -> str:
+    """Markdown with a run's status, group, progress, latest learning rate, speed and system metrics, and (for a
+    failed or interrupted run) its message."""
     lines = [f"### #{run.id} {run.name}", f"- **Status:** {run.status}"]
+    if latest:
+        lines.append("- **Latest:** " + ", ".join(f"{name} {value:.4g}" for name, value in latest.items()))
     if run.group_name:
         lines.append(f"- **Group:** {run.group_name} ({run.group_kind})")
     if run.total_iterations:
@@ -122,7 +126,8 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
             run = ctx.get_run(int(run_id))
         except (ValueError, WorkbenchError) as exc:
             return str(exc), gr.update(value="", visible=False), "", "", ""
-        return run_details(run), _traceback(run), json.dumps(run.spec, indent=2), run.name, run.notes
+        latest = ctx.latest_values(run.id, ["lr", "images_per_s", *SYSTEM_METRICS])
+        return run_details(run, latest), _traceback(run), json.dumps(run.spec, indent=2), run.name, run.notes
 
     def act(action, run_id: int | str | None, *args) -> tuple:
         if run_id in (None, ""):

@@ -27,7 +27,10 @@ SMALL_CHART_HEIGHT = 260
 MAX_POINTS_PER_TRACE = 800
 RUN_COLOURS = qualitative.D3 + qualitative.Dark24
 WHITE_TEMPLATE = pio.templates["plotly_white"]
-METRIC_AXIS_TITLES = {"error": "error (%)", "loss": "cross-entropy loss"}
+METRIC_AXIS_TITLES = {"error": "error (%)", "loss": "cross-entropy loss", "lr": "learning rate",
+                      "images_per_s": "images/s", "system/cpu_percent": "CPU load (%)",
+                      "system/rss_mb": "worker memory (MiB)", "system/gpu_util": "GPU load (%)",
+                      "system/gpu_mem_mb": "GPU memory (MiB)"}
 X_AXES = ("iterations", "epochs", "wall time")
 X_AXIS_TITLES = {"wall time": "wall time since the run's first point (min)"}
 EMA, RUNNING_MEAN = "EMA (debiased)", "running mean"
@@ -160,12 +163,13 @@ def _curve_trace(series: Series, run: RunCurves, split: str, colour: str, style:
     test = split == "test"
     summary = _summary_text(style.metric, [summary_value(series, style.summary, style.summary_at)], style.summary,
                             style.summary_at)
+    shown = split if test else run.train_label
     return {
         "type": "scatter", "x": x, "y": np.round(y, 4), "mode": "lines+markers" if test and len(x) <= 60 else "lines",
-        "name": f"{run.label} {split} {summary}",
+        "name": f"{run.label} {shown} {summary}",
         "legendgroup": str(run.run_id), "uid": f"{run.run_id}-{split}",
         "line": _line(split, colour), "marker": {"size": 5},
-        "hovertemplate": f"{run.label} {split}: %{{y:.3f}}<extra></extra>",
+        "hovertemplate": f"{run.label} {shown}: %{{y:.4g}}<extra></extra>",
     }
 
 

@@ -46,12 +46,16 @@ class Series:
 
 @dataclass(frozen=True)
 class RunCurves:
-    """The curves of one run to draw: a label and its training and test series (either may be missing)."""
+    """The curves of one run to draw: a label and its training and test series (either may be missing).
+
+    `train_label` names the first series in the legend ("system" where it holds system samples).
+    """
 
     run_id: int
     label: str
     train: Series | None
     test: Series | None
+    train_label: str = "train"
 
     @property
     def start(self) -> float:
