@@ -211,7 +211,8 @@ def bare_plotly_page(folder: Path, figure: go.Figure) -> None:
     )
 
 
-def browser_benches(served_url: str, store: RunStore, run_ids: list[int], folder: Path, repeats: int) -> list[dict]:
+def browser_benches(served_url: str, store: RunStore, run_ids: list[int], folder: Path, repeats: int,
+                    networks: int) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
     from workbench.presets import get_preset
@@ -220,7 +221,7 @@ def browser_benches(served_url: str, store: RunStore, run_ids: list[int], folder
 
     bare_plotly_page(folder, unit_diagram_figure(get_preset(DEFAULT_PRESET).spec))
     static, static_url = serve_folder(folder)
-    traces = 2 * len(run_ids)
+    traces = 2 * networks  # at least a training and a test line per network (seed groups add bands)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -296,7 +297,7 @@ def main() -> int:
         if args.no_browser or not CHROMIUM.exists():
             logger.warning("browser benches skipped (%s)", "--no-browser" if args.no_browser else f"no {CHROMIUM}")
         else:
-            results += run_browser_benches(ctx, run_ids, Path(scratch), max(3, args.repeats // 3))
+            results += run_browser_benches(ctx, run_ids, Path(scratch), max(3, args.repeats // 3), args.runs)
         store.close()
 
     print(f"{'benchmark':<100} {'ours':>10} {'reference':>10} {'ratio':>7}  unit")
@@ -306,7 +307,8 @@ def main() -> int:
     return 0
 
 
-def run_browser_benches(ctx: WorkbenchContext, run_ids: list[int], scratch: Path, repeats: int) -> list[dict]:
+def run_browser_benches(ctx: WorkbenchContext, run_ids: list[int], scratch: Path, repeats: int,
+                        networks: int) -> list[dict]:
     """Serve the workbench UI (no workers needed) on a free port and measure it in Chromium."""
     from workbench.ui.app import CSS, build_ui
 
@@ -319,7 +321,7 @@ def run_browser_benches(ctx: WorkbenchContext, run_ids: list[int], scratch: Path
     try:
         static = scratch / "static"
         static.mkdir()
-        return browser_benches(demo.local_url, ctx.store, run_ids, static, repeats)
+        return browser_benches(demo.local_url, ctx.store, run_ids, static, repeats, networks)
     finally:
         demo.close()
 
