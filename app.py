@@ -11,8 +11,13 @@ import logging
 import signal
 import sys
 
-from workbench.errors import WorkbenchError
-from workbench.ui.app import check_exposure, create_app, launch_options, parse_credentials
+from workbench.threads import server_threads, use_threads
+
+# Before torch is imported: OpenMP reads its wait policy once, when it starts.
+use_threads(server_threads())
+
+from workbench.errors import WorkbenchError  # noqa: E402
+from workbench.ui.app import check_exposure, create_app, launch_options, parse_credentials  # noqa: E402
 
 logger = logging.getLogger("workbench.app")
 

@@ -67,6 +67,12 @@ TRANSITION_FIELDS = PROGRESS_FIELDS | {
     "last_train_error",
 }
 NAME_MAX_LENGTH = 200
+INT_FIELDS = frozenset({"iteration", "total_iterations"})
+FLOAT_FIELDS = frozenset({"epoch", "images_per_s", "best_test_error", "last_test_error", "last_train_error"})
+# Integer columns are 32-bit on PostgreSQL; larger progress numbers are stored at this cap.
+MAX_STORED_INT = 2**31 - 1
+# A running run whose worker sent no heartbeat for this long is taken as dead (its worker heartbeats every second).
+DEFAULT_STALE_AFTER_S = 15.0
 
 
 def open_store(home: str | Path | None = None, db: str | None = None) -> RunStore:
@@ -151,7 +157,7 @@ class RunStore:
             "preset": preset,
             "dataset": dataset,
             "created_at": utc_now(),
-            "total_iterations": total_iterations,
+            "total_iterations": _storable_int(total_iterations),
             "parent_run_id": parent_run_id,
             "notes": notes,
             "tags": _checked_tags(tags),
@@ -227,14 +233,29 @@ class RunStore:
 
     # -- the life of a run -----------------------------------------------------------------
 
-    def claim_next_run(self, worker_id: str, device: str | None = None) -> RunRecord | None:
+    def claim_next_run(
+        self,
+        worker_id: str,
+        device: str | None = None,
+        *,
+        stale_after_s: float | None = None,
+        requeue_interrupted: bool = False,
+    ) -> RunRecord | None:
         """Move the oldest queued run to `running` for this worker and return it; None if the queue is empty.
 
         Two workers never get the same run: the UPDATE only succeeds while the
         run is still queued, and a worker that loses the race tries the next one.
+        With `stale_after_s`, running runs without a heartbeat for that long are first
+        marked interrupted (as `mark_stale_interrupted` does), and with
+        `requeue_interrupted` interrupted runs are queued again (auto-resume), all
+        in the same transaction as the claim.
         """
         while True:
             with self._write() as conn:
+                if stale_after_s is not None:
+                    self._mark_stale(conn, stale_after_s)
+                if requeue_interrupted:
+                    self._requeue_interrupted(conn)
                 candidate = conn.scalar(select(runs.c.id).where(runs.c.status == QUEUED).order_by(runs.c.id).limit(1))
                 if candidate is None:
                     return None
@@ -272,7 +293,7 @@ class RunStore:
             if worker_id is None:
                 raise StoreError(f"run {run_id} needs a worker id to start running; use claim_run")
             return self.claim_run(run_id, worker_id, fields.get("device"))
-        values = {**fields, "status": new_status, **_entry_values(new_status)}
+        values = {**_storable_numbers(fields), "status": new_status, **_entry_values(new_status)}
         conditions = [runs.c.id == run_id, runs.c.status.in_(sources_of(new_status))]
         if worker_id is not None:
             conditions.append(or_(runs.c.status != RUNNING, runs.c.worker_id == worker_id))
@@ -302,7 +323,7 @@ class RunStore:
             "epoch": epoch,
             "images_per_s": images_per_s,
         }
-        values = {key: value for key, value in progress.items() if value is not None}
+        values = {key: value for key, value in _storable_numbers(progress).items() if value is not None}
         values["heartbeat_at"] = utc_now()
         with self._write() as conn:
             result = conn.execute(
@@ -323,6 +344,7 @@ class RunStore:
     def update_summary(self, run_id: int, *, train_error: float | None = None, test_error: float | None = None) -> None:
         """Record the latest train/test error; the best test error keeps the lowest seen."""
         values: dict[str, Any] = {}
+        train_error, test_error = _storable_float(train_error), _storable_float(test_error)
         if train_error is not None:
             values["last_train_error"] = train_error
         if test_error is not None:
@@ -331,17 +353,18 @@ class RunStore:
         if values:
             self._update_run(run_id, **values)
 
-    def request_cancel(self, run_id: int) -> str:
+    def request_cancel(self, run_id: int, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> str:
         """Cancel a run and return its status afterwards.
 
-        A queued run becomes `cancelled` at once; a running run gets a flag its
-        worker sees at the next heartbeat, and the worker then checkpoints and
-        moves it to `cancelled`. Finished runs raise IllegalTransition.
+        A queued run becomes `cancelled` at once, and so does a running run whose worker
+        sent no heartbeat for `stale_after_s` seconds (nobody would read a flag); a
+        running run gets a flag its worker sees at the next heartbeat, and the worker
+        then checkpoints and moves it to `cancelled`. Finished runs raise IllegalTransition.
         """
         with self._write() as conn:
             cancelled_now = conn.execute(
                 update(runs)
-                .where(runs.c.id == run_id, runs.c.status == QUEUED)
+                .where(runs.c.id == run_id, or_(runs.c.status == QUEUED, _stale_condition(stale_after_s)))
                 .values(status=CANCELLED, **_entry_values(CANCELLED))
             ).rowcount
             if cancelled_now:
@@ -373,29 +396,33 @@ class RunStore:
     def mark_stale_interrupted(self, older_than_s: float) -> list[int]:
         """Move running runs with no heartbeat for `older_than_s` seconds to `interrupted`; return their ids.
 
-        They can then be resumed (interrupted -> queued) from their last checkpoint.
+        They can then be resumed (interrupted -> queued) from their last checkpoint. A stale
+        run whose cancel was requested becomes `cancelled` instead (and is not in the list).
+        Each move is a conditional UPDATE, so two processes never both take the same run.
+        Any process that reads runs (a worker, the app, `runs`, `resume`) calls this.
         """
-        marked = []
+        with self._read() as conn:
+            if conn.scalar(select(runs.c.id).where(_stale_condition(older_than_s)).limit(1)) is None:
+                return []
         with self._write() as conn:
-            stale = conn.execute(
-                select(runs.c.id, runs.c.worker_id, runs.c.heartbeat_at).where(_stale_condition(older_than_s))
-            ).all()
-            for run in stale:
-                last_seen = _utc_text(run.heartbeat_at) if run.heartbeat_at else "never"
-                message = (
-                    f"worker {run.worker_id} stopped sending heartbeats (last: {last_seen}); "
-                    "resume the run to continue from its last checkpoint"
-                )
-                result = conn.execute(
-                    update(runs)
-                    .where(runs.c.id == run.id, _stale_condition(older_than_s))
-                    .values(status=INTERRUPTED, error_message=message, **_entry_values(INTERRUPTED))
-                )
-                if result.rowcount == 1:
-                    marked.append(run.id)
-        if marked:
-            logger.warning("marked stale runs as interrupted: %s", marked)
-        return marked
+            return self._mark_stale(conn, older_than_s)
+
+    def requeue_interrupted(self) -> list[int]:
+        """Queue every interrupted run again (auto-resume); return their ids."""
+        with self._read() as conn:
+            if conn.scalar(select(runs.c.id).where(runs.c.status == INTERRUPTED).limit(1)) is None:
+                return []
+        with self._write() as conn:
+            return self._requeue_interrupted(conn)
+
+    def resume_run(self, run_id: int, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> RunRecord:
+        """Queue an interrupted, cancelled or failed run again; return it.
+
+        A run still `running` whose heartbeat is older than `stale_after_s` is first
+        marked interrupted (its worker is gone), so it can be resumed at once.
+        """
+        self.mark_stale_interrupted(stale_after_s)
+        return self.transition(run_id, QUEUED)
 
     def delete_run(self, run_id: int) -> None:
         """Delete a run with its metrics, artifacts and analyses, its run folder and its artifact files.
@@ -418,18 +445,32 @@ class RunStore:
 
     # -- metrics ---------------------------------------------------------------------------
 
-    def append_metrics(self, run_id: int, rows: Iterable[Mapping[str, Any]]) -> int:
+    def append_metrics(
+        self, run_id: int, rows: Iterable[Mapping[str, Any]], *, worker_id: str | None = None
+    ) -> int:
         """Store a batch of metric rows in one transaction; return how many.
 
         Each row has `iteration`, `split` (train/test/val), `name` and `value`,
         and may have `epoch` and `wall_time` (Unix seconds, default now). NaN
         values are stored as None. The batch is stored whole or not at all.
+        With `worker_id`, the batch is only stored while the run is running under
+        that worker (IllegalTransition otherwise), so a worker that lost its run
+        never adds rows after another worker has resumed it.
         """
         params = _metric_params(run_id, rows)
         if not params:
             return 0
         try:
             with self._write() as conn:
+                if worker_id is not None:
+                    owner = conn.execute(select(runs.c.status, runs.c.worker_id).where(runs.c.id == run_id)).first()
+                    if owner is None:
+                        raise _not_found(run_id)
+                    if owner.status != RUNNING or owner.worker_id != worker_id:
+                        raise IllegalTransition(
+                            f"run {run_id} is no longer running under worker {worker_id} (it is {owner.status}, "
+                            f"worker {owner.worker_id}); its metrics were not stored"
+                        )
                 if self._metric_insert_sql is not None:
                     conn.exec_driver_sql(self._metric_insert_sql, params)
                 else:
@@ -556,8 +597,13 @@ class RunStore:
         with self._read() as conn:
             return [AnalysisRecord(**row._mapping) for row in conn.execute(query.order_by(analyses.c.id))]
 
-    def claim_next_analysis(self, worker_id: str) -> AnalysisRecord | None:
-        """Move the oldest queued analysis to `running` for this worker and return it; None if there is none."""
+    def claim_next_analysis(self, worker_id: str, *, stale_after_s: float | None = None) -> AnalysisRecord | None:
+        """Move the oldest queued analysis to `running` for this worker and return it; None if there is none.
+
+        With `stale_after_s`, running analyses without a heartbeat for that long are first queued again.
+        """
+        if stale_after_s is not None:
+            self.requeue_stale_analyses(stale_after_s)
         while True:
             with self._write() as conn:
                 candidate = conn.scalar(
@@ -584,13 +630,9 @@ class RunStore:
         if progress is not None and math.isfinite(progress):
             values["progress"] = min(1.0, max(0.0, float(progress)))
         with self._write() as conn:
-            owned = (analyses.c.id == analysis_id, analyses.c.status == RUNNING, analyses.c.worker_id == worker_id)
-            if conn.execute(update(analyses).where(*owned).values(values)).rowcount != 1:
-                current = self._fetch_analysis(conn, analysis_id)
-                raise IllegalTransition(
-                    f"analysis {analysis_id} is no longer running under worker {worker_id} "
-                    f"(it is {current.status}); stop working on it"
-                )
+            self._update_owned_analysis(
+                conn, analysis_id, worker_id, values,
+                "is no longer running under worker {worker} (it is {status}); stop working on it")
             return bool(conn.scalar(select(analyses.c.cancel_requested).where(analyses.c.id == analysis_id)))
 
     def finish_analysis(
@@ -604,13 +646,19 @@ class RunStore:
         if status == COMPLETED:
             values.update(result=_json_checked(result, "analysis result"), progress=1.0)
         with self._write() as conn:
-            owned = (analyses.c.id == analysis_id, analyses.c.status == RUNNING, analyses.c.worker_id == worker_id)
-            if conn.execute(update(analyses).where(*owned).values(values)).rowcount != 1:
-                current = self._fetch_analysis(conn, analysis_id)
-                raise IllegalTransition(
-                    f"analysis {analysis_id} cannot go from {current.status} to {status} for worker {worker_id}"
-                )
+            self._update_owned_analysis(conn, analysis_id, worker_id, values,
+                                        f"cannot go from {{status}} to {status} for worker {{worker}}")
             return self._fetch_analysis(conn, analysis_id)
+
+    def _update_owned_analysis(self, conn: Connection, analysis_id: int, worker_id: str, values: dict[str, Any],
+                               refusal: str) -> None:
+        """Update an analysis only while it runs under this worker; otherwise IllegalTransition with `refusal`
+        (formatted with the current `status` and the `worker`)."""
+        owned = (analyses.c.id == analysis_id, analyses.c.status == RUNNING, analyses.c.worker_id == worker_id)
+        if conn.execute(update(analyses).where(*owned).values(values)).rowcount != 1:
+            current = self._fetch_analysis(conn, analysis_id)
+            raise IllegalTransition(
+                f"analysis {analysis_id} " + refusal.format(status=current.status, worker=worker_id))
 
     def request_analysis_cancel(self, analysis_id: int) -> str:
         """Cancel a queued analysis now, or flag a running one for its worker; returns its status afterwards."""
@@ -642,6 +690,9 @@ class RunStore:
         cutoff = utc_now() - timedelta(seconds=older_than_s)
         beat = analyses.c.heartbeat_at
         stale = (analyses.c.status == RUNNING) & or_(beat.is_(None), beat < cutoff)
+        with self._read() as conn:
+            if conn.scalar(select(analyses.c.id).where(stale).limit(1)) is None:
+                return []
         with self._write() as conn:
             ids = list(conn.scalars(select(analyses.c.id).where(stale)))
             if ids:
@@ -703,6 +754,52 @@ class RunStore:
         with self._write() as conn:
             if conn.execute(update(runs).where(runs.c.id == run_id).values(values)).rowcount != 1:
                 raise _not_found(run_id)
+
+    def _mark_stale(self, conn: Connection, older_than_s: float) -> list[int]:
+        """In a write transaction: stale running runs become interrupted (cancelled if a cancel was asked)."""
+        marked = []
+        stale = conn.execute(
+            select(runs.c.id, runs.c.worker_id, runs.c.heartbeat_at, runs.c.cancel_requested)
+            .where(_stale_condition(older_than_s))
+            .order_by(runs.c.id)
+        ).all()
+        for run in stale:
+            last_seen = _utc_text(run.heartbeat_at) if run.heartbeat_at else "never"
+            if run.cancel_requested:
+                status = CANCELLED
+                message = f"cancelled; worker {run.worker_id} had stopped sending heartbeats (last: {last_seen})"
+            else:
+                status = INTERRUPTED
+                message = (
+                    f"worker {run.worker_id} stopped sending heartbeats (last: {last_seen}); "
+                    "resume the run to continue from its last checkpoint"
+                )
+            result = conn.execute(
+                update(runs)
+                .where(runs.c.id == run.id, _stale_condition(older_than_s))
+                .values(status=status, error_message=message, **_entry_values(status))
+            )
+            if result.rowcount == 1:
+                logger.warning("run %d: %s", run.id, message)
+                if status == INTERRUPTED:
+                    marked.append(run.id)
+        return marked
+
+    def _requeue_interrupted(self, conn: Connection) -> list[int]:
+        """In a write transaction: interrupted runs go back to the queue."""
+        ids = list(conn.scalars(select(runs.c.id).where(runs.c.status == INTERRUPTED).order_by(runs.c.id)))
+        requeued = []
+        for run_id in ids:
+            result = conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == INTERRUPTED)
+                .values(status=QUEUED, **_entry_values(QUEUED))
+            )
+            if result.rowcount == 1:
+                requeued.append(run_id)
+        if requeued:
+            logger.info("queued interrupted runs again to resume from their checkpoints: %s", requeued)
+        return requeued
 
     def _start(self, conn: Connection, run_id: int, worker_id: str, device: str | None) -> bool:
         values = {"status": RUNNING, "worker_id": worker_id, **_entry_values(RUNNING)}
@@ -774,6 +871,50 @@ def _entry_values(status: str) -> dict[str, Any]:
 def _stale_condition(older_than_s: float) -> ColumnElement[bool]:
     cutoff = utc_now() - timedelta(seconds=older_than_s)
     return (runs.c.status == RUNNING) & or_(runs.c.heartbeat_at.is_(None), runs.c.heartbeat_at < cutoff)
+
+
+def _storable_int(value: Any) -> int | None:
+    """An integer progress number the database can hold: clamped to 0..MAX_STORED_INT; None for NaN or non-numbers."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    except (TypeError, ValueError):
+        return None
+    if math.isnan(number):
+        return None
+    if number >= MAX_STORED_INT:
+        return MAX_STORED_INT
+    return max(int(value) if isinstance(value, int) else int(number), 0)
+
+
+def _storable_float(value: Any) -> float | None:
+    """A finite float, or None for NaN, infinities and things that are not numbers."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _storable_numbers(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """`fields` with progress and summary numbers made storable, so a heartbeat or a move never fails on them.
+
+    A number that cannot be stored at all (NaN, not a number) is left out rather than written as NULL.
+    """
+    cleaned = dict(fields)
+    for key, value in fields.items():
+        if key in INT_FIELDS or key in FLOAT_FIELDS:
+            stored = _storable_int(value) if key in INT_FIELDS else _storable_float(value)
+            if stored is None and value is not None:
+                del cleaned[key]
+            else:
+                cleaned[key] = stored
+    return cleaned
 
 
 def _lowest(column: ColumnElement[float], value: float) -> ColumnElement[float]:

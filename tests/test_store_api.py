@@ -311,6 +311,76 @@ def test_stale_runs_are_found_and_marked_interrupted(store):
     assert store.transition(stale, QUEUED).status == QUEUED
 
 
+def make_stale(store: RunStore, run_id: int, minutes: float = 10) -> None:
+    with store._writer.begin() as conn:
+        moment = utc_now() - timedelta(minutes=minutes)
+        conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=moment))
+
+
+def test_claiming_recovers_stale_runs_and_with_auto_resume_queues_them_again(store):
+    stale, cancelled, queued = (store.create_run(SPEC, name=n) for n in ("stale", "cancel asked", "queued"))
+    store.claim_run(stale, "worker-dead")
+    store.claim_run(cancelled, "worker-dead-too")
+    store.request_cancel(cancelled)
+    for run_id in (stale, cancelled):
+        make_stale(store, run_id)
+    # Without a threshold nothing is recovered; with one, the stale run is interrupted, and queued again on request.
+    assert store.claim_next_run("w1").id == queued
+    assert store.claim_next_run("w1", stale_after_s=60) is None
+    assert store.get_run(stale).status == INTERRUPTED
+    assert store.get_run(cancelled).status == CANCELLED, "a cancel asked before the worker died still counts"
+    claimed = store.claim_next_run("w2", stale_after_s=60, requeue_interrupted=True)
+    assert (claimed.id, claimed.worker_id, claimed.status) == (stale, "w2", RUNNING)
+    assert store.requeue_interrupted() == []
+
+
+def test_resume_takes_a_stale_running_run(store):
+    run_id = store.create_run(SPEC, name="resumable")
+    store.claim_run(run_id, "worker-dead")
+    with pytest.raises(IllegalTransition, match="cannot go from running to queued"):
+        store.resume_run(run_id, stale_after_s=60)
+    make_stale(store, run_id)
+    assert store.resume_run(run_id, stale_after_s=60).status == QUEUED
+
+
+def test_cancel_of_a_run_whose_worker_is_gone_is_immediate(store):
+    run_id = store.create_run(SPEC, name="abandoned")
+    store.claim_run(run_id, "worker-dead")
+    assert store.request_cancel(run_id, stale_after_s=60) == RUNNING
+    make_stale(store, run_id)
+    assert store.request_cancel(run_id, stale_after_s=60) == CANCELLED
+    store.delete_run(run_id)
+
+
+def test_progress_numbers_that_cannot_be_stored_are_clamped_not_raised(store):
+    from storage.store import MAX_STORED_INT
+
+    run_id = store.create_run(SPEC, name="absurd", total_iterations=8 * 10**30)
+    assert store.get_run(run_id).total_iterations == MAX_STORED_INT
+    store.claim_run(run_id, "w")
+    assert store.heartbeat(run_id, "w", iteration=-5, total_iterations=8 * 10**30, epoch=float("inf"),
+                           images_per_s=float("nan")) is False
+    run = store.get_run(run_id)
+    assert (run.iteration, run.total_iterations, run.epoch, run.images_per_s) == (0, MAX_STORED_INT, None, None)
+    store.update_summary(run_id, train_error=float("nan"), test_error=float("inf"))
+    done = store.transition(run_id, COMPLETED, worker_id="w", iteration=10**40, total_iterations=float("inf"),
+                            epoch=1e300, last_test_error=float("nan"))
+    assert (done.iteration, done.total_iterations, done.epoch) == (MAX_STORED_INT, MAX_STORED_INT, 1e300)
+
+
+def test_metrics_from_a_worker_that_lost_its_run_are_refused(store):
+    run_id = store.create_run(SPEC, name="fenced")
+    store.claim_run(run_id, "worker-a")
+    assert store.append_metrics(run_id, metric_rows(2), worker_id="worker-a") == 2
+    make_stale(store, run_id)
+    store.mark_stale_interrupted(60)
+    store.transition(run_id, QUEUED)
+    store.claim_run(run_id, "worker-b")
+    with pytest.raises(IllegalTransition, match="no longer running under worker worker-a"):
+        store.append_metrics(run_id, metric_rows(2, start=2), worker_id="worker-a")
+    assert len(store.fetch_metrics_since({run_id: 0})[run_id].rows) == 2
+
+
 def test_best_and_last_errors(store):
     run_id = store.create_run(SPEC, name="errors")
     store.update_summary(run_id, train_error=0.5)

@@ -16,6 +16,7 @@ from workbench.paths import home_dir
 from workbench.presets import get_preset, list_presets
 from workbench.service.forms import field_choices, field_default, field_help
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
+from workbench.threads import cli_threads, use_threads
 
 
 def _spec_from_arg(value: str) -> NetSpec:
@@ -76,11 +77,12 @@ def _open_store(args: argparse.Namespace):
 
 def _service(args: argparse.Namespace):
     """The service layer over this home's store; runs it queues wait for whichever workers serve the store."""
-    from workbench.jobs import QueueExecutor
+    from workbench.jobs import STALE_AFTER_S, QueueExecutor
     from workbench.service import Workbench
 
     store = _open_store(args)
-    return Workbench(store, QueueExecutor(store), args.data_root)
+    executor = QueueExecutor(store, stale_after_s=getattr(args, "stale_after", STALE_AFTER_S))
+    return Workbench(store, executor, args.data_root or None)
 
 
 def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
@@ -171,7 +173,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     store = _open_store(args)
     run_worker(store, args.worker_id, exit_when_idle=args.exit_when_idle, allowed_roots=args.data_root or None,
-               stop=stop)
+               stop=stop, stale_after_s=args.stale_after, auto_resume=args.auto_resume, parent_pid=args.parent_pid)
     return 0
 
 
@@ -189,7 +191,9 @@ def run_summary(run) -> dict:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    runs = [run_summary(run) for run in _open_store(args).list_runs(status=args.status)]
+    store = _open_store(args)
+    store.mark_stale_interrupted(args.stale_after)
+    runs = [run_summary(run) for run in store.list_runs(status=args.status)]
     if args.json:
         print(json.dumps(runs, indent=2))
         return 0
@@ -316,6 +320,20 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-hidden", type=int, default=None, help="head: width of an extra hidden layer")
 
 
+def _add_stale_option(parser: argparse.ArgumentParser) -> None:
+    from workbench.jobs import STALE_AFTER_S
+
+    parser.add_argument("--stale-after", type=float, default=STALE_AFTER_S, metavar="SECONDS",
+                        help="a running run without a heartbeat for this long is taken as interrupted "
+                             f"(default {STALE_AFTER_S:.0f})")
+
+
+def _add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of this process (default $WORKBENCH_THREADS, else the share the app "
+                             "gave it, else all cores); see workbench/threads.py")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__)
     parser.add_argument("--home", type=Path, default=None, help="home folder (default $WORKBENCH_HOME or ./.workbench)")
@@ -338,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train in the foreground (stored like any run)")
     _add_run_options(train)
+    _add_threads_option(train)
     train.set_defaults(handler=cmd_train)
 
     submit = commands.add_parser("submit", help="queue a run for the workers; prints its id")
@@ -347,11 +366,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="a worker process that trains queued runs")
     worker.add_argument("--worker-id", default=None)
     worker.add_argument("--exit-when-idle", action="store_true")
+    worker.add_argument("--auto-resume", action="store_true",
+                        help="queue interrupted runs again (they continue from their checkpoints)")
+    worker.add_argument("--parent-pid", type=int, default=None,
+                        help="stop (checkpoint, leave the run interrupted) when this process, its parent, dies")
+    _add_stale_option(worker)
+    _add_threads_option(worker)
     worker.set_defaults(handler=cmd_worker)
 
     runs = commands.add_parser("runs", help="list runs")
     runs.add_argument("--status", default=None)
     runs.add_argument("--json", action="store_true")
+    _add_stale_option(runs)
     runs.set_defaults(handler=cmd_runs)
 
     cancel = commands.add_parser("cancel", help="cancel a queued or running run")
@@ -377,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     resume = commands.add_parser("resume", help="queue an interrupted, cancelled or failed run again")
     resume.add_argument("run", type=int)
+    _add_stale_option(resume)
     resume.set_defaults(handler=cmd_resume)
     lesion = commands.add_parser("lesion", help="lesion study of a trained run (Veit et al. 2016); stores the result")
     lesion.add_argument("run", type=int)
@@ -418,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
+        use_threads(cli_threads(getattr(args, "threads", None)))
         return args.handler(args)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,4 +1,11 @@
-"""The worker: claims queued runs from the store, trains them, reports through a StoreSink."""
+"""The worker: claims queued runs from the store, trains them, reports through a StoreSink.
+
+Robustness rules (see DESIGN.md, "Run lifecycle and recovery"): a worker recovers runs whose
+worker went silent (stale heartbeat) whenever it looks for work; it exits, leaving its run
+interrupted, when the app that started it dies; a cancel is read every second whatever the
+run's numbers; and a write that fails (disk full, unwritable run folder) fails the run once,
+with the path, while the worker itself carries on.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +19,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from storage import RunStore
+from storage.engine import describe_url
 from storage.status import CANCELLED, COMPLETED, FAILED, INTERRUPTED
-from workbench.errors import IllegalTransition, WorkbenchError
+from storage.store import DEFAULT_STALE_AFTER_S
+from workbench.errors import IllegalTransition, RunNotFound, WorkbenchError
 from workbench.jobs.analyses import execute_analysis
 from workbench.jobs.system_metrics import SAMPLE_EVERY_S, SystemSampler
 from workbench.paths import RunFolder
@@ -27,10 +38,38 @@ from workbench.weights import model_factory
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 1.0
+PARENT_CHECK_S = 0.5
+STORE_RETRY_MAX_S = 30.0
+LOST = "lost"
 
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class RunLost(WorkbenchError):
+    """The store no longer lists this worker as the run's owner (it was taken as dead): leave the run alone."""
+
+
+class _QuietRepeats:
+    """Logs a failure in full the first time, and the same failure again only at debug level."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.last: str | None = None
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        key = f"{what}: {type(exc).__name__}: {exc}"
+        if key == self.last:
+            self.log.debug("%s (again)", key)
+            return
+        self.last = key
+        self.log.error("%s; retrying", key, exc_info=not isinstance(exc, WorkbenchError | DBAPIError))
+
+    def recovered(self) -> None:
+        if self.last is not None:
+            self.log.info("the store answers again")
+        self.last = None
 
 
 class StoreSink:
@@ -38,6 +77,9 @@ class StoreSink:
 
     The loop's calls only touch memory (except writing metric batches); a background thread
     heartbeats every second with the latest progress and turns a cancel request into a flag.
+    The cancel flag is read even when writing the progress fails. When the run turns out to
+    belong to someone else (it was taken as stale), `metrics` and `should_stop` raise RunLost,
+    so the loop ends without writing a checkpoint or rows over the new owner's.
     """
 
     def __init__(
@@ -60,7 +102,9 @@ class StoreSink:
         self._reported_errors: tuple[float | None, float | None] = (None, None)
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
+        self._cancel_seen = threading.Event()
         self._lost = threading.Event()
+        self._failures = _QuietRepeats(logger)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{run_id}", daemon=True)
         self._system = SystemSampler()
@@ -71,19 +115,27 @@ class StoreSink:
         return self
 
     def close(self) -> None:
-        """Stop heartbeating and write the final progress."""
+        """Stop heartbeating and write the final progress (never raises: the run's end is recorded next)."""
         self._closed.set()
-        self._thread.join()
-        self._beat()
+        if self._thread.is_alive():
+            self._thread.join()
+        try:
+            self._beat()
+        except Exception as exc:
+            self._failures.failed(f"final heartbeat of run {self.run_id} failed", exc)
 
     def _beat(self) -> None:
         with self._lock:
             progress = dict(self._progress)
             errors = (progress.get("train_error"), progress.get("test_error"))
             summary_changed = errors != self._reported_errors
-            self._reported_errors = errors
         if summary_changed:
-            self.store.update_summary(self.run_id, train_error=errors[0], test_error=errors[1])
+            try:
+                self.store.update_summary(self.run_id, train_error=errors[0], test_error=errors[1])
+                with self._lock:
+                    self._reported_errors = errors
+            except Exception as exc:
+                self._failures.failed(f"summary of run {self.run_id} could not be written", exc)
         try:
             cancel = self.store.heartbeat(
                 self.run_id, self.worker_id,
@@ -91,20 +143,45 @@ class StoreSink:
                 epoch=progress.get("epoch"), images_per_s=progress.get("images_per_s"),
             )
         except IllegalTransition as exc:
-            logger.warning("%s", exc)
-            self._lost.set()
-            self._stop_requested.set()
+            self._mark_lost(exc)
             return
+        except Exception as exc:
+            self._failures.failed(f"heartbeat with progress of run {self.run_id} failed", exc)
+            cancel = self._bare_beat()
+        else:
+            self._failures.recovered()
         if cancel:
+            self._cancel_seen.set()
             self._stop_requested.set()
+
+    def _bare_beat(self) -> bool:
+        """A heartbeat without progress, or at least a read of the cancel flag; whether cancel was asked."""
+        try:
+            return self.store.heartbeat(self.run_id, self.worker_id)
+        except IllegalTransition as exc:
+            self._mark_lost(exc)
+            return False
+        except Exception as exc:
+            self._failures.failed(f"heartbeat of run {self.run_id} failed", exc)
+        try:
+            return self.store.is_cancel_requested(self.run_id)
+        except Exception as exc:
+            self._failures.failed(f"cancel flag of run {self.run_id} could not be read", exc)
+            return False
+
+    def _mark_lost(self, exc: Exception) -> None:
+        if not self._lost.is_set():
+            logger.warning("%s", exc)
+        self._lost.set()
+        self._stop_requested.set()
 
     def _heartbeat_loop(self) -> None:
         while not self._closed.wait(self.heartbeat_s):
             try:
                 self._beat()
                 self._sample_system()
-            except Exception:
-                logger.exception("heartbeat for run %d failed; retrying", self.run_id)
+            except Exception as exc:
+                self._failures.failed(f"heartbeat for run {self.run_id} failed", exc)
 
     def _sample_system(self) -> None:
         """Every SAMPLE_EVERY_S, once training reports progress: CPU, memory and GPU metrics at its iteration."""
@@ -120,8 +197,22 @@ class StoreSink:
         """True when the store no longer lists this worker as the run's owner (it was marked stale)."""
         return self._lost.is_set()
 
+    @property
+    def cancel_requested(self) -> bool:
+        """True once the user's cancel was read from the store (as opposed to the worker being asked to exit)."""
+        return self._cancel_seen.is_set()
+
+    def _check_owned(self) -> None:
+        if self._lost.is_set():
+            raise RunLost(f"run {self.run_id} is no longer held by worker {self.worker_id}; leaving it alone")
+
     def metrics(self, rows: list[dict[str, Any]]) -> None:
-        self.store.append_metrics(self.run_id, rows)
+        self._check_owned()
+        try:
+            self.store.append_metrics(self.run_id, rows, worker_id=self.worker_id)
+        except IllegalTransition as exc:
+            self._mark_lost(exc)
+            raise RunLost(str(exc)) from exc
 
     def progress(self, state: dict[str, Any]) -> None:
         with self._lock:
@@ -130,9 +221,11 @@ class StoreSink:
             self.on_progress(state)
 
     def should_stop(self) -> bool:
+        self._check_owned()
         return self._stop_requested.is_set() or self.shutdown.is_set()
 
     def rewind(self, iteration: int) -> None:
+        self._check_owned()
         self.store.delete_metrics_after(self.run_id, iteration)
 
     def checkpoint_saved(self, path: Path, kind: str) -> None:
@@ -151,7 +244,9 @@ def execute_run(
     """Train one run this worker has claimed and move it to its final status; never raises for run errors.
 
     A run stopped by `shutdown` (the worker is asked to exit) becomes `interrupted`, resumable;
-    one stopped by the user's cancel becomes `cancelled`.
+    one stopped by the user's cancel becomes `cancelled`. A run that fails (including a write that
+    fails: full disk, unwritable run folder) becomes `failed` once, with the path and the reason.
+    Returns the final status, or "lost" when the run was taken from this worker meanwhile.
     """
     sink = StoreSink(store, run_id, worker_id, shutdown=shutdown, on_progress=on_progress).start()
     try:
@@ -163,27 +258,107 @@ def execute_run(
         sink.close()
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
-        message = str(exc) if isinstance(exc, WorkbenchError | ValidationError) else f"{type(exc).__name__}: {exc}"
+        if sink.lost or isinstance(exc, RunLost):
+            logger.warning("run %d was taken from worker %s; it stopped without recording anything", run_id, worker_id)
+            return LOST
+        message = failure_message(exc, store)
         logger.error("run %d failed: %s", run_id, message)
-        if sink.lost:
-            return "lost"
-        store.transition(run_id, FAILED, worker_id=worker_id, error_message=message,
-                         traceback=traceback.format_exc())
-        return FAILED
+        return _record_end(store, run_id, FAILED, worker_id, sink.shutdown, error_message=message,
+                           traceback=traceback.format_exc())
     sink.close()
     if sink.lost:
-        return "lost"
+        return LOST
     if result.status == "completed":
         status = COMPLETED
+    elif sink.shutdown.is_set() and not sink.cancel_requested:
+        status = INTERRUPTED
     else:
-        status = INTERRUPTED if sink.shutdown.is_set() else CANCELLED
+        status = CANCELLED
+    fields: dict[str, Any] = {
+        "iteration": result.iteration, "total_iterations": result.total_iterations,
+        "device": device_description(result.device, result.precision),
+    }
     checkpoint = RunFolder(store.run_dir(run_id)).last
-    store.transition(
-        run_id, status, worker_id=worker_id, iteration=result.iteration, total_iterations=result.total_iterations,
-        device=f"{result.device} ({result.precision})", checkpoint_path=str(checkpoint),
-    )
-    logger.info("run %d %s at iteration %d", run_id, status, result.iteration)
-    return status
+    if checkpoint.is_file():
+        fields["checkpoint_path"] = str(checkpoint)
+    final = _record_end(store, run_id, status, worker_id, sink.shutdown, **fields)
+    logger.info("run %d %s at iteration %d", run_id, final, result.iteration)
+    return final
+
+
+def device_description(device: str, precision: str) -> str:
+    """"cpu (fp32, 2 threads)", "cuda (bf16)": where a run trained, as the Runs table shows it."""
+    count = torch.get_num_threads()
+    threads = f", {count} thread{'s' if count > 1 else ''}" if device == "cpu" else ""
+    return f"{device} ({precision}{threads})"
+
+
+def failure_message(exc: BaseException, store: RunStore | None = None) -> str:
+    """What went wrong, for the run's error message: the path and the reason for file errors."""
+    if isinstance(exc, WorkbenchError | ValidationError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename:
+        return f"could not access {exc.filename}: {exc.strerror or exc}"
+    if isinstance(exc, DBAPIError):
+        where = f" at {describe_url(store.engine.url)}" if store is not None else ""
+        return f"the run store{where} could not be written: {exc.orig}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _record_end(store: RunStore, run_id: int, status: str, worker_id: str, stop: threading.Event,
+                **fields: Any) -> str:
+    """Move the run to its final status, retrying while the store cannot be written (e.g. a full disk).
+
+    Gives up when the run is no longer this worker's (returns "lost"), or after a few tries once the
+    worker is asked to exit: the run then stays `running` until its stale heartbeat marks it interrupted.
+    """
+    failures = _QuietRepeats(logger)
+    delay, attempts = 0.5, 0
+    while True:
+        attempts += 1
+        try:
+            store.transition(run_id, status, worker_id=worker_id, **fields)
+            return status
+        except (IllegalTransition, RunNotFound) as exc:
+            logger.warning("run %d could not be marked %s: %s", run_id, status, exc)
+            return LOST
+        except Exception as exc:
+            failures.failed(f"run {run_id} could not be marked {status}", exc)
+        if stop.is_set() and attempts >= 3:
+            logger.error("run %d left running: the store cannot record it as %s; it is marked interrupted once "
+                         "its heartbeat is stale", run_id, status)
+            return LOST
+        if stop.is_set():
+            time.sleep(delay)
+        else:
+            stop.wait(delay)
+        delay = min(delay * 2, STORE_RETRY_MAX_S)
+
+
+def watch_parent(parent_pid: int, stop: threading.Event, interval_s: float = PARENT_CHECK_S) -> threading.Thread:
+    """Set `stop` when the process `parent_pid` is no longer this process's parent (the app died).
+
+    The worker then checkpoints its run, leaves it interrupted and exits, so a dead app never
+    leaves workers behind that keep claiming runs under the next one.
+    """
+
+    def parent_gone() -> bool:
+        if os.getppid() == parent_pid:
+            return False
+        logger.warning("worker pid %d: the process that started it (pid %d) is gone; stopping", os.getpid(),
+                       parent_pid)
+        stop.set()
+        return True
+
+    def watch() -> None:
+        while not stop.wait(interval_s):
+            if parent_gone():
+                return
+
+    parent_gone()
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_worker(
@@ -194,31 +369,54 @@ def run_worker(
     poll_s: float = 0.5,
     allowed_roots: list[Path] | None = None,
     stop: threading.Event | None = None,
+    stale_after_s: float | None = DEFAULT_STALE_AFTER_S,
+    auto_resume: bool = False,
+    parent_pid: int | None = None,
 ) -> int:
     """Claim and execute queued analyses and runs until stopped (or, with exit_when_idle, until both
     queues are empty). Analyses go first: they are short and someone is usually waiting for them.
 
+    Each time it looks for work it marks runs without a heartbeat for `stale_after_s` seconds as
+    interrupted and queues stale analyses again (None: never) and, with `auto_resume`, queues
+    interrupted runs again. With `parent_pid` it stops when that process dies. A store that cannot
+    be reached or written is retried with a growing pause; the worker does not exit because of it.
     Returns how many jobs it executed.
     """
     worker_id = worker_id or default_worker_id()
     stop = stop or threading.Event()
+    if parent_pid is not None:
+        watch_parent(parent_pid, stop)
     executed = 0
+    failures = _QuietRepeats(logger)
+    pause = poll_s
     logger.info("worker %s started (pid %d)", worker_id, os.getpid())
     while not stop.is_set():
-        analysis = store.claim_next_analysis(worker_id)
+        try:
+            analysis = store.claim_next_analysis(worker_id, stale_after_s=stale_after_s)
+            run = None if analysis is not None else store.claim_next_run(
+                worker_id, device=None, stale_after_s=stale_after_s, requeue_interrupted=auto_resume)
+        except Exception as exc:
+            failures.failed(f"worker {worker_id} could not look for queued jobs", exc)
+            stop.wait(pause)
+            pause = min(pause * 2, STORE_RETRY_MAX_S)
+            continue
+        failures.recovered()
+        pause = poll_s
         if analysis is not None:
             logger.info("worker %s took analysis %d (%s of run %d)", worker_id, analysis.id, analysis.kind,
                         analysis.run_id)
             execute_analysis(store, analysis, worker_id, allowed_roots=allowed_roots, shutdown=stop)
             executed += 1
             continue
-        run = store.claim_next_run(worker_id, device=None)
         if run is None:
             if exit_when_idle:
                 break
             stop.wait(poll_s)
             continue
         logger.info("worker %s took run %d (%s)", worker_id, run.id, run.name)
-        execute_run(store, run.id, worker_id, allowed_roots=allowed_roots, shutdown=stop)
+        try:
+            execute_run(store, run.id, worker_id, allowed_roots=allowed_roots, shutdown=stop)
+        except Exception:
+            logger.exception("worker %s: run %d ended with an unexpected error; going on", worker_id, run.id)
         executed += 1
     return executed

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from storage import AnalysisRecord, RunRecord, RunStore
-from storage.status import CANCELLED, FAILED, INTERRUPTED, RUNNING
+from storage.status import COMPLETED, QUEUED, RUNNING
 from workbench.data import check_source
-from workbench.errors import WorkbenchError
+from workbench.errors import IllegalTransition, WorkbenchError
 from workbench.jobs.analyses import ANALYSIS_KINDS, execute_analysis
 from workbench.jobs.executor import Executor
 from workbench.jobs.worker import default_worker_id
@@ -45,10 +45,11 @@ def export_file_name(run: RunRecord, which: str, fmt: str) -> str:
 class Workbench:
     """Runs, groups, exports and analyses of one home folder, through one store and one executor."""
 
-    def __init__(self, store: RunStore, executor: Executor, data_roots: Sequence[Path] = ()) -> None:
+    def __init__(self, store: RunStore, executor: Executor, data_roots: Sequence[Path] | None = None) -> None:
+        """`data_roots`: the folders datasets may be read from (besides the home's), None for any folder."""
         self.store = store
         self.executor = executor
-        self.data_roots = [Path(root) for root in data_roots]
+        self.data_roots = None if data_roots is None else [Path(root) for root in data_roots]
 
     @property
     def home(self) -> Path:
@@ -76,7 +77,7 @@ class Workbench:
 
     def check_data(self, data: DataSpec) -> None:
         """Fail before queueing, with the loader's message, when a dataset path is outside the data roots or missing."""
-        check_source(data, self.home, list(self.data_roots))
+        check_source(data, self.home, self.data_roots)
 
     def group_name(self, kind: str, net_name: str, data: DataSpec) -> str:
         """A readable group name not used yet ("twin resnet20 on synthetic, 2026-12-01 14:03")."""
@@ -122,16 +123,27 @@ class Workbench:
         return f"Run #{run_id} is {status}."
 
     def resume(self, run_id: int) -> str:
-        """Queue an interrupted, cancelled or failed run again; says whether it continues or restarts."""
-        run = self.store.get_run(run_id)
-        if run.status not in (INTERRUPTED, CANCELLED, FAILED):
-            raise WorkbenchError(f"run #{run_id} is {run.status}; only an interrupted, cancelled or failed run "
-                                 "can be resumed")
-        self.executor.resume(run_id)
+        """Queue an interrupted, cancelled or failed run again (or a running one whose worker is gone);
+        says whether it continues from its checkpoint or restarts from the beginning."""
+        try:
+            self.executor.resume(run_id)
+        except IllegalTransition:
+            raise WorkbenchError(self._not_resumable(self.store.get_run(run_id))) from None
         if self.folder(run_id).last.is_file():
             return f"Run #{run_id} queued again; it continues from its last checkpoint."
         return (f"Run #{run_id} queued again; it has no checkpoint yet, so it restarts from the beginning "
                 "(the rows it logged are replaced).")
+
+    def _not_resumable(self, run: RunRecord) -> str:
+        if run.status == QUEUED:
+            return f"Run #{run.id} is already queued; a worker takes it when one is free."
+        if run.status == RUNNING:
+            return (f"Run #{run.id} is running and its worker is alive; cancel it first (it keeps a checkpoint), "
+                    f"or wait: a run whose worker is silent for {self.executor.stale_after_s:.0f} s can be resumed.")
+        if run.status == COMPLETED:
+            return (f"Run #{run.id} has completed its budget; to train it further, fine-tune from it "
+                    "or launch it again with a larger budget.")
+        return f"Run #{run.id} is {run.status} and cannot be resumed."
 
     def delete(self, run_id: int) -> str:
         self.store.delete_run(run_id)
@@ -214,7 +226,7 @@ class Workbench:
         analysis_id = self.queue_analysis(run_id, kind, params)
         worker_id = f"{default_worker_id()}-foreground"
         claimed = self.store.claim_analysis(analysis_id, worker_id)
-        execute_analysis(self.store, claimed, worker_id, allowed_roots=self.data_roots or None,
+        execute_analysis(self.store, claimed, worker_id, allowed_roots=self.data_roots,
                          shutdown=threading.Event())
         return self.store.get_analysis(analysis_id)
 

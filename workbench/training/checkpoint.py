@@ -7,8 +7,10 @@ schedule and loader position, RNG states, and the metric summary at that point.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +21,46 @@ from workbench.errors import UnsafeFileError, WorkbenchError
 CHECKPOINT_FORMAT = "workbench-checkpoint/1"
 
 
+class CheckpointWriteError(WorkbenchError):
+    """A checkpoint could not be written (disk full, read-only or misplaced run folder)."""
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
-    """Write `state` to `path` atomically: a reader sees the old file or the new one, never half of one."""
+    """Write `state` to `path` atomically: a reader sees the old file or the new one, never half of one.
+
+    A failed write leaves no temporary file behind and raises CheckpointWriteError naming the path and the reason.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except (OSError, RuntimeError) as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise CheckpointWriteError(
+            f"could not write checkpoint {path}: {_write_failure(exc, path)}; free disk space or make the run "
+            "folder writable, then resume the run"
+        ) from exc
     return path
+
+
+def _write_failure(exc: BaseException, path: Path) -> str:
+    """Why a write under `path` failed, in words (torch reports a full disk without the errno)."""
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        return f"{reason} ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else reason
+    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    folder = next((p for p in (path.parent, *path.parents) if p.is_dir()), None)
+    if folder is not None:
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(folder).free < 64 * 2**20:
+                return f"the disk is full ({reason})"
+    return reason
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -316,9 +316,15 @@ class _Trainer:
         self.sink.checkpoint_saved(path, kind)
 
     def restore(self) -> bool:
-        """Continue from the last checkpoint in the run folder, if there is one."""
+        """Continue from the last checkpoint in the run folder, if there is one.
+
+        Either way the sink forgets the metrics logged after the point training continues from: a run
+        that was stopped before its first checkpoint starts over, and logs those iterations again.
+        """
         path = self.folder.last
         if not path.exists():
+            self.sink.rewind(0)
+            logger.info("no checkpoint in %s; training starts from the beginning", path.parent)
             return False
         state = load_checkpoint(path)
         self.model.load_state_dict(state["model"])
