@@ -187,10 +187,10 @@ class StoreSink:
         """Every SAMPLE_EVERY_S, once training reports progress: CPU, memory and GPU metrics at its iteration."""
         with self._lock:
             iteration, epoch = self._progress.get("iteration"), self._progress.get("epoch")
-        if iteration is None or time.monotonic() < self._next_sample:
+        if iteration is None or self.lost or time.monotonic() < self._next_sample:
             return
         self._next_sample = time.monotonic() + SAMPLE_EVERY_S
-        self.store.append_metrics(self.run_id, self._system.rows(iteration, epoch))
+        self.metrics(self._system.rows(iteration, epoch))
 
     @property
     def lost(self) -> bool:
