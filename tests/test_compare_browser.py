@@ -121,6 +121,7 @@ def test_smoothing_follows_each_slider_step_wall_time_unified_hover_and_csv_down
     expect()(hover).to_contain_text("zag train")
 
     page.locator("#prepare-curves").click()
+    expect()(page.locator("#curves-export-message")).to_contain_text("Ready", timeout=60_000)
     with page.expect_download() as started:
         page.locator("#download-curves").click()
     saved = tmp_path / started.value.suggested_filename
