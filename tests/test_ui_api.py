@@ -16,7 +16,7 @@ LAUNCH_DEFAULTS = dict(
     dataset="synthetic", path="", download=False, classes="", per_class_cap=0, resolution=0, validation_size=0,
     synthetic_train=256, synthetic_test=64, budget_unit="epochs", budget=1, batch_size=32, lr=0.1,
     schedule="step", warmup=0, seed=0, precision="fp32", device="cpu", log_every=4, eval_every=0,
-    ladder_depths="8, 14", drop_prob=0.5,
+    ladder_depths="8, 14", drop_prob=0.5, seeds=1,
 )
 BUILD_FIELDS = dict(
     name="net", family="cifar", unit="basic", size_by="depth", depth=20, blocks="3, 3, 3", widths="16, 32, 64",
@@ -68,6 +68,21 @@ def test_twin_is_queued_as_one_group_with_identical_data_and_seed(client, served
     assert plain.spec["data"] == residual.spec["data"] and plain.spec["train"] == residual.spec["train"]
     assert plain.spec["train"]["seed"] == plain.spec["data"]["seed"] == 5
     assert (plain.spec["net"]["shortcut"], residual.spec["net"]["shortcut"]) == ("none", "A")
+
+
+def test_a_twin_over_three_seeds_is_one_twin_group_of_two_seed_groups(client, served):
+    from workbench.service.plans import seed_group_key
+
+    assert launch(client, "twin", TINY.model_dump_json(), seed=5, seeds=3).startswith("Queued")
+    runs = sorted(served.store.list_runs()[:6], key=lambda run: run.id)
+    assert {run.group_kind for run in runs} == {"twin"} and len({run.group_name for run in runs}) == 1
+    assert [run.spec["train"]["seed"] for run in runs] == [5, 6, 7, 5, 6, 7]
+    assert [run.name for run in runs[:3]] == ["plain-tiny seed 5", "plain-tiny seed 6", "plain-tiny seed 7"]
+    assert len({seed_group_key(run.spec) for run in runs}) == 2
+    message = launch(client, "run", TINY.model_dump_json(), seeds=2)
+    single = served.store.list_runs()[:2]
+    assert message.startswith("Queued") and {run.group_kind for run in single} == {"seeds"}
+    assert single[0].group_name.startswith("seeds tiny on synthetic")
 
 
 def test_ladder_is_queued_as_twins_at_each_depth(client, served):

@@ -119,13 +119,15 @@ def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
 
 
 def _submit_from_args(args: argparse.Namespace):
-    """Queue the run that `train`/`submit` options describe; returns (service, run id)."""
-    from workbench.service.plans import PlannedRun
+    """Queue the run (or its `--seeds` repeats, as a seed group) that `train`/`submit` options describe; returns
+    (service, run ids)."""
+    from workbench.service.plans import SEEDS, PlannedRun, with_seeds
 
     spec, preset = run_spec_from_args(args)
     service = _service(args)
-    [run_id] = service.submit([PlannedRun(args.name or f"{preset} on {spec.data.name}", spec, preset)])
-    return service, run_id
+    plan = [PlannedRun(args.name or f"{preset} on {spec.data.name}", spec, preset)]
+    group = service.group_name(SEEDS, preset, spec.data) if args.seeds > 1 else None
+    return service, service.submit(with_seeds(plan, args.seeds, group=group))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -133,30 +135,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from workbench.jobs.worker import default_worker_id, execute_run
 
-    service, run_id = _submit_from_args(args)
+    service, run_ids = _submit_from_args(args)
     store = service.store
-    print(f"run {run_id}", flush=True)
-    worker_id = default_worker_id()
-    store.claim_run(run_id, worker_id)
-    with tqdm(total=None, unit="it", dynamic_ncols=True) as bar:
-        def show(state: dict) -> None:
-            bar.total = state.get("total_iterations", bar.total)
-            bar.n = state.get("iteration", bar.n)
-            shown = {k: f"{state[k]:.2f}" for k in ("train_error", "test_error") if state.get(k) is not None}
-            bar.set_postfix(shown, refresh=True)
+    failed = 0
+    for run_id in run_ids:
+        print(f"run {run_id}", flush=True)
+        worker_id = default_worker_id()
+        store.claim_run(run_id, worker_id)
+        with tqdm(total=None, unit="it", dynamic_ncols=True) as bar:
+            def show(state: dict, bar=bar) -> None:
+                bar.total = state.get("total_iterations", bar.total)
+                bar.n = state.get("iteration", bar.n)
+                shown = {k: f"{state[k]:.2f}" for k in ("train_error", "test_error") if state.get(k) is not None}
+                bar.set_postfix(shown, refresh=True)
 
-        status = execute_run(store, run_id, worker_id, allowed_roots=args.data_root or None, on_progress=show)
-    run = store.get_run(run_id)
-    best = f"{run.best_test_error:.2f}%" if run.best_test_error is not None else "-"
-    print(f"run {run_id} {status}; best test error {best}")
-    if run.error_message and status != "completed":
-        print(f"error: {run.error_message}", file=sys.stderr)
-    return 0 if status == "completed" else 1
+            status = execute_run(store, run_id, worker_id, allowed_roots=args.data_root or None, on_progress=show)
+        run = store.get_run(run_id)
+        best = f"{run.best_test_error:.2f}%" if run.best_test_error is not None else "-"
+        print(f"run {run_id} {status}; best test error {best}")
+        if run.error_message and status != "completed":
+            print(f"error: {run.error_message}", file=sys.stderr)
+        failed += status != "completed"
+    return 1 if failed else 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    _, run_id = _submit_from_args(args)
-    print(run_id)
+    _, run_ids = _submit_from_args(args)
+    print(" ".join(map(str, run_ids)))
     return 0
 
 
@@ -213,6 +218,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     print(_service(args).export(args.run, args.format, args.checkpoint, args.output))
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    fmt, target = ("csv", args.csv) if args.csv else ("tensorboard", args.tensorboard)
+    print(_service(args).export_curves(args.runs, fmt, target, args.metric))
     return 0
 
 
@@ -312,6 +323,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int, default=None, help=field_help(TrainSpec, "eval_every"))
     parser.add_argument("--grad-norm-every", type=int, default=None, help=field_help(TrainSpec, "grad_norm_every"))
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="repeat the run with N consecutive seeds from --seed, as one seed group")
     parser.add_argument("--name", default=None)
     parser.add_argument("--init-from", default=None, help="start from a bundle, checkpoint or state_dict file")
     parser.add_argument("--finetune", choices=field_choices(RunSpec, "finetune"), default=None)
@@ -415,6 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", choices=["best", "last"], default="best")
     export.add_argument("-o", "--output", type=Path, required=True)
     export.set_defaults(handler=cmd_export)
+
+    metrics = commands.add_parser("metrics", help="write runs' stored curves as a long CSV or TensorBoard event files")
+    metrics.add_argument("runs", type=int, nargs="+", metavar="RUN")
+    target = metrics.add_mutually_exclusive_group(required=True)
+    target.add_argument("--csv", type=Path, metavar="FILE",
+                        help="one row per value: run, run_name, metric, split, iteration, epoch, wall_time, value")
+    target.add_argument("--tensorboard", type=Path, metavar="DIR", help="event files, one folder per run")
+    metrics.add_argument("--metric", action="append", default=None,
+                         help="only this metric (repeatable; default all: error, loss, lr, images_per_s, ...)")
+    metrics.set_defaults(handler=cmd_metrics)
 
     resume = commands.add_parser("resume", help="queue an interrupted, cancelled or failed run again")
     resume.add_argument("run", type=int)

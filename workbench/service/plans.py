@@ -8,12 +8,13 @@ Every run of a group gets the same DataSpec and TrainSpec, so curves differ only
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from storage.status import LADDER, SWEEP, TWIN
+from storage.status import LADDER, SEEDS, SWEEP, TWIN
 from workbench.errors import PresetNotFound, SpecError, WorkbenchError
 from workbench.presets import Preset, get_preset
 from workbench.spec import PLACEMENTS, DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
@@ -187,6 +188,32 @@ def plan_stochastic_depth(
     except (TypeError, ValueError):
         raise SpecError(f"the last unit's drop probability is a number between 0 and 1; got {drop_prob!r}") from None
     return _planned_group(stochastic_depth_pair(net, probability), data, train, presets, group, SWEEP)
+
+
+def with_seeds(plan: Sequence[PlannedRun], seeds: int, *, group: str | None = None) -> list[PlannedRun]:
+    """Every planned run repeated with `seeds` consecutive training seeds (initialization and data order), starting
+    at its own; the repeats of one run differ only by seed (a seed group). Runs already in a group stay in it;
+    the others form one "seeds" group named `group`. One seed returns the plan unchanged."""
+    if not isinstance(seeds, int) or not 1 <= seeds <= 100:
+        raise SpecError(f"seeds is how many times to repeat each run, from 1 to 100; got {seeds!r}")
+    if seeds == 1:
+        return list(plan)
+    if group is None and any(run.group_name is None for run in plan):
+        raise WorkbenchError("runs repeated over seeds form a group: give the group a name")
+    repeated = []
+    for run in plan:
+        for seed in range(run.spec.train.seed, run.spec.train.seed + seeds):
+            spec = run.spec.model_copy(update={"train": run.spec.train.model_copy(update={"seed": seed})})
+            repeated.append(replace(run, name=f"{run.name} seed {seed}", spec=spec, group_name=run.group_name or group,
+                                    group_kind=run.group_kind or SEEDS))
+    return repeated
+
+
+def seed_group_key(spec: Mapping[str, Any]) -> str:
+    """What a stored run spec (JSON) is apart from its seeds: runs with the same key form a seed group."""
+    data = {key: value for key, value in spec["data"].items() if key != "seed"}
+    train = {key: value for key, value in spec["train"].items() if key != "seed"}
+    return json.dumps({**spec, "data": data, "train": train}, sort_keys=True)
 
 
 def default_group_name(kind: str, net_name: str, data: DataSpec, now: datetime | None = None) -> str:

@@ -19,11 +19,13 @@ from workbench.service.forms import (
 from workbench.service.plans import (
     DEFAULT_DROP_PROB,
     DEFAULT_LADDER_DEPTHS,
+    SEEDS,
     plan_ladder,
     plan_placements,
     plan_single,
     plan_stochastic_depth,
     plan_twin,
+    with_seeds,
 )
 from workbench.spec import DataSpec, TrainSpec
 from workbench.ui.context import WorkbenchContext
@@ -99,9 +101,10 @@ def dataset_visibility(name: str):
 def launch(ctx: WorkbenchContext, kind: str, spec_json: str, *values):
     """Queue one run, a twin, a ladder, the five placements or a stochastic-depth pair; returns (message, launched).
 
-    `values` are the launch form's FORM_FIELDS in order, then the ladder depths and the drop probability.
+    `values` are the launch form's FORM_FIELDS in order, then the ladder depths, the drop probability and how
+    many seeds each run is repeated with (several make a seed group of each run).
     """
-    *form_values, ladder_depths, drop_prob = values
+    *form_values, ladder_depths, drop_prob, seeds = values
     if not spec_json:
         return "**Nothing launched:** the network in the Build tab is invalid; fix it there first.", gr.skip()
     try:
@@ -122,6 +125,10 @@ def launch(ctx: WorkbenchContext, kind: str, spec_json: str, *values):
                 plan = plan_placements(net, data, train, presets, group=group)
             else:
                 plan = plan_stochastic_depth(net, drop_prob, data, train, presets, group=group)
+        seeds = int(seeds or 1)
+        if seeds > 1 and group is None:
+            group = ctx.group_name(SEEDS, net.name, data)
+        plan = with_seeds(plan, seeds, group=group)
         run_ids = ctx.submit(plan)
     except (WorkbenchError, ValueError) as exc:
         return f"**Nothing launched:** {exc}", gr.skip()
@@ -219,10 +226,13 @@ def launch_tab(ctx: WorkbenchContext, spec_json: gr.Code) -> LaunchTab:
                 drop_prob = number_field(DEFAULT_DROP_PROB, minimum=0, maximum=1, label="Last unit's drop probability",
                                       elem_id="drop-prob")
                 launch_sd = gr.Button("Launch without and with stochastic depth", elem_id="launch-stochastic-depth")
+        seeds = gr.Number(1, minimum=1, maximum=100, precision=0, label="Seeds: repeat each run with this many seeds",
+                          info="from the seed above up; Compare draws each seed group as a mean with a band",
+                          elem_id="launch-seeds")
         message = gr.Markdown(elem_id="launch-message")
         launched = gr.State(None)
 
-    inputs = [spec_json, *form.components(), ladder_depths, drop_prob]
+    inputs = [spec_json, *form.components(), ladder_depths, drop_prob, seeds]
     buttons = {"run": launch_run, "twin": launch_twin, "ladder": launch_ladder, "placements": launch_placements,
                "stochastic_depth": launch_sd}
     for kind, button in buttons.items():
