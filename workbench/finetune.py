@@ -25,7 +25,7 @@ import torch
 
 from workbench.data.base import check_allowed, resolve_user_path
 from workbench.errors import DataError, SpecError, WorkbenchError
-from workbench.importers import IMPORT_FORMATS, read_weights
+from workbench.importers import IMPORT_FORMATS, backbone_fits, read_weights
 from workbench.launch import matching_preset
 from workbench.paths import runs_dir
 from workbench.presets import Preset
@@ -33,10 +33,12 @@ from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
 from workbench.training.checkpoint import BEST, LAST
 from workbench.transfer import (
     FINETUNE_MODES,
+    HEAD_PREFIXES,
     Mismatches,
     build_with_head,
     fill_batch_counters,
     infer_head_hidden,
+    is_head_key,
     state_dict_mismatches,
 )
 
@@ -146,6 +148,8 @@ def stage_blocks(state_dict: dict[str, torch.Tensor]) -> list[int]:
 
 def _same_outline(spec: NetSpec, state_dict: dict[str, torch.Tensor], blocks: list[int]) -> bool:
     """A cheap first test (stem, units per stage, unit kind) before building the network."""
+    if not isinstance(spec, NetSpec):
+        return backbone_fits(state_dict, spec)
     stem = state_dict.get("conv1.weight")
     kernel = 7 if spec.family == "imagenet" else 3
     bottleneck = any(".conv3." in key for key in state_dict)
@@ -164,9 +168,9 @@ def network_mismatches(state_dict: dict[str, torch.Tensor], spec: NetSpec) -> tu
 
     def part(head: bool) -> Mismatches:
         return Mismatches(
-            missing=[name for name in found.missing if name.startswith("fc.") == head],
-            unexpected=[name for name in found.unexpected if name.startswith("fc.") == head],
-            shapes=[entry for entry in found.shapes if entry[0].startswith("fc.") == head],
+            missing=[name for name in found.missing if is_head_key(name) == head],
+            unexpected=[name for name in found.unexpected if is_head_key(name) == head],
+            shapes=[entry for entry in found.shapes if is_head_key(entry[0]) == head],
         )
 
     return part(head=False), part(head=True)
@@ -221,7 +225,8 @@ class SourceReport:
 def _head_shape(state_dict: dict[str, torch.Tensor]) -> tuple[int | None, int | None]:
     """(outputs, hidden width) of the head stored in a state_dict."""
     hidden = infer_head_hidden(state_dict)
-    last = state_dict.get("fc.2.weight" if hidden is not None else "fc.weight")
+    names = [f"{prefix}{'2.' if hidden is not None else ''}weight" for prefix in HEAD_PREFIXES]
+    last = next((state_dict[name] for name in names if name in state_dict), None)
     return (int(last.shape[0]) if last is not None else None), hidden
 
 
@@ -261,6 +266,8 @@ def inspect_source(
 
 
 def _network_line(spec: NetSpec) -> str:
+    if not isinstance(spec, NetSpec):
+        return spec.outline()
     return (f"{spec.family}-style, {spec.unit} units, blocks {spec.blocks}, widths {spec.widths}, "
             f"shortcut {spec.shortcut}, placement {spec.placement}")
 
@@ -363,8 +370,8 @@ def plan_finetune(
     changes: dict[str, Any] = {}
     if mode == "last_stages":
         count = int(stages or 0)
-        if not 1 <= count <= len(spec.blocks) or count != float(stages):
-            raise SpecError(f"stages to train: a whole number from 1 to {len(spec.blocks)} for {spec.name}")
+        if not 1 <= count <= spec.stage_count or count != float(stages):
+            raise SpecError(f"stages to train: a whole number from 1 to {spec.stage_count} for {spec.name}")
         changes["finetune_stages"] = count
     if mode == "head" and head_hidden not in (None, "", 0):
         width = float(head_hidden)

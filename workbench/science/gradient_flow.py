@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.models import ResNet
-from workbench.spec import NetSpec
+from workbench.models import Network, build_network
+from workbench.spec import NetworkSpec
 
 
 def gradient_norm(grad: torch.Tensor) -> torch.Tensor:
@@ -31,7 +31,7 @@ class UnitInputGradients:
     until `norms()` is read, so recording costs one reduction per unit and no extra sync.
     """
 
-    def __init__(self, model: ResNet) -> None:
+    def __init__(self, model: Network) -> None:
         self.units = model.units()
         self._norms: list[torch.Tensor | None] = [None] * len(self.units)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -64,7 +64,7 @@ class UnitInputGradients:
         return [next(floats) if n is not None else None for n in self._norms]
 
 
-def gradient_profile(model: ResNet, images: torch.Tensor, labels: torch.Tensor) -> list[float | None]:
+def gradient_profile(model: Network, images: torch.Tensor, labels: torch.Tensor) -> list[float | None]:
     """Per-unit input gradient norms for one training-mode batch, computed on a copy of the model."""
     probe = copy.deepcopy(model).train()
     recorder = UnitInputGradients(probe)
@@ -101,11 +101,11 @@ def unit_gradient_matrix(rows: Iterable[Any]) -> tuple[list[int], list[int], lis
 
 
 def initial_gradient_profile(
-    net: NetSpec, images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0
+    net: NetworkSpec, images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0
 ) -> list[float | None]:
     """Per-unit input gradient norms of `net` freshly initialised with `seed` (as `fit` does), on one batch."""
     torch.manual_seed(seed)
-    return gradient_profile(ResNet(net), images, labels)
+    return gradient_profile(build_network(net), images, labels)
 
 
 def initial_profiles_of_runs(

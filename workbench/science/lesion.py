@@ -23,6 +23,10 @@ a unit that changes the shape (stride 2, more channels) by option A's subsample 
 same parameter-free path a residual option-A net keeps, so the two nets lose the same thing.
 
 Unit numbers in results are 1-based in forward order, as in the `unit_grad/<k>` metrics.
+
+The study applies to the residual families built from residual units: ResNets (and their plain
+twins), wide ResNets and ResNeXts. DenseNets, FractalNets and ResNet in ResNet are refused with
+the reason (`check_lesionable`).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from torch import nn
 
 from workbench.data import eval_batches, load_dataset
 from workbench.errors import WorkbenchError
-from workbench.models import PadShortcut, ResidualUnit, ResNet
+from workbench.models import PadShortcut, ResidualUnit, ResNet, build_network
 from workbench.spec import RunSpec
 from workbench.training import load_checkpoint
 from workbench.training.checkpoint import BEST, LAST
@@ -53,6 +57,28 @@ logger = logging.getLogger(__name__)
 ANALYSIS_KIND = "lesion"
 DEFAULT_DRAWS = 3
 DEFAULT_MAX_K = 10
+LESION_KINDS = ("resnet", "wide_resnet", "resnext")
+_NO_LESION_REASONS = {
+    "densenet": "a DenseNet has no shortcut around its layers: each dense layer's output is concatenated to its "
+                "input and read by every later layer, so a deleted layer leaves no path of its own to keep",
+    "fractalnet": "a FractalNet has no residual units: its columns are joined by averaging, not added to a "
+                  "shortcut (its own ablation is drop-path: evaluate single columns with eval_column)",
+    "rir": "the transient stream of a ResNet in ResNet block has no shortcut, so a deleted block would leave that "
+           "stream without any path",
+}
+
+
+def check_lesionable(net: Any) -> None:
+    """Raise WorkbenchError with the reason when the lesion study has no meaning for this network (or spec)."""
+    spec = getattr(net, "spec", net)
+    kind = getattr(spec, "kind", "resnet")
+    if kind in LESION_KINDS and (not isinstance(net, nn.Module) or isinstance(net, ResNet)):
+        return
+    reason = _NO_LESION_REASONS.get(kind, f"{kind} networks are not built from residual units")
+    raise WorkbenchError(
+        f"the lesion study (Veit et al. 2016) deletes residual units and keeps their shortcuts; {reason}. "
+        f"It applies to {', '.join(LESION_KINDS)} networks."
+    )
 
 
 def _unit_stride(unit: ResidualUnit) -> int:
@@ -254,6 +280,7 @@ def lesion_study(
     batch_size: int = 250,
 ) -> dict[str, Any]:
     """Error of the intact net, with each unit deleted alone, and with k random units deleted (k = 1..max_k)."""
+    check_lesionable(model)
     if draws < 1:
         raise WorkbenchError(f"draws must be at least 1; got {draws}")
     units = len(model.units())
@@ -280,8 +307,8 @@ def lesion_study(
         entry["std"] = math.sqrt(sum((v - entry["mean"]) ** 2 for v in values) / len(values))
     return {
         "net": model.spec.name,
-        "residual": model.spec.shortcut != "none",
-        "placement": model.spec.placement,
+        "residual": model.layout.shortcut != "none",
+        "placement": model.layout.placement,
         "units": units,
         "images": len(labels),
         "baseline_error": errors[0],
@@ -300,11 +327,11 @@ def run_checkpoint(run_dir: Path, which: str = "best") -> Path:
     raise WorkbenchError(f"no checkpoint in {folder}; train the run (or let it reach its first evaluation) first")
 
 
-def load_trained_model(path: Path) -> tuple[ResNet, RunSpec, dict[str, Any]]:
+def load_trained_model(path: Path) -> tuple[nn.Module, RunSpec, dict[str, Any]]:
     """(model in eval mode, its run spec, the dataset info saved with it) from a workbench checkpoint."""
     state = load_checkpoint(path)
     spec = RunSpec.model_validate(state["run_spec"])
-    model = ResNet(spec.net)
+    model = build_network(spec.net)
     model.load_state_dict(state["model"])
     return model.eval(), spec, state["dataset"]
 
@@ -337,6 +364,7 @@ def run_lesion_study(
     """Lesion a stored run's checkpoint on its test split and store the result; returns (analysis id, result)."""
     path = run_checkpoint(store.run_dir(run_id), checkpoint)
     model, spec, dataset_info = load_trained_model(path)
+    check_lesionable(model)
     dataset = load_dataset(spec.data, home=store.home, allowed_roots=allowed_roots)
     images, labels = limit_test_split(dataset.test_images, dataset.test_labels, limit_images, seed)
     target = resolve_device(device)

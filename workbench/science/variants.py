@@ -14,7 +14,7 @@ from typing import Any
 from workbench.errors import WorkbenchError
 from workbench.presets import get_preset
 from workbench.science.degradation import submit_run
-from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
+from workbench.spec import NETWORK_SPEC_TYPES, DataSpec, NetSpec, RunSpec, TrainSpec
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +39,10 @@ def launch_variants(
     group_kind: str = SWEEP,
     home=None,
 ) -> dict[str, int]:
-    """Queue one run per net (preset name or NetSpec) as one group; returns {net name: run id}."""
+    """Queue one run per net (preset name or network spec of any family) as one group; returns {net name: run id}."""
     resolved: list[tuple[str, str | None, NetSpec]] = []
     for net in nets:
-        if isinstance(net, NetSpec):
+        if isinstance(net, NETWORK_SPEC_TYPES):
             resolved.append((net.name, None, net))
         else:
             preset = get_preset(net, home)
@@ -66,7 +66,9 @@ def launch_identity_variants(target: Any, *, data: DataSpec, train: TrainSpec, g
 
 def stochastic_depth_pair(net: str | NetSpec, drop_prob: float = 0.5, home=None) -> tuple[NetSpec, NetSpec]:
     """(the net without stochastic depth, the same net with last-unit drop probability `drop_prob`)."""
-    spec = net if isinstance(net, NetSpec) else get_preset(net, home).spec
+    spec = net if isinstance(net, NETWORK_SPEC_TYPES) else get_preset(net, home).spec
+    if not isinstance(spec, NetSpec):
+        raise WorkbenchError(f"{spec.name} is a {spec.kind} net; stochastic depth is a ResNet setting (kind resnet)")
     if spec.shortcut == "none":
         raise WorkbenchError(f"{spec.name} is a plain net; stochastic depth needs residual units with shortcuts")
     if not 0.0 < drop_prob < 1.0:

@@ -20,9 +20,9 @@ from torch import nn
 
 from workbench.data import Dataset, TrainBatches, eval_batches, load_dataset
 from workbench.errors import WorkbenchError
-from workbench.models import ResNet
+from workbench.models import Network, build_network, head_prefix
 from workbench.science.gradient_flow import UnitInputGradients
-from workbench.spec import NetSpec, RunSpec
+from workbench.spec import NetworkSpec, RunSpec
 from workbench.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from workbench.training.schedule import LearningRateSchedule
 
@@ -84,7 +84,7 @@ class FitResult:
     total_iterations: int
     best_error: float | None
     last_error: float | None
-    net: NetSpec
+    net: NetworkSpec
     device: str
     precision: str
     info: dict = field(default_factory=dict)
@@ -129,8 +129,8 @@ def resolve_channels_last(choice: str, device: torch.device, autocast_dtype: tor
     return choice == "on"
 
 
-def adapt_net_to_data(net: NetSpec, dataset: Dataset) -> NetSpec:
-    """The net with as many outputs as the dataset has classes, and its image size as input size."""
+def adapt_net_to_data(net: NetworkSpec, dataset: Dataset) -> NetworkSpec:
+    """The net (of any family) with as many outputs as the dataset has classes, and its image size as input size."""
     updates: dict[str, Any] = {}
     if net.num_classes != dataset.info.num_classes:
         logger.info("network output %d -> %d classes of %s",
@@ -138,7 +138,7 @@ def adapt_net_to_data(net: NetSpec, dataset: Dataset) -> NetSpec:
         updates["num_classes"] = dataset.info.num_classes
     if net.input_size != dataset.info.image_size:
         updates["input_size"] = dataset.info.image_size
-    return NetSpec.model_validate({**net.model_dump(), **updates}) if updates else net
+    return type(net).model_validate({**net.model_dump(), **updates}) if updates else net
 
 
 def evaluate(
@@ -171,12 +171,13 @@ def evaluate(
     return loss_sum.item() / count, 100.0 * wrong.item() / count
 
 
-def _stage_gradient_norms(model: ResNet) -> dict[str, float]:
+def _stage_gradient_norms(model: Network) -> dict[str, float]:
+    """`grad_norm/<stage>` for every stage of any family (layer1.., denseblock1.., block1..)."""
     norms = {}
-    for index, stage in enumerate(model.stages, start=1):
+    for name, stage in model.named_stages():
         grads = [p.grad for p in stage.parameters() if p.grad is not None]
         if grads:
-            norms[f"grad_norm/layer{index}"] = torch.linalg.vector_norm(
+            norms[f"grad_norm/{name}"] = torch.linalg.vector_norm(
                 torch.stack(torch._foreach_norm(grads))
             ).item()
     return norms
@@ -230,7 +231,7 @@ class _Trainer:
         self.eval_splits = self._eval_splits()
         self._reset_interval()
 
-    def _build_model(self, load_source_weights: bool) -> ResNet:
+    def _build_model(self, load_source_weights: bool) -> Network:
         """The run's network, initialised from `init_from` and partly frozen when fine-tuning.
 
         When resuming, the structure (head, frozen parts) is rebuilt but the source's weights are not
@@ -238,7 +239,7 @@ class _Trainer:
         """
         run = self.run
         if run.init_from is None:
-            return ResNet(self.net)
+            return build_network(self.net)
         # Imported here because workbench.importers reads the checkpoint format from this package.
         from workbench.importers import adapt_head, read_weights
         from workbench.transfer import apply_finetune_mode, build_with_head, infer_head_hidden, load_checked
@@ -254,8 +255,9 @@ class _Trainer:
         if load_source_weights:
             state_dict, dropped = adapt_head(imported.state_dict, model)
             if dropped or new_head:
-                state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-                state_dict.update({k: v for k, v in model.state_dict().items() if k.startswith("fc.")})
+                head = head_prefix(model)
+                state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head)}
+                state_dict.update({k: v for k, v in model.state_dict().items() if k.startswith(head)})
             load_checked(model, state_dict, source=run.init_from)
         return apply_finetune_mode(model, mode, hidden=run.head_hidden, stages=run.finetune_stages,
                                    num_classes=self.net.num_classes)
