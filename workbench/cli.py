@@ -15,7 +15,7 @@ from workbench.errors import WorkbenchError
 from workbench.paths import home_dir
 from workbench.presets import get_preset, list_presets
 from workbench.service.forms import field_choices, field_default, field_help
-from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
+from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_net, parse_spec
 
 
 def _spec_from_arg(value: str) -> NetSpec:
@@ -25,8 +25,8 @@ def _spec_from_arg(value: str) -> NetSpec:
             raise WorkbenchError(f"spec file {path} does not exist")
         data = yaml.safe_load(path.read_text())
         if not isinstance(data, dict):
-            raise WorkbenchError(f"spec file {path} must hold a mapping of NetSpec fields")
-        return parse_spec(NetSpec, data.get("spec", data))
+            raise WorkbenchError(f"spec file {path} must hold a mapping of network spec fields")
+        return parse_net(data.get("spec", data))
     return build_model(value).spec
 
 
@@ -44,6 +44,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
     for preset in presets:
         spec = preset.spec
         ref = f"{preset.reference_error:.2f}%" if preset.reference_error is not None else "-"
+        if not isinstance(spec, NetSpec):
+            print(f"{preset.name:<{width}}  {spec.family:<8} {spec.kind:<11} depth {spec.depth:<5} "
+                  f"{spec.outline().removeprefix(f'{spec.family}, ')}, paper error {ref}")
+            continue
         print(f"{preset.name:<{width}}  {spec.family:<8} {spec.unit:<10} depth {spec.depth:<5} "
               f"shortcut {spec.shortcut:<4} {spec.placement:<16} paper error {ref}")
     return 0
@@ -55,7 +59,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{summary['name']}: {spec.family} {spec.unit}, placement {spec.placement}, shortcut {spec.shortcut}")
+    if isinstance(spec, NetSpec):
+        print(f"{summary['name']}: {spec.family} {spec.unit}, placement {spec.placement}, shortcut {spec.shortcut}")
+    else:
+        print(f"{summary['name']}: {spec.description()}")
     print(f"  parameters       {_format_int(summary['params'])} ({_format_int(summary['trainable_params'])} trainable)")
     size = summary["input_size"]
     print(f"  multiply-adds    {_format_int(summary['macs'])} per {size}x{size} image")

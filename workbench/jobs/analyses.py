@@ -22,7 +22,7 @@ from workbench.data import eval_batches, load_dataset
 from workbench.errors import IllegalTransition, WorkbenchError
 from workbench.paths import RunFolder
 from workbench.science.gradient_flow import initial_gradient_profile
-from workbench.science.lesion import DEFAULT_DRAWS, DEFAULT_MAX_K, lesion_study, lesion_supported, limit_test_split
+from workbench.science.lesion import DEFAULT_DRAWS, DEFAULT_MAX_K, check_lesionable, lesion_study, limit_test_split
 from workbench.spec import RunSpec
 from workbench.training.loop import adapt_net_to_data, resolve_channels_last, resolve_device, resolve_precision
 from workbench.weights.loader import load_model_file, run_spec_of
@@ -55,7 +55,7 @@ def run_lesion(
         raise WorkbenchError(f"run {run.id} has no checkpoint yet; train it (or let it reach its first evaluation) "
                              "first")
     model = load_model_file(path)
-    lesion_supported(model)
+    check_lesionable(model)
     spec = run_spec_of(model)
     dataset = load_dataset(spec.data, home=store.home, allowed_roots=allowed_roots)
     images, labels = limit_test_split(dataset.test_images, dataset.test_labels, options["limit_images"],

@@ -15,7 +15,7 @@ from typing import Any
 
 from workbench.errors import PresetNotFound
 from workbench.presets import get_preset
-from workbench.spec import NetSpec
+from workbench.spec import parse_net
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,9 @@ class CurveRun:
 
 
 def net_depth_and_residual(spec: Mapping[str, Any]) -> tuple[int, bool]:
-    """(depth, has shortcuts) of a stored run spec (JSON)."""
-    net = NetSpec.model_validate(spec["net"])
-    return net.depth, net.shortcut != "none"
+    """(depth, has residual shortcuts) of a stored run spec (JSON) of any network family."""
+    net = parse_net(spec["net"])
+    return net.depth, net.residual
 
 
 def _field(row: Any, name: str) -> Any:

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 
 from workbench.errors import WorkbenchError
-from workbench.spec import NetSpec, parse_spec
+from workbench.spec import NetworkSpec, parse_net
 
 BUNDLE_FORMAT = "workbench-bundle/1"
 WEIGHTS_MEMBER = "weights.safetensors"
@@ -31,8 +31,8 @@ def is_bundle(path: Path) -> bool:
     return {WEIGHTS_MEMBER, SPEC_MEMBER} <= names
 
 
-def read_bundle(path: Path) -> tuple[dict[str, torch.Tensor], NetSpec, dict]:
-    """The state_dict, NetSpec and metadata stored in a bundle, without building a model."""
+def read_bundle(path: Path) -> tuple[dict[str, torch.Tensor], NetworkSpec, dict]:
+    """The state_dict, network spec and metadata stored in a bundle, without building a model."""
     path = Path(path)
     if not path.is_file():
         raise WorkbenchError(f"bundle {path} does not exist")
@@ -46,5 +46,5 @@ def read_bundle(path: Path) -> tuple[dict[str, torch.Tensor], NetSpec, dict]:
             metadata = json.loads(archive.read(METADATA_MEMBER)) if METADATA_MEMBER in names else {}
     except (zipfile.BadZipFile, json.JSONDecodeError, OSError, ValueError) as exc:
         raise WorkbenchError(f"bundle {path} is damaged: {exc}") from None
-    spec = parse_spec(NetSpec, spec_data)
+    spec = parse_net(spec_data)
     return weights, spec, metadata
