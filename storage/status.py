@@ -24,7 +24,8 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
 TWIN = "twin"
 LADDER = "ladder"
 SWEEP = "sweep"
-GROUP_KINDS = (TWIN, LADDER, SWEEP)
+ARCHITECTURES = "architectures"
+GROUP_KINDS = (TWIN, LADDER, SWEEP, ARCHITECTURES)
 ARTIFACT_KINDS = ("checkpoint", "export", "log", "analysis")
 METRIC_SPLITS = ("train", "test", "val")
 

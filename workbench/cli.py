@@ -90,9 +90,8 @@ def _service(args: argparse.Namespace):
     return Workbench(store, QueueExecutor(store), args.data_root)
 
 
-def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
-    """The RunSpec and preset name that `train` and `submit` options describe."""
-    preset = get_preset(args.preset, args.home)
+def data_and_train_from_args(args: argparse.Namespace) -> tuple[DataSpec, TrainSpec]:
+    """The DataSpec and TrainSpec that the run options describe."""
     data = parse_spec(DataSpec, {
         key: value for key, value in {
             "name": args.dataset, "path": args.data_dir, "download": args.download,
@@ -109,6 +108,13 @@ def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
             "grad_norm_every": args.grad_norm_every,
         }.items() if value is not None
     })
+    return data, train
+
+
+def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
+    """The RunSpec and preset name that `train` and `submit` options describe."""
+    preset = get_preset(args.preset, args.home)
+    data, train = data_and_train_from_args(args)
     transfer = {
         key: value for key, value in {
             "init_from": args.init_from, "finetune": args.finetune, "finetune_stages": args.finetune_stages,
@@ -159,6 +165,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     _, run_id = _submit_from_args(args)
     print(run_id)
+    return 0
+
+
+def cmd_compare_architectures(args: argparse.Namespace) -> int:
+    from workbench.service.plans import plan_architectures
+
+    data, train = data_and_train_from_args(args)
+    service = _service(args)
+    group = args.group or service.group_name("architectures", " vs ".join(args.preset), data)
+    plan = plan_architectures(args.preset, data, train, group=group, home=args.home)
+    run_ids = service.submit(plan)
+    print(f"group {group}")
+    for run_id, run in zip(run_ids, plan, strict=True):
+        print(f"{run_id} {run.name}")
     return 0
 
 
@@ -280,8 +300,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", required=True, help="network preset (see `presets`)")
+def _add_run_options(parser: argparse.ArgumentParser, *, several_presets: bool = False) -> None:
+    if several_presets:
+        parser.add_argument("--preset", required=True, action="append",
+                            help="network preset of any family (see `presets`); give it once per network")
+    else:
+        parser.add_argument("--preset", required=True, help="network preset (see `presets`)")
     parser.add_argument("--dataset", default=field_default(DataSpec, "name"), choices=field_choices(DataSpec, "name"))
     parser.add_argument("--data-dir", default=None, help="archive or folder of the dataset")
     parser.add_argument("--download", action="store_true", default=None, help="download CIFAR when not found")
@@ -303,6 +327,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int, default=None, help=field_help(TrainSpec, "eval_every"))
     parser.add_argument("--grad-norm-every", type=int, default=None, help=field_help(TrainSpec, "grad_norm_every"))
     parser.add_argument("--seed", type=int, default=None)
+    if several_presets:
+        parser.add_argument("--group", default=None, help="group name (default from the presets and the data)")
+        return
     parser.add_argument("--name", default=None)
     parser.add_argument("--init-from", default=None, help="start from a bundle, checkpoint or state_dict file")
     parser.add_argument("--finetune", choices=field_choices(RunSpec, "finetune"), default=None)
@@ -337,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit = commands.add_parser("submit", help="queue a run for the workers; prints its id")
     _add_run_options(submit)
     submit.set_defaults(handler=cmd_submit)
+
+    architectures = commands.add_parser(
+        "compare-architectures",
+        help="queue several networks of any family on identical data, data order and seed, as one group")
+    _add_run_options(architectures, several_presets=True)
+    architectures.set_defaults(handler=cmd_compare_architectures)
 
     worker = commands.add_parser("worker", help="a worker process that trains queued runs")
     worker.add_argument("--worker-id", default=None)

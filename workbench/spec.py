@@ -6,6 +6,7 @@ only from them, and every stored run keeps its full spec so it can be rebuilt ex
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any, Literal
 
@@ -234,6 +235,12 @@ class _FamilySpec(BaseModel):
         """Stages of the built network (the unit of per-stage gradient norms and of partial fine-tuning)."""
         blocks = self.blocks
         return blocks if isinstance(blocks, int) else len(blocks)
+
+    @property
+    def units(self) -> int:
+        """Units of the built network in forward order (dense layers, residual units, fractal or RiR blocks)."""
+        blocks = self.blocks
+        return blocks if isinstance(blocks, int) else sum(blocks)
 
 
 def _positive_list(name: str, values: list[int]) -> None:
@@ -740,6 +747,11 @@ def parse_net(data: Any) -> BaseModel:
     if kind not in SPEC_CLASSES:
         raise SpecError(f"unknown network kind {kind!r}; choose one of {', '.join(SPEC_CLASSES)}")
     return parse_spec(SPEC_CLASSES[kind], data)
+
+
+def parse_net_json(text: str) -> BaseModel:
+    """A network spec of any family from its JSON (the Build tab's spec box)."""
+    return parse_net(json.loads(text))
 
 
 class TrainSpec(BaseModel):

@@ -17,7 +17,7 @@ from workbench.errors import WorkbenchError
 from workbench.jobs.analyses import GRADIENT_PROFILE, LESION
 from workbench.science.gradient_flow import UNIT_GRAD_PREFIX, unit_gradient_matrix
 from workbench.science.lesion import DEFAULT_DRAWS, DEFAULT_MAX_K
-from workbench.spec import NetSpec
+from workbench.spec import parse_net
 from workbench.ui.context import WorkbenchContext
 from workbench.viz.figures import (
     gradient_heatmaps,
@@ -38,7 +38,7 @@ def run_title(run: Any) -> str:
 
 
 def _is_residual(run: Any) -> bool:
-    return NetSpec.model_validate(run.spec["net"]).shortcut != "none"
+    return parse_net(run.spec["net"]).residual
 
 
 def job_lines(ctx: WorkbenchContext) -> str:
@@ -105,7 +105,7 @@ def gradient_view(ctx: WorkbenchContext, run_ids: Sequence[int]) -> Any:
     runs = sorted((ctx.get_run(int(run_id)) for run_id in run_ids), key=lambda r: (_is_residual(r), r.id))
     if not runs:
         return gradient_heatmaps([])
-    units = max(NetSpec.model_validate(run.spec["net"]).units for run in runs)
+    units = max(parse_net(run.spec["net"]).units for run in runs)
     names = [f"{UNIT_GRAD_PREFIX}{k}" for k in range(1, units + 1)]
     batches = store.fetch_metrics_since({run.id: 0 for run in runs}, names=names)
     return gradient_heatmaps([(run_title(run), *unit_gradient_matrix(batches[run.id].rows)) for run in runs])

@@ -4,7 +4,8 @@ The curves of the followed runs live in a per-session `CurveCache`: each timer t
 only for rows newer than the cache's cursors and returns `gr.skip()` when none arrived, so the
 chart (and the user's zoom) stays as it is. When the followed runs are one ladder group, the tab
 also shows the degradation verdict, plain and residual nets side by side (He et al. 2015, Fig. 6)
-and error against depth with the paper's numbers, all drawn from the same cache.
+and error against depth with the paper's numbers, all drawn from the same cache. For an architectures
+group it shows error against parameters and multiply-adds, one point per run, the papers' as stars.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
+from workbench.science.architectures import network_costs, paper_points
 from workbench.science.degradation import (
     degradation_observed,
     net_depth_and_residual,
@@ -22,11 +24,11 @@ from workbench.science.degradation import (
 )
 from workbench.service import RunRecord
 from workbench.service.curves import CurveCache, curves_of, ladder_curve_runs
-from workbench.service.plans import LADDER
+from workbench.service.plans import ARCHITECTURES, LADDER
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.run_table import run_label
 from workbench.viz.charts import training_curves_figure
-from workbench.viz.figures import error_vs_depth, figure6, final_errors
+from workbench.viz.figures import error_vs_cost, error_vs_depth, figure6, final_errors
 
 REFRESH_SECONDS = 3.0
 NO_GROUP = ""
@@ -42,6 +44,9 @@ class CompareView:
     ladder_group: str | None = None
     ladder_members: dict[int, tuple[str, int, bool]] = field(default_factory=dict)
     references: dict[int, float] = field(default_factory=dict)
+    architectures_group: str | None = None
+    costs: dict[int, dict[str, int]] = field(default_factory=dict)
+    papers: list[dict] = field(default_factory=list)
     drawn: tuple | None = None
 
     def cache(self, metric: str) -> CurveCache:
@@ -89,22 +94,33 @@ def _curves_figure(view: CompareView, metric: str, x_axis: str, smoothing: float
     )
 
 
-def _ladder_of(runs: list[RunRecord]) -> str | None:
+def _group_of(runs: list[RunRecord], group_kind: str) -> str | None:
+    """The group of `runs` when they are all one group of `group_kind`."""
     groups = {(run.group_name, run.group_kind) for run in runs}
     if len(groups) == 1:
         name, kind = groups.pop()
-        return name if kind == LADDER else None
+        return name if kind == group_kind else None
     return None
 
 
-SKIPPED = (gr.skip(),) * 5
+def _architectures_output(view: CompareView):
+    """Error against parameters and multiply-adds of the followed architectures group, hidden when it is not one."""
+    if view.architectures_group is None:
+        return gr.update(visible=False)
+    curves = ladder_curve_runs(view.cache("error"), view.ladder_members)
+    finals = [{**final_errors(curve), **view.costs[run_id]}
+              for run_id, curve in zip(view.ladder_members, curves, strict=True)]
+    return gr.update(value=error_vs_cost(finals, view.papers), visible=True)
+
+
+SKIPPED = (gr.skip(),) * 6
 
 
 def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis: str, smoothing: float, log_y: bool,
            view: CompareView):
     """Follow the picked runs and draw their curves (new runs' curves are read in full, once).
 
-    Returns (curves, verdict, Figure 6, error against depth, view). When the selection and options
+    Returns (curves, verdict, Figure 6, error against depth, error against cost, view). When the selection and options
     are what is already shown, this is a timer tick: only what new rows changed is redrawn.
     """
     wanted = [int(run_id) for run_id in run_ids or [] if str(run_id).isdigit()]
@@ -114,22 +130,28 @@ def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, metric: str, x_axis
     picked = [run for run in ctx.store.list_runs() if run.id in wanted]
     view.run_ids = wanted
     view.labels = {run.id: f"#{run.id} {run.name}" for run in picked}
-    view.ladder_group = _ladder_of(picked)
+    view.ladder_group = _group_of(picked, LADDER)
+    view.architectures_group = _group_of(picked, ARCHITECTURES)
     view.ladder_members = {run.id: (run.preset or run.name, *net_depth_and_residual(run.spec))
-                           for run in picked} if view.ladder_group else {}
+                           for run in picked} if view.ladder_group or view.architectures_group else {}
     on_cifar10 = all(run.spec["data"]["name"] == "cifar10" for run in picked)
     view.references = paper_reference_errors(
         sorted({depth for _, depth, residual in view.ladder_members.values() if residual}), ctx.home
     ) if on_cifar10 else {}
+    view.costs = {run.id: network_costs(run.spec["net"]) for run in picked} if view.architectures_group else {}
+    view.papers = paper_points([run.preset for run in picked if run.preset], ctx.home) \
+        if view.architectures_group and on_cifar10 else []
     _refresh(ctx, view, metric)
     view.drawn = drawn
-    return (_curves_figure(view, metric, x_axis, smoothing, log_y), *_ladder_outputs(view), view)
+    return (_curves_figure(view, metric, x_axis, smoothing, log_y), *_ladder_outputs(view),
+            _architectures_output(view), view)
 
 
 def _refresh(ctx: WorkbenchContext, view: CompareView, metric: str) -> tuple[bool, bool]:
-    """Fetch new rows of the metric on screen and, for a ladder, of the error; (curves changed, ladder changed)."""
+    """Fetch new rows of the metric on screen and, for a ladder or an architectures group, of the error;
+    (curves changed, group charts changed)."""
     shown = view.cache(metric).refresh(ctx.store)
-    if view.ladder_group is None:
+    if view.ladder_group is None and view.architectures_group is None:
         return shown, False
     ladder = shown if metric == "error" else view.cache("error").refresh(ctx.store)
     return shown, ladder
@@ -142,7 +164,8 @@ def tick(ctx: WorkbenchContext, metric: str, x_axis: str, smoothing: float, log_
         return SKIPPED
     curves = _curves_figure(view, metric, x_axis, smoothing, log_y) if shown else gr.skip()
     ladder_outputs = _ladder_outputs(view) if ladder else (gr.skip(),) * 3
-    return (curves, *ladder_outputs, view)
+    costs = _architectures_output(view) if ladder else gr.skip()
+    return (curves, *ladder_outputs, costs, view)
 
 
 def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> None:
@@ -167,11 +190,13 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
                            elem_id="compare-figure6")
         depth = gr.Plot(label="Error against depth (stars, for CIFAR-10 ladders: the paper's ResNet test errors)",
                         visible=False, elem_id="depth-plot")
+        costs = gr.Plot(label="Error against parameters and multiply-adds (stars, for CIFAR-10: the papers' errors)",
+                        visible=False, elem_id="cost-plot")
         view = gr.State(CompareView())
         timer = gr.Timer(REFRESH_SECONDS)
 
     options = [metric, x_axis, smoothing, log_y]
-    outputs = [curves, verdict, figure_6, depth, view]
+    outputs = [curves, verdict, figure_6, depth, costs, view]
     gr.on([demo.load, tab.select], bound(choices, ctx), None, [group, runs], api_visibility="private")
     group.input(bound(pick_group, ctx), group, runs, api_visibility="private")
     gr.on([runs.change, metric.input, x_axis.input, smoothing.release, log_y.input], bound(redraw, ctx),

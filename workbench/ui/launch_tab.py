@@ -1,4 +1,5 @@
-"""Launch tab: dataset and training settings, and buttons for one run, a plain + residual twin, or a depth ladder."""
+"""Launch tab: dataset and training settings, and buttons for one run, a plain + residual twin, a depth ladder,
+the placements, a stochastic-depth or drop-path pair, and several architectures side by side."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ import gradio as gr
 from workbench.errors import WorkbenchError
 from workbench.service.forms import FORM_FIELDS, field_choices, field_default, field_help, parse_int_list
 from workbench.service.plans import (
+    DEFAULT_ARCHITECTURES,
     DEFAULT_DROP_PROB,
     DEFAULT_LADDER_DEPTHS,
+    plan_architectures,
+    plan_drop_path,
     plan_ladder,
     plan_placements,
     plan_single,
     plan_stochastic_depth,
     plan_twin,
 )
-from workbench.spec import DataSpec, NetSpec, TrainSpec
+from workbench.spec import DataSpec, NetSpec, TrainSpec, parse_net_json
 from workbench.ui.context import WorkbenchContext
 
 DATASET_LABELS = {
@@ -28,7 +32,7 @@ DATASET_LABELS = {
     "folder": "Image folder",
 }
 DATASETS = [(DATASET_LABELS.get(name, name), name) for name in field_choices(DataSpec, "name")]
-LAUNCH_KINDS = ("run", "twin", "ladder", "placements", "stochastic_depth")
+LAUNCH_KINDS = ("run", "twin", "ladder", "placements", "stochastic_depth", "drop_path")
 
 
 @dataclass
@@ -72,9 +76,13 @@ def network_line(spec_json: str):
     if not spec_json:
         text = "**The network in the Build tab is invalid.** Fix it there to launch."
         return [text] + [gr.update(interactive=False)] * len(LAUNCH_KINDS)
-    spec = NetSpec.model_validate_json(spec_json)
-    text = (f"Network: **{spec.name}** ({spec.unit} units, blocks {spec.blocks}, widths {spec.widths}, "
-            f"shortcut {spec.shortcut}, placement {spec.placement}); set it in the Build tab.")
+    spec = parse_net_json(spec_json)
+    if isinstance(spec, NetSpec):
+        outline = (f"{spec.unit} units, blocks {spec.blocks}, widths {spec.widths}, shortcut {spec.shortcut}, "
+                   f"placement {spec.placement}")
+    else:
+        outline = spec.outline()
+    text = f"Network: **{spec.name}** ({outline}); set it in the Build tab."
     return [text] + [gr.update(interactive=True)] * len(LAUNCH_KINDS)
 
 
@@ -85,18 +93,26 @@ def dataset_visibility(name: str):
 
 
 def launch(ctx: WorkbenchContext, kind: str, spec_json: str, *values):
-    """Queue one run, a twin, a ladder, the five placements or a stochastic-depth pair; returns (message, launched).
+    """Queue one run, a twin, a ladder, the five placements, a stochastic-depth or drop-path pair, or several
+    architectures; returns (message, launched).
 
-    `values` are the launch form's FORM_FIELDS in order, then the ladder depths and the drop probability.
+    `values` are the launch form's FORM_FIELDS in order, then the ladder depths, the drop probability and the
+    presets of an architectures launch. Only the architectures launch does without the Build tab's network.
     """
-    *form_values, ladder_depths, drop_prob = values
-    if not spec_json:
+    *form_values, ladder_depths, drop_prob, architectures = values
+    if not spec_json and kind != "architectures":
         return "**Nothing launched:** the network in the Build tab is invalid; fix it there first.", gr.skip()
     try:
-        net = NetSpec.model_validate_json(spec_json)
         data, train = ctx.specs_from_form(dict(zip(FORM_FIELDS, form_values, strict=True)))
         presets = ctx.presets()
         group = None
+        if kind == "architectures":
+            names = list(architectures or [])
+            group = ctx.group_name("architectures", " vs ".join(names), data)
+            plan = plan_architectures(names, data, train, group=group, home=ctx.home)
+            run_ids = ctx.submit(plan)
+            return _queued(run_ids, plan, group, data)
+        net = parse_net_json(spec_json)
         if kind == "run":
             plan = plan_single(net, data, train, presets)
         else:
@@ -108,11 +124,17 @@ def launch(ctx: WorkbenchContext, kind: str, spec_json: str, *values):
                                    group=group)
             elif kind == "placements":
                 plan = plan_placements(net, data, train, presets, group=group)
+            elif kind == "drop_path":
+                plan = plan_drop_path(net, data, train, presets, group=group)
             else:
                 plan = plan_stochastic_depth(net, drop_prob, data, train, presets, group=group)
         run_ids = ctx.submit(plan)
     except (WorkbenchError, ValueError) as exc:
         return f"**Nothing launched:** {exc}", gr.skip()
+    return _queued(run_ids, plan, group, data)
+
+
+def _queued(run_ids: list[int], plan: list, group: str | None, data: DataSpec):
     names = ", ".join(f"#{run_id} {run.name}" for run_id, run in zip(run_ids, plan, strict=True))
     where = f" as group *{group}*" if group else ""
     message = f"Queued {names}{where} on {data.name}. Follow them in the Runs and Compare tabs."
@@ -207,12 +229,22 @@ def launch_tab(ctx: WorkbenchContext, spec_json: gr.Code) -> LaunchTab:
                 drop_prob = gr.Number(DEFAULT_DROP_PROB, minimum=0, maximum=1, label="Last unit's drop probability",
                                       elem_id="drop-prob")
                 launch_sd = gr.Button("Launch without and with stochastic depth", elem_id="launch-stochastic-depth")
+            launch_drop_path = gr.Button("Launch a FractalNet without and with drop-path (Larsson et al. 2016)",
+                                         elem_id="launch-drop-path")
+        with gr.Row():
+            architectures = gr.Dropdown([p.name for p in ctx.presets()], value=list(DEFAULT_ARCHITECTURES),
+                                        multiselect=True, label="Architectures (presets of any family)",
+                                        elem_id="architectures-picker", scale=3)
+            launch_architectures = gr.Button("Launch architectures side by side (same data, order and seed)",
+                                             elem_id="launch-architectures", scale=1)
         message = gr.Markdown(elem_id="launch-message")
         launched = gr.State(None)
 
-    inputs = [spec_json, *form.components(), ladder_depths, drop_prob]
+    inputs = [spec_json, *form.components(), ladder_depths, drop_prob, architectures]
     buttons = {"run": launch_run, "twin": launch_twin, "ladder": launch_ladder, "placements": launch_placements,
-               "stochastic_depth": launch_sd}
+               "stochastic_depth": launch_sd, "drop_path": launch_drop_path}
+    launch_architectures.click(functools.partial(launch, ctx, "architectures"), inputs, [message, launched],
+                               api_name="launch_architectures")
     for kind, button in buttons.items():
         button.click(functools.partial(launch, ctx, kind), inputs, [message, launched], api_name=f"launch_{kind}")
     spec_json.change(network_line, spec_json, [network, *buttons.values()], api_visibility="private")
