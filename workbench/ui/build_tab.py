@@ -128,13 +128,13 @@ def summary_markdown(spec, summary: dict) -> str:
     size = summary["input_size"]
     stochastic = (f"\n- **Expected units at training time:** {expected:.1f} of {summary['units']} (stochastic depth)"
                   if isinstance(spec, NetSpec) and spec.stochastic_depth > 0 and expected is not None else "")
-    blocks = spec.blocks if isinstance(spec.blocks, list) else f"{spec.blocks} blocks"
+    blocks = f"blocks {spec.blocks}" if isinstance(spec.blocks, list) else f"{spec.blocks} fractal blocks"
     return (
         f"### {spec.name}\n"
         f"{KINDS[spec.kind]}: {_family_line(spec)}\n\n"
         f"- **Parameters:** {summary['params']:,} ({summary['trainable_params']:,} trainable)\n"
         f"- **Multiply-adds:** {summary['macs'] / 1e6:,.2f} M per {size}x{size} image\n"
-        f"- **Weighted depth:** {summary['depth']} layers ({summary['units']} units, blocks {blocks})\n"
+        f"- **Weighted depth:** {summary['depth']} layers ({summary['units']} units, {blocks})\n"
         f"- **Activation memory:** about {summary['activation_bytes'] / 2**20:,.0f} MiB at batch "
         f"{summary['activation_batch_size']}{stochastic}"
     )
