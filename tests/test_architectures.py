@@ -86,3 +86,26 @@ def test_the_service_refuses_to_queue_a_lesion_study_of_non_residual_families(tm
         with pytest.raises(WorkbenchError, match=reason):
             Workbench(store, QueueExecutor(store)).queue_analysis(run_id, LESION)
         assert store.list_analyses(run_id) == []
+
+
+def test_a_trained_fractalnet_is_evaluated_per_column_as_a_stored_job(tmp_path, capsys):
+    from workbench.training import fit
+
+    net = {"kind": "fractalnet", "name": "tiny-fractal", "blocks": 2, "columns": 3, "widths": [8, 16],
+           "drop_path": True}
+    spec = RunSpec.model_validate({"net": net, "data": DATA.model_dump(), "train": {
+        "iterations": 4, "batch_size": 16, "precision": "fp32", "log_every": 2}})
+    with open_store(tmp_path) as store:
+        run_id = store.create_run(spec, name="tiny-fractal")
+        fit(spec, store.run_dir(run_id), home=tmp_path)
+    assert main(["--home", str(tmp_path), "fractal-columns", str(run_id), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "all columns joined" in out and "column 3 alone (8 convs deep)" in out
+    with open_store(tmp_path) as store:
+        [analysis] = store.list_analyses(run_id, "fractal_columns")
+        assert analysis.status == "completed"
+        assert [row["column"] for row in analysis.result["columns"]] == [1, 2, 3]
+        assert all(0.0 <= row["error"] <= 100.0 for row in analysis.result["columns"])
+        resnet = store.create_run(RunSpec(net=get_preset("resnet20").spec, data=DATA, train=TRAIN), name="r")
+        with pytest.raises(WorkbenchError, match="resnet20 is a resnet network"):
+            Workbench(store, QueueExecutor(store)).queue_analysis(resnet, "fractal_columns")

@@ -257,6 +257,23 @@ def cmd_lesion(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fractal_columns(args: argparse.Namespace) -> int:
+    from workbench.jobs.analyses import FRACTAL_COLUMNS
+
+    service = _service(args)
+    params = {"limit_images": args.limit_images, "checkpoint": args.checkpoint, "device": args.device}
+    analysis = service.run_analysis(args.run, FRACTAL_COLUMNS, params)
+    if analysis.status != "completed":
+        print(f"error: per-column evaluation of run {args.run} {analysis.status}: {analysis.error_message}",
+              file=sys.stderr)
+        return 1
+    result = analysis.result
+    print(f"run {args.run} on {result['images']} test images: all columns joined {result['joined']:.2f}%")
+    for row in result["columns"]:
+        print(f"  column {row['column']} alone ({row['convs']} convs deep): {row['error']:.2f}%")
+    return 0
+
+
 def analysis_summary(analysis) -> dict:
     """The JSON form of an analysis job for `analyses --json`."""
     return {
@@ -405,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     lesion.add_argument("--device", choices=field_choices(TrainSpec, "device"), default="auto")
     lesion.add_argument("--queue", action="store_true", help="leave it to the workers instead of running it here")
     lesion.set_defaults(handler=cmd_lesion)
+    columns = commands.add_parser(
+        "fractal-columns", help="test error of a trained FractalNet per column and joined (Larsson et al. 2016)")
+    columns.add_argument("run", type=int)
+    columns.add_argument("--limit-images", type=int, default=None, help="use a seeded subset of the test split")
+    columns.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    columns.add_argument("--device", choices=field_choices(TrainSpec, "device"), default="auto")
+    columns.set_defaults(handler=cmd_fractal_columns)
     analyses = commands.add_parser("analyses", help="list analysis jobs (lesion studies, gradient profiles)")
     analyses.add_argument("--run", type=int, default=None, help="only this run's")
     analyses.add_argument("--status", default=None)

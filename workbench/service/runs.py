@@ -18,7 +18,7 @@ from storage import AnalysisRecord, RunRecord, RunStore
 from storage.status import CANCELLED, FAILED, INTERRUPTED, RUNNING
 from workbench.data import check_source
 from workbench.errors import WorkbenchError
-from workbench.jobs.analyses import ANALYSIS_KINDS, LESION, execute_analysis
+from workbench.jobs.analyses import ANALYSIS_KINDS, FRACTAL_COLUMNS, LESION, execute_analysis
 from workbench.jobs.executor import Executor
 from workbench.jobs.worker import default_worker_id
 from workbench.paths import RunFolder, exports_dir
@@ -26,6 +26,7 @@ from workbench.presets import Preset, list_presets
 from workbench.service.finetune import with_copied_source
 from workbench.service.forms import FORM_FIELDS, specs_from_form
 from workbench.service.plans import PlannedRun, default_group_name, unique_group_name
+from workbench.science.fractal import check_fractal
 from workbench.science.lesion import check_lesionable
 from workbench.spec import DataSpec, TrainSpec, parse_net
 from workbench.weights.export import EXPORT_FORMATS, export_model
@@ -179,6 +180,8 @@ class Workbench:
         run = self.store.get_run(run_id)
         if kind == LESION:
             check_lesionable(parse_net(run.spec["net"]))
+        if kind == FRACTAL_COLUMNS:
+            check_fractal(parse_net(run.spec["net"]))
         return self.store.create_analysis(run_id, kind, params or {})
 
     def run_analysis(self, run_id: int, kind: str, params: dict[str, Any] | None = None) -> AnalysisRecord:
