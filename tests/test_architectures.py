@@ -109,3 +109,27 @@ def test_a_trained_fractalnet_is_evaluated_per_column_as_a_stored_job(tmp_path, 
         resnet = store.create_run(RunSpec(net=get_preset("resnet20").spec, data=DATA, train=TRAIN), name="r")
         with pytest.raises(WorkbenchError, match="resnet20 is a resnet network"):
             Workbench(store, QueueExecutor(store)).queue_analysis(resnet, "fractal_columns")
+
+
+def test_a_finished_architectures_group_is_written_up_with_its_figure(tmp_path, capsys):
+    from workbench.jobs.worker import default_worker_id, execute_run
+
+    nets = [{"kind": "densenet", "name": "tiny-dense", "blocks": [1, 1, 1], "growth_rate": 4},
+            {"kind": "wide_resnet", "name": "tiny-wide", "depth": 10, "widen_factor": 1}]
+    train = TrainSpec(iterations=2, batch_size=16, precision="fp32", log_every=1)
+    with open_store(tmp_path) as store:
+        service = Workbench(store, QueueExecutor(store))
+        plan = plan_architectures([RunSpec.model_validate({"net": net}).net for net in nets], DATA, train, group="T")
+        run_ids = service.submit(plan)
+        assert main(["--home", str(tmp_path), "architectures-report", "--group", "T", "--docs", str(tmp_path)]) == 2
+        assert "not every run of 'T' has completed" in capsys.readouterr().err
+        for run_id in run_ids:
+            store.claim_run(run_id, default_worker_id())
+            execute_run(store, run_id, default_worker_id())
+    assert main(["--home", str(tmp_path), "architectures-report", "--group", "T", "--docs", str(tmp_path / "d")]) == 0
+    report = (tmp_path / "d" / "architectures.md").read_text()
+    assert "| tiny-dense | densenet |" in report and "| tiny-wide | wide_resnet |" in report
+    assert "architectures-report --group T" in report
+    assert (tmp_path / "d" / "figures" / "error_vs_cost.png").stat().st_size > 10_000
+    assert main(["--home", str(tmp_path), "architectures-report", "--group", "nope"]) == 2
+    assert "there is no group 'nope'" in capsys.readouterr().err

@@ -20,7 +20,8 @@ LAUNCH_DEFAULTS = dict(
     ladder_depths="8, 14", drop_prob=0.5, architectures=[],
 )
 BUILD_FIELDS = dict(
-    kind="resnet", name="net", family="cifar", unit="basic", size_by="depth", depth=20, blocks="3, 3, 3", widths="16, 32, 64",
+    kind="resnet", name="net", family="cifar", unit="basic", size_by="depth", depth=20, blocks="3, 3, 3",
+    widths="16, 32, 64",
     bottleneck_stride="3x3", placement="post", shortcut="A", zero_init_residual=False, stochastic_depth=0,
     num_classes=10, input_size=32, in_channels=3,
     **{name: None for name in FAMILY_FORM_FIELDS},

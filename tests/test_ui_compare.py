@@ -122,11 +122,12 @@ def test_an_architectures_group_shows_error_against_parameters_and_multiply_adds
     curves, verdict, figure_6, depth, costs, view = redraw(ctx, sorted(runs.values()), *OPTIONS, CompareView())
     assert costs["visible"] is True and not verdict["visible"] and not depth["visible"]
     stars = [trace for trace in costs["value"].data if trace.marker.symbol == "star"]
-    assert sorted(zip(stars[0].x, stars[0].y)) == [(269_722, 8.75), (1_019_722, 5.24), (2_748_890, 5.02)]
+    assert sorted(zip(stars[0].x, stars[0].y, strict=True)) == [(269_722, 8.75), (1_019_722, 5.24), (2_748_890, 5.02)]
     assert sorted(stars[1].x) == [40_551_040, 264_812_928, 392_612_352]
     for name, error in (("resnet20", 12.0), ("densenet-40", 10.0), ("wrn-16-4", 11.0)):
         log_error(ctx.store, runs[name], [50, 100], error, split="test")
     *_, costs, view = tick(ctx, *OPTIONS, view)
     tested = [trace for trace in costs["value"].data if trace.name == "runs, test error"]
-    assert sorted(zip(tested[1].x, tested[1].y)) == [(40_551_040, 12.0), (264_812_928, 10.0), (392_612_352, 11.0)]
+    assert sorted(zip(tested[1].x, tested[1].y, strict=True)) == [
+        (40_551_040, 12.0), (264_812_928, 10.0), (392_612_352, 11.0)]
     assert sorted(tested[0].y) == [10.0, 11.0, 12.0]

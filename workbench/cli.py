@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -179,6 +180,16 @@ def cmd_compare_architectures(args: argparse.Namespace) -> int:
     print(f"group {group}")
     for run_id, run in zip(run_ids, plan, strict=True):
         print(f"{run_id} {run.name}")
+    return 0
+
+
+def cmd_architectures_report(args: argparse.Namespace) -> int:
+    from workbench.service.architectures_report import architectures_report
+
+    command = shlex.join(["python", "-m", "workbench", "architectures-report", "--group", args.group,
+                          "--docs", str(args.docs)])
+    path = architectures_report(_open_store(args), args.group, args.docs, command)
+    print(f"wrote {path}")
     return 0
 
 
@@ -387,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="queue several networks of any family on identical data, data order and seed, as one group")
     _add_run_options(architectures, several_presets=True)
     architectures.set_defaults(handler=cmd_compare_architectures)
+
+    report = commands.add_parser("architectures-report",
+                                 help="write a finished architectures group's comparison (Markdown + figure)")
+    report.add_argument("--group", required=True)
+    report.add_argument("--docs", type=Path, default=Path("docs") / "architectures")
+    report.set_defaults(handler=cmd_architectures_report)
 
     worker = commands.add_parser("worker", help="a worker process that trains queued runs")
     worker.add_argument("--worker-id", default=None)

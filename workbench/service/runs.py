@@ -23,11 +23,11 @@ from workbench.jobs.executor import Executor
 from workbench.jobs.worker import default_worker_id
 from workbench.paths import RunFolder, exports_dir
 from workbench.presets import Preset, list_presets
+from workbench.science.fractal import check_fractal
+from workbench.science.lesion import check_lesionable
 from workbench.service.finetune import with_copied_source
 from workbench.service.forms import FORM_FIELDS, specs_from_form
 from workbench.service.plans import PlannedRun, default_group_name, unique_group_name
-from workbench.science.fractal import check_fractal
-from workbench.science.lesion import check_lesionable
 from workbench.spec import DataSpec, TrainSpec, parse_net
 from workbench.weights.export import EXPORT_FORMATS, export_model
 from workbench.weights.loader import load_model_file

@@ -161,7 +161,8 @@ def review_network(kind: str, *values):
                 gr.skip(), gr.skip(), gr.skip(), "")
     stages = [[s["stage"], s["units"], " x ".join(map(str, s["output_shape"])), f"{s['params']:,}"]
               for s in summary["stages"]]
-    paths = path_length_figure(summary["path_lengths"], x_title=PATH_UNITS.get(spec.kind, "residual branches on a path"))
+    paths = path_length_figure(summary["path_lengths"],
+                               x_title=PATH_UNITS.get(spec.kind, "residual branches on a path"))
     return (gr.update(value="", visible=False), summary_markdown(spec, summary), stages, paths, unit_diagram(spec),
             json.dumps(spec.model_dump(mode="json"), indent=2))
 

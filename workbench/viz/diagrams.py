@@ -75,7 +75,7 @@ def dense_layer_figure(spec: DenseNetSpec) -> go.Figure:
 
 
 def wide_unit_figure(spec: WideResNetSpec) -> go.Figure:
-    """A wide ResNet unit: the pre-activation basic unit with dropout between the convs (or torchvision's bottleneck)."""
+    """A wide ResNet unit: pre-activation basic, dropout between the convs (ImageNet: torchvision's bottleneck)."""
     if spec.family == "imagenet":
         return unit_diagram_figure(spec.resnet_layout())
     k = spec.widen_factor
@@ -139,10 +139,10 @@ def generalized_residual_figure(spec: RiRSpec, *, height: int = 260) -> go.Figur
     half = [w // 2 for w in spec.widths]
     conv_x, add_x = 1.6, 3.0
     convs = [("conv r→r", 1.45, 1), ("conv t→r", 0.55, -1), ("conv r→t", -0.55, 1), ("conv t→t", -1.45, -1)]
-    for label, y, source in convs:
+    for _, y, source in convs:
         target = 1 if y > 0 else -1
         _line(figure, [0, conv_x, add_x], [source, y, target])
-    for stream, y in (("residual", 1), ("transient", -1)):
+    for y in (1, -1):
         _line(figure, [add_x, 5], [y, y])
     for label, y, _ in convs:
         _box(figure, conv_x, y, label, "conv", half_width=0.55)

@@ -242,7 +242,8 @@ def error_vs_cost(finals: Sequence[Mapping[str, Any]], papers: Sequence[Mapping[
             figure.add_trace(go.Scatter(
                 x=[f[cost] for f in shown], y=[f[f"{split}_error"] for f in shown], mode="markers+text",
                 text=[f["name"] if split == "test" else "" for f in shown], textposition="top center",
-                marker={"symbol": symbol, "size": size, "color": [PALETTE[i % len(PALETTE)] for i in range(len(shown))]},
+                marker={"symbol": symbol, "size": size,
+                        "color": [PALETTE[i % len(PALETTE)] for i in range(len(shown))]},
                 name=f"runs, {split} error", legendgroup=split, showlegend=column == 1,
                 customdata=[f["name"] for f in shown],
                 hovertemplate="%{customdata} " + split + f"<br>{label} %{{x:,}}<br>error %{{y:.2f}}%<extra></extra>",

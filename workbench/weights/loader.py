@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from workbench.errors import WorkbenchError
-from workbench.presets import Preset, get_preset
 from workbench.models import head_prefix
+from workbench.presets import Preset, get_preset
 from workbench.spec import NETWORK_SPEC_TYPES, NetSpec, NetworkSpec, RunSpec
 from workbench.training import ModelFactory, StartingModel, fresh_model
 from workbench.weights.importers import IMPORT_FORMATS, ImportedWeights, adapt_head, backbone_fits, read_weights
