@@ -21,6 +21,7 @@ from workbench.service.plans import (
     plan_twin,
 )
 from workbench.spec import DataSpec, RunSpec, TrainSpec
+from workbench.ui.analysis_tab import column_lines, fractal_runs, start_columns
 
 DATA = DataSpec(synthetic_train=64, synthetic_test=32, seed=4)
 TRAIN = TrainSpec(iterations=2, batch_size=16, seed=4)
@@ -89,7 +90,7 @@ def test_the_service_refuses_to_queue_a_lesion_study_of_non_residual_families(tm
 
 
 def test_a_trained_fractalnet_is_evaluated_per_column_as_a_stored_job(tmp_path, capsys):
-    from workbench.training import fit
+    from workbench.jobs.worker import default_worker_id, execute_run
 
     net = {"kind": "fractalnet", "name": "tiny-fractal", "blocks": 2, "columns": 3, "widths": [8, 16],
            "drop_path": True}
@@ -97,7 +98,8 @@ def test_a_trained_fractalnet_is_evaluated_per_column_as_a_stored_job(tmp_path, 
         "iterations": 4, "batch_size": 16, "precision": "fp32", "log_every": 2}})
     with open_store(tmp_path) as store:
         run_id = store.create_run(spec, name="tiny-fractal")
-        fit(spec, store.run_dir(run_id), home=tmp_path)
+        store.claim_run(run_id, default_worker_id())
+        execute_run(store, run_id, default_worker_id())
     assert main(["--home", str(tmp_path), "fractal-columns", str(run_id), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "all columns joined" in out and "column 3 alone (8 convs deep)" in out
@@ -106,9 +108,16 @@ def test_a_trained_fractalnet_is_evaluated_per_column_as_a_stored_job(tmp_path, 
         assert analysis.status == "completed"
         assert [row["column"] for row in analysis.result["columns"]] == [1, 2, 3]
         assert all(0.0 <= row["error"] <= 100.0 for row in analysis.result["columns"])
+        ctx = Workbench(store, QueueExecutor(store))
+        assert fractal_runs(ctx) == [(f"#{run_id} tiny-fractal", run_id)]
+        shown = column_lines(ctx, run_id)
+        assert shown.startswith("All columns joined: **") and "column 2 alone (4 convs deep)" in shown
         resnet = store.create_run(RunSpec(net=get_preset("resnet20").spec, data=DATA, train=TRAIN), name="r")
         with pytest.raises(WorkbenchError, match="resnet20 is a resnet network"):
-            Workbench(store, QueueExecutor(store)).queue_analysis(resnet, "fractal_columns")
+            ctx.queue_analysis(resnet, "fractal_columns")
+        with pytest.raises(WorkbenchError, match="needs a completed run"):
+            start_columns(ctx, resnet)
+        assert column_lines(ctx, resnet) == "No per-column evaluation stored for this run yet."
 
 
 def test_a_finished_architectures_group_is_written_up_with_its_figure(tmp_path, capsys):
