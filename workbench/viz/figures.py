@@ -242,6 +242,7 @@ def error_vs_cost(finals: Sequence[Mapping[str, Any]], papers: Sequence[Mapping[
             figure.add_trace(go.Scatter(
                 x=[f[cost] for f in shown], y=[f[f"{split}_error"] for f in shown], mode="markers+text",
                 text=[f["name"] if split == "test" else "" for f in shown], textposition="top center",
+                cliponaxis=False,
                 marker={"symbol": symbol, "size": size,
                         "color": [PALETTE[i % len(PALETTE)] for i in range(len(shown))]},
                 name=f"runs, {split} error", legendgroup=split, showlegend=column == 1,
