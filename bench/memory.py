@@ -107,7 +107,8 @@ def store_twenty_runs(home: Path) -> None:
 
     with open_store(home) as store:
         for index in range(20):
-            run_id = store.create_run(RunSpec(net=NetSpec()), name=f"run {index}", preset="resnet20", dataset="cifar10")
+            run_id = store.create_run(RunSpec(net=NetSpec(depth=20)), name=f"run {index}", preset="resnet20",
+                                      dataset="cifar10")
             store.claim_run(run_id, "bench")
             rows = [{"iteration": i, "split": "train", "name": name, "value": 50.0 - i / 100}
                     for i in range(2000) for name in ("loss", "error")]

@@ -25,7 +25,8 @@ TWIN = "twin"
 LADDER = "ladder"
 SWEEP = "sweep"
 SEEDS = "seeds"
-GROUP_KINDS = (TWIN, LADDER, SWEEP, SEEDS)
+ARCHITECTURES = "architectures"
+GROUP_KINDS = (TWIN, LADDER, SWEEP, SEEDS, ARCHITECTURES)
 ARTIFACT_KINDS = ("checkpoint", "export", "log", "analysis")
 METRIC_SPLITS = ("train", "test", "val", "system")
 

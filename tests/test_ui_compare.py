@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from storage import open_store
+from workbench.presets import get_preset
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 from workbench.ui.compare_tab import NO_BAND, CompareView, export_curves, pick_group, redraw, tick
 from workbench.ui.context import WorkbenchContext
@@ -38,7 +39,7 @@ def is_skip(value) -> bool:
 def live(outputs) -> dict:
     """The figures a tick sends to the charts already on the page, {elem_id: plotly JSON}."""
     assert all(is_skip(outputs[i]) for i in (0, 2, 3)), "a tick must leave the charts (and their zoom) alone"
-    return decoded(json.loads(outputs[4]))
+    return decoded(json.loads(outputs[5]))
 
 
 def decoded(node):
@@ -61,9 +62,9 @@ def twin(ctx, kind: str = "twin") -> list[int]:
 def test_tick_skips_until_new_rows_arrive(ctx):
     run_ids = twin(ctx)
     log(ctx.store, run_ids[0], [10, 20])
-    figure, verdict, figure_6, depth, channel, view = redraw(ctx, run_ids, CompareView(), *OPTIONS)
+    figure, verdict, figure_6, depth, costs, channel, view = redraw(ctx, run_ids, CompareView(), *OPTIONS)
     assert len(figure.data) == 1 and channel == ""
-    assert verdict == figure_6 == depth == gr.update(visible=False)
+    assert verdict == figure_6 == depth == costs == gr.update(visible=False)
     assert all(is_skip(value) for value in tick(ctx, view, *OPTIONS))
     log(ctx.store, run_ids[1], [10])
     log(ctx.store, run_ids[1], [10], split="test")
@@ -82,7 +83,7 @@ def test_smoothing_goes_to_the_chart_in_place_and_a_new_selection_draws_a_new_ch
     figure = live(redraw(ctx, run_ids, view, "error", "iterations", 0.5, RUNNING_MEAN, False))["curves-plot"]
     assert figure["data"][0]["y"] == [10.0, 15.0]
     redrawn = redraw(ctx, run_ids[:1], view, "error", "iterations", 0.5, EMA, False)
-    assert redrawn[0].layout.uirevision != figure["layout"]["uirevision"] and redrawn[4] == ""
+    assert redrawn[0].layout.uirevision != figure["layout"]["uirevision"] and redrawn[5] == ""
 
 
 def test_redraw_skips_when_selection_and_options_are_unchanged(ctx):
@@ -111,7 +112,7 @@ def log_error(store, run_id: int, iterations, value: float, split: str = "train"
 def test_a_ladder_group_shows_the_verdict_figure6_and_error_against_depth(ctx):
     runs = ladder(ctx)
     assert pick_group(ctx, "L") == sorted(runs.values())
-    curves, verdict, figure_6, depth, _, view = redraw(ctx, sorted(runs.values()), CompareView(), *OPTIONS)
+    curves, verdict, figure_6, depth, _, _, view = redraw(ctx, sorted(runs.values()), CompareView(), *OPTIONS)
     assert len(curves.data) == 0
     assert verdict["visible"] is True and "Not enough data yet" in verdict["value"]
     assert figure_6["visible"] is True and depth["visible"] is True
@@ -168,7 +169,7 @@ def test_ladder_outputs_follow_new_error_rows_while_loss_is_on_screen(ctx):
 
 def test_paper_stars_only_for_a_cifar10_ladder(ctx):
     runs = ladder(ctx, data=DataSpec())
-    *_, depth, _, _ = redraw(ctx, sorted(runs.values()), CompareView(), *OPTIONS)
+    *_, depth, _, _, _ = redraw(ctx, sorted(runs.values()), CompareView(), *OPTIONS)
     assert depth["visible"] is True and not [trace for trace in depth["value"].data if "He et al." in trace.name]
 
 
@@ -182,3 +183,22 @@ def test_tensorboard_export_of_the_curves_on_screen_is_a_zip_with_a_folder_per_r
     assert folders == {f"run{run_ids[0]}-plain20", f"run{run_ids[1]}-resnet20"} and "Ready" in message
     message, button = export_curves(ctx, "loss", "csv", CompareView())
     assert "pick runs" in message and button["visible"] is False
+
+
+def test_an_architectures_group_shows_error_against_parameters_and_multiply_adds(ctx):
+    nets = {name: get_preset(name).spec for name in ("resnet20", "densenet-40", "wrn-16-4")}
+    runs = {name: ctx.store.create_run(RunSpec(net=net, data=CIFAR10), name=f"{name} (A)", group_name="A",
+                                       group_kind="architectures", preset=name)
+            for name, net in nets.items()}
+    curves, verdict, figure_6, depth, costs, _, view = redraw(ctx, sorted(runs.values()), CompareView(), *OPTIONS)
+    assert costs["visible"] is True and not verdict["visible"] and not depth["visible"]
+    stars = [trace for trace in costs["value"].data if trace.marker.symbol == "star"]
+    assert sorted(zip(stars[0].x, stars[0].y, strict=True)) == [(269_722, 8.75), (1_019_722, 5.24), (2_748_890, 5.02)]
+    assert sorted(stars[1].x) == [40_551_040, 264_812_928, 392_612_352]
+    for name, error in (("resnet20", 12.0), ("densenet-40", 10.0), ("wrn-16-4", 11.0)):
+        log_error(ctx.store, runs[name], [50, 100], error, split="test")
+    costs = tick(ctx, view, *OPTIONS)[4]
+    tested = [trace for trace in costs["value"].data if trace.name == "runs, test error"]
+    assert sorted(zip(tested[1].x, tested[1].y, strict=True)) == [
+        (40_551_040, 12.0), (264_812_928, 10.0), (392_612_352, 11.0)]
+    assert sorted(tested[0].y) == [10.0, 11.0, 12.0]

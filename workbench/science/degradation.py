@@ -17,7 +17,7 @@ import numpy as np
 from workbench.errors import PresetNotFound
 from workbench.presets import get_preset
 from workbench.science.statistics import Summary, welch_t_test
-from workbench.spec import NetSpec
+from workbench.spec import parse_net
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +51,9 @@ class CurveRun:
 
 
 def net_depth_and_residual(spec: Mapping[str, Any]) -> tuple[int, bool]:
-    """(depth, has shortcuts) of a stored run spec (JSON)."""
-    net = NetSpec.model_validate(spec["net"])
-    return net.depth, net.shortcut != "none"
+    """(depth, has residual shortcuts) of a stored run spec (JSON) of any network family."""
+    net = parse_net(spec["net"])
+    return net.depth, net.residual
 
 
 def _field(row: Any, name: str) -> Any:

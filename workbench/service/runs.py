@@ -18,18 +18,20 @@ from storage import AnalysisRecord, RunRecord, RunStore
 from storage.status import COMPLETED, QUEUED, RUNNING
 from workbench.data import check_source
 from workbench.errors import IllegalTransition, WorkbenchError
-from workbench.jobs.analyses import ANALYSIS_KINDS, execute_analysis
+from workbench.jobs.analyses import ANALYSIS_KINDS, FRACTAL_COLUMNS, LESION, execute_analysis
 from workbench.jobs.executor import Executor
 from workbench.jobs.worker import default_worker_id
 from workbench.paths import RunFolder, exports_dir
 from workbench.presets import Preset, list_presets
+from workbench.science.fractal import check_fractal
+from workbench.science.lesion import check_lesionable
 from workbench.service.checks import check_run
 from workbench.service.files import clean_old_files
 from workbench.service.finetune import with_copied_source
 from workbench.service.forms import FORM_FIELDS, parse_id, specs_from_form
 from workbench.service.plans import PlannedRun, default_group_name, unique_group_name
 from workbench.service.results import write_metrics_csv, write_tensorboard
-from workbench.spec import DataSpec, TrainSpec
+from workbench.spec import DataSpec, TrainSpec, parse_net
 from workbench.weights.export import EXPORT_FORMATS, export_model
 from workbench.weights.loader import load_model_file
 
@@ -236,7 +238,12 @@ class Workbench:
         """Queue an analysis of a run for the workers; returns its id."""
         if kind not in ANALYSIS_KINDS:
             raise WorkbenchError(f"analysis kind {kind!r} is unknown; choose one of {', '.join(ANALYSIS_KINDS)}")
-        run_id = self.get_run(run_id).id
+        run = self.get_run(run_id)
+        if kind == LESION:
+            check_lesionable(parse_net(run.spec["net"]))
+        if kind == FRACTAL_COLUMNS:
+            check_fractal(parse_net(run.spec["net"]))
+        run_id = run.id
         return self.store.create_analysis(run_id, kind, params or {})
 
     def run_analysis(self, run_id: int, kind: str, params: dict[str, Any] | None = None) -> AnalysisRecord:

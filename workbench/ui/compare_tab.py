@@ -4,7 +4,8 @@ The curves of the followed runs live in a per-session `CurveCache`: each timer t
 only for rows newer than the cache's cursors and returns `gr.skip()` when none arrived, so the
 chart (and the user's zoom) stays as it is. When the followed runs are one ladder group, the tab
 also shows the degradation verdict, plain and residual nets side by side (He et al. 2015, Fig. 6)
-and error against depth with the paper's numbers, all drawn from the same cache.
+and error against depth with the paper's numbers, all drawn from the same cache. For an architectures
+group it shows error against parameters and multiply-adds, one point per run, the papers' as stars.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from workbench.errors import WorkbenchError
+from workbench.science.architectures import network_costs, paper_points
 from workbench.science.degradation import (
     degradation_observed,
     net_depth_and_residual,
@@ -27,7 +29,7 @@ from workbench.science.degradation import (
 )
 from workbench.service import RunRecord
 from workbench.service.curves import CHART_METRICS, CurveCache, curves_of, ladder_curve_runs
-from workbench.service.plans import LADDER, seed_group_key
+from workbench.service.plans import ARCHITECTURES, LADDER, seed_group_key
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.live_plot import apply_live_figures, live_channel, live_figures
 from workbench.ui.run_table import run_label
@@ -42,7 +44,7 @@ from workbench.viz.charts import (
     CurveStyle,
     training_curves_figure,
 )
-from workbench.viz.figures import error_vs_depth, figure6, final_errors
+from workbench.viz.figures import error_vs_cost, error_vs_depth, figure6, final_errors
 from workbench.viz.series import SeedGroup
 
 REFRESH_SECONDS = 3.0
@@ -92,6 +94,9 @@ class CompareView:
     references: dict[int, float] = field(default_factory=dict)
     revision: str | None = None
     options: Options = field(default_factory=Options)
+    architectures_group: str | None = None
+    costs: dict[int, dict[str, int]] = field(default_factory=dict)
+    papers: list[dict] = field(default_factory=list)
 
     def cache(self, metric: str) -> CurveCache:
         """The curves of `metric` for the followed runs (only the metric on screen is fetched)."""
@@ -149,23 +154,34 @@ def _curves_figure(view: CompareView, options: Options):
     return training_curves_figure(entries, style=options.style(), log_y=bool(options.log_y), revision=view.revision)
 
 
-def _ladder_of(runs: list[RunRecord]) -> str | None:
+def _group_of(runs: list[RunRecord], group_kind: str) -> str | None:
+    """The group of `runs` when they are all one group of `group_kind`."""
     groups = {(run.group_name, run.group_kind) for run in runs}
     if len(groups) == 1:
         name, kind = groups.pop()
-        return name if kind == LADDER else None
+        return name if kind == group_kind else None
     return None
 
 
-SKIPPED = (gr.skip(),) * 6
+def _architectures_output(view: CompareView):
+    """Error against parameters and multiply-adds of the followed architectures group, hidden when it is not one."""
+    if view.architectures_group is None:
+        return gr.update(visible=False)
+    curves = ladder_curve_runs(view.cache("error"), view.ladder_members)
+    finals = [{**final_errors(curve), **view.costs[run_id]}
+              for run_id, curve in zip(view.ladder_members, curves, strict=True)]
+    return gr.update(value=error_vs_cost(finals, view.papers), visible=True)
+
+
+SKIPPED = (gr.skip(),) * 7
 
 
 def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, view: CompareView, *option_values):
     """Follow the picked runs and draw their curves (new runs' curves are read in full, once).
 
-    `option_values` are the Options fields in order. Returns (curves, verdict, Figure 6, error
-    against depth, live figures, view). A new selection, metric or axis draws new charts;
-    otherwise this is a tick (see `tick`).
+    `option_values` are the Options fields in order. Returns (curves, verdict, Figure 6, error against depth,
+    error against cost, live figures, view). A new selection, metric or axis draws new charts; otherwise this
+    is a tick (see `tick`).
     """
     options = Options(*option_values)
     wanted = [int(run_id) for run_id in run_ids or [] if str(run_id).isdigit()]
@@ -176,28 +192,34 @@ def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, view: CompareView, 
     view.run_ids = wanted
     view.labels = {run.id: f"#{run.id} {run.name}" for run in picked}
     view.seed_groups = seed_groups_of(picked)
-    view.ladder_group = _ladder_of(picked)
+    view.ladder_group = _group_of(picked, LADDER)
+    view.architectures_group = _group_of(picked, ARCHITECTURES)
     view.ladder_members = {run.id: (run.preset or run.name, *net_depth_and_residual(run.spec))
-                           for run in picked} if view.ladder_group else {}
+                           for run in picked} if view.ladder_group or view.architectures_group else {}
     on_cifar10 = all(run.spec["data"]["name"] == "cifar10" for run in picked)
     view.references = paper_reference_errors(
         sorted({depth for _, depth, residual in view.ladder_members.values() if residual}), ctx.home
     ) if on_cifar10 else {}
+    view.costs = {run.id: network_costs(run.spec["net"]) for run in picked} if view.architectures_group else {}
+    view.papers = paper_points([run.preset for run in picked if run.preset], ctx.home) \
+        if view.architectures_group and on_cifar10 else []
     _refresh(ctx, view, options.metric)
     view.revision, view.options = revision, options
     curves = _curves_figure(view, options)
+    costs = _architectures_output(view)
     if view.ladder_group is None:
         hidden = gr.update(visible=False)
-        return curves, hidden, hidden, hidden, "", view
+        return curves, hidden, hidden, hidden, costs, "", view
     verdict, figure_6, depth = _ladder_figures(view)
     return (curves, gr.update(value=verdict, visible=True), gr.update(value=figure_6, visible=True),
-            gr.update(value=depth, visible=True), "", view)
+            gr.update(value=depth, visible=True), costs, "", view)
 
 
 def _refresh(ctx: WorkbenchContext, view: CompareView, metric: str) -> tuple[bool, bool]:
-    """Fetch new rows of the metric on screen and, for a ladder, of the error; (curves changed, ladder changed)."""
+    """Fetch new rows of the metric on screen and, for a ladder or an architectures group, of the error;
+    (curves changed, group charts changed)."""
     shown = view.cache(metric).refresh(ctx.store)
-    if view.ladder_group is None:
+    if view.ladder_group is None and view.architectures_group is None:
         return shown, False
     ladder = shown if metric == "error" else view.cache("error").refresh(ctx.store)
     return shown, ladder
@@ -220,9 +242,10 @@ def tick(ctx: WorkbenchContext, view: CompareView, *option_values):
     if shown or restyled:
         live[CURVES_ID] = _curves_figure(view, options)
     verdict = gr.skip()
-    if ladder:
+    if ladder and view.ladder_group is not None:
         verdict, live[FIGURE6_ID], live[DEPTH_ID] = _ladder_figures(view)
-    return gr.skip(), verdict, gr.skip(), gr.skip(), live_figures(live), view
+    costs = _architectures_output(view) if ladder and view.architectures_group is not None else gr.skip()
+    return gr.skip(), verdict, gr.skip(), gr.skip(), costs, live_figures(live), view
 
 
 CURVE_EXPORTS = {"CSV (long format)": "csv", "TensorBoard event files (zip, a folder per run)": "tensorboard"}
@@ -271,6 +294,8 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
                            elem_id=FIGURE6_ID)
         depth = gr.Plot(label="Error against depth (stars, for CIFAR-10 ladders: the paper's ResNet test errors)",
                         visible=False, elem_id=DEPTH_ID)
+        costs = gr.Plot(label="Error against parameters and multiply-adds (stars, for CIFAR-10: the papers' errors)",
+                        visible=False, elem_id="cost-plot")
         with gr.Row():
             curve_format = gr.Radio(list(CURVE_EXPORTS.items()), value="csv", label="Export the curves on screen",
                                     elem_id="curve-format", scale=3)
@@ -282,7 +307,7 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
         timer = gr.Timer(REFRESH_SECONDS)
 
     options = [metric, x_axis, smoothing, smoothing_kind, log_y, band, show_runs, summary, summary_at]
-    outputs = [curves, verdict, figure_6, depth, live, view]
+    outputs = [curves, verdict, figure_6, depth, costs, live, view]
     gr.on([demo.load, tab.select], bound(choices, ctx), None, [group, runs], api_visibility="private")
     group.input(bound(pick_group, ctx), group, runs, api_visibility="private")
     redrawn = gr.on([runs.change, metric.input, x_axis.input, smoothing.change, smoothing_kind.input, log_y.input,

@@ -289,13 +289,15 @@ def training_curves_figure(
     return figure
 
 
-def path_length_figure(distribution: Sequence[float], *, height: int = SMALL_CHART_HEIGHT) -> go.Figure:
-    """Share of paths through the network by how many residual branches they cross (Veit et al. 2016)."""
+def path_length_figure(distribution: Sequence[float], *, x_title: str = "residual branches on a path",
+                       height: int = SMALL_CHART_HEIGHT) -> go.Figure:
+    """Share of paths through the network by how many residual branches (or other units) they cross
+    (Veit et al. 2016)."""
     figure = go.Figure(go.Bar(x=list(range(len(distribution))), y=list(distribution), marker_color=OP_COLOURS["conv"]))
     figure.update_layout(
         height=height, template="plotly_white", margin={"l": 50, "r": 10, "t": 30, "b": 40},
         title={"text": "path lengths", "font": {"size": 13}},
-        xaxis_title="residual branches on a path", yaxis_title="share of paths",
+        xaxis_title=x_title, yaxis_title="share of paths",
     )
     return figure
 

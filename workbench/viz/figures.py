@@ -230,3 +230,43 @@ def gradient_profile_chart(profiles: Sequence[tuple[str, Sequence[float | None]]
                          xaxis={"title": "unit (forward order)"}, yaxis={"title": "||dL/dx||", "type": "log"},
                          legend={"orientation": "h", "y": -0.2})
     return figure
+
+
+COSTS = (("params", "parameters"), ("macs", "multiply-adds per image"))
+
+
+def error_vs_cost(finals: Sequence[Mapping[str, Any]], papers: Sequence[Mapping[str, Any]] = (), *,
+                  reference_label: str = "paper (CIFAR-10+)", height: int = HEIGHT) -> go.Figure:
+    """Final error of each run against its parameters (left) and multiply-adds (right), log scales, with the
+    papers' numbers as star markers. `finals` carry name, train/test error, params and macs."""
+    figure = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                           subplot_titles=[label for _, label in COSTS])
+    for column, (cost, label) in enumerate(COSTS, start=1):
+        for split, symbol, size in (("train", "circle-open", 9), ("test", "circle", 12)):
+            shown = [f for f in finals if f.get(f"{split}_error") is not None]
+            if not shown:
+                continue
+            figure.add_trace(go.Scatter(
+                x=[f[cost] for f in shown], y=[f[f"{split}_error"] for f in shown], mode="markers+text",
+                text=[f["name"] if split == "test" else "" for f in shown], textposition="top center",
+                cliponaxis=False,
+                marker={"symbol": symbol, "size": size,
+                        "color": [PALETTE[i % len(PALETTE)] for i in range(len(shown))]},
+                name=f"runs, {split} error", legendgroup=split, showlegend=column == 1,
+                customdata=[f["name"] for f in shown],
+                hovertemplate="%{customdata} " + split + f"<br>{label} %{{x:,}}<br>error %{{y:.2f}}%<extra></extra>",
+            ), row=1, col=column)
+        if papers:
+            figure.add_trace(go.Scatter(
+                x=[p[cost] for p in papers], y=[p["error"] for p in papers], mode="markers", name=reference_label,
+                marker={"symbol": "star", "size": 13, "color": "black"}, legendgroup="paper",
+                showlegend=column == 1, customdata=[p["name"] for p in papers],
+                hovertemplate="paper: %{customdata}<br>" + label + " %{x:,}<br>test error %{y:.2f}%<extra></extra>",
+            ), row=1, col=column)
+        figure.update_xaxes(title_text=label, type="log", row=1, col=column)
+    figure.update_yaxes(title_text="error (%)", rangemode="tozero", row=1, col=1)
+    figure.update_layout(template=TEMPLATE, height=height, legend={"orientation": "h", "y": -0.25},
+                         margin={"t": 40, "b": 40})
+    if not finals and not papers:
+        return _empty("No finished evaluations yet: points appear after each run's first test evaluation.", height)
+    return figure
