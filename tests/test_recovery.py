@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from storage import open_store
-from storage.store import MAX_STORED_INT, RunStore
+from storage.store import RunStore
 from workbench.errors import RunNotFound, WorkbenchError
 from workbench.jobs import LocalExecutor, QueueExecutor, StoreSink, execute_run, run_worker
 from workbench.paths import database_url
@@ -248,12 +248,12 @@ def test_an_analysis_whose_worker_died_with_its_app_is_run_by_the_next_app(store
 # -- cancel always works, writes that fail fail the run once -------------------------------------------------
 
 
-def test_a_run_with_an_absurd_budget_can_be_cancelled_and_deleted(store, tmp_path):
-    run_id = store.create_run(tiny_spec(epochs=1e30), name="forever")
+def test_the_largest_budget_can_be_cancelled_and_deleted(store, tmp_path):
+    run_id = store.create_run(tiny_spec(iterations=10_000_000), name="long")
     worker = cli(tmp_path, "worker", "--exit-when-idle")
     try:
         wait_for(lambda: store.get_run(run_id).iteration >= 2, what="progress to be reported")
-        assert store.get_run(run_id).total_iterations == MAX_STORED_INT
+        assert store.get_run(run_id).total_iterations == 10_000_000
         assert store.request_cancel(run_id) == "running"
         asked = time.monotonic()
         wait_for(lambda: store.get_run(run_id).status == "cancelled", timeout=20, what="the cancel")
@@ -261,7 +261,21 @@ def test_a_run_with_an_absurd_budget_can_be_cancelled_and_deleted(store, tmp_pat
     finally:
         _, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err
-    assert "OverflowError" not in err
+    store.delete_run(run_id)
+    with pytest.raises(RunNotFound):
+        store.get_run(run_id)
+
+
+def test_a_stored_run_with_an_absurd_budget_fails_with_the_bound_and_can_be_deleted(store, tmp_path):
+    # A run stored before the spec had bounds: the worker refuses it with the bound's message.
+    spec = tiny_spec().model_dump(mode="json")
+    spec["train"] = {**spec["train"], "epochs": 1e30}
+    run_id = store.create_run(spec, name="forever")
+    worker = cli(tmp_path, "worker", "--exit-when-idle")
+    _, err = worker.communicate(timeout=120)
+    assert worker.returncode == 0, err
+    run = store.get_run(run_id)
+    assert run.status == "failed" and "epochs" in run.error_message and "OverflowError" not in err
     store.delete_run(run_id)
     with pytest.raises(RunNotFound):
         store.get_run(run_id)
