@@ -256,7 +256,10 @@ class RunStore:
                     self._mark_stale(conn, stale_after_s)
                 if requeue_interrupted:
                     self._requeue_interrupted(conn)
-                candidate = conn.scalar(select(runs.c.id).where(runs.c.status == QUEUED).order_by(runs.c.id).limit(1))
+                # SKIP LOCKED (PostgreSQL; SQLite's write lock already serializes claims): workers racing for
+                # the queue each take a different row instead of queueing behind one.
+                candidate = conn.scalar(select(runs.c.id).where(runs.c.status == QUEUED).order_by(runs.c.id)
+                                        .limit(1).with_for_update(skip_locked=True))
                 if candidate is None:
                     return None
                 if self._start(conn, candidate, worker_id, device):
@@ -608,6 +611,7 @@ class RunStore:
             with self._write() as conn:
                 candidate = conn.scalar(
                     select(analyses.c.id).where(analyses.c.status == QUEUED).order_by(analyses.c.id).limit(1)
+                    .with_for_update(skip_locked=True)
                 )
                 if candidate is None:
                     return None

@@ -1,8 +1,15 @@
-"""Shared fixtures: a real workbench server on a free port, and Debian's Chromium driven by Playwright."""
+"""Shared fixtures: a real workbench server on a free port, Debian's Chromium driven by Playwright, and a
+throw-away PostgreSQL server for the store tests."""
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
 import socket
+import subprocess
+import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +22,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+POSTGRES_BIN = Path(os.environ.get("WORKBENCH_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
+DATABASES = ("sqlite", "postgresql")
 
 
 def free_port() -> int:
@@ -90,3 +99,58 @@ def artifacts_dir() -> Path:
     """Where tests leave screenshots and other files worth looking at (gitignored)."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def _as_postgres_user(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run its binaries as the `postgres` user."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server on 127.0.0.1 for this test session; yields its base URL (no database name).
+
+    Skipped with the reason when the server binaries are missing. fsync is off: the data is thrown away.
+    """
+    missing = [name for name in ("initdb", "pg_ctl") if not (POSTGRES_BIN / name).is_file()]
+    if missing:
+        pytest.skip(f"PostgreSQL tests need the server binaries in {POSTGRES_BIN} (missing: {', '.join(missing)}); "
+                    "install them with `apt-get install -y postgresql` or set WORKBENCH_POSTGRES_BIN")
+    # Not under pytest's tmp_path: its parents are private to root, and the server runs as `postgres`.
+    root = Path(tempfile.mkdtemp(prefix="workbench-pg-"))
+    if os.geteuid() == 0:
+        os.chown(root, pwd.getpwnam("postgres").pw_uid, -1)
+    data, log, port = root / "data", root / "server.log", free_port()
+    subprocess.run(_as_postgres_user([str(POSTGRES_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                                      "--no-sync", "-E", "UTF8"]), check=True, capture_output=True)
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    started = subprocess.run(_as_postgres_user([str(POSTGRES_BIN / "pg_ctl"), "-D", str(data), "-l", str(log),
+                                                "-o", options, "-w", "start"]), capture_output=True, text=True)
+    if started.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"PostgreSQL did not start: {started.stderr or started.stdout}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(_as_postgres_user([str(POSTGRES_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
+                                          "stop"]), capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def new_postgres_database(server_url: str) -> str:
+    """Create an empty database on the test server; returns its URL."""
+    import psycopg
+
+    name = f"wb_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url.replace("postgresql+psycopg", "postgresql") + "/postgres",
+                         autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return f"{server_url}/{name}"
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request) -> str | None:
+    """Each store test runs twice: on the home's SQLite file (None) and on a fresh PostgreSQL database (its URL)."""
+    if request.param == "sqlite":
+        return None
+    return new_postgres_database(request.getfixturevalue("postgres_server"))

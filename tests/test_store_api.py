@@ -1,4 +1,4 @@
-"""RunStore API on a real SQLite file: runs, statuses, metrics, artifacts, analyses, deletion."""
+"""RunStore API on a real SQLite file and a real PostgreSQL database: runs, statuses, metrics, artifacts, analyses, deletion."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ SPEC = {"net": {"preset": "resnet20", "depth": 20}, "data": {"name": "cifar10"},
 
 
 @pytest.fixture
-def store(tmp_path) -> RunStore:
-    opened = open_store(tmp_path / "home")
+def store(tmp_path, db_url) -> RunStore:
+    opened = open_store(tmp_path / "home", db=db_url)
     yield opened
     opened.close()
 
@@ -605,10 +605,10 @@ def test_naive_timestamps_are_refused(store):
         conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=naive))
 
 
-def test_store_works_as_a_context_manager(tmp_path):
-    with RunStore.open(tmp_path) as store:
+def test_store_works_as_a_context_manager(tmp_path, db_url):
+    with RunStore.open(tmp_path, db=db_url) as store:
         run_id = store.create_run(SPEC, name="ctx")
-    with open_store(tmp_path) as reopened:
+    with open_store(tmp_path, db=db_url) as reopened:
         assert reopened.get_run(run_id).name == "ctx"
 
 
