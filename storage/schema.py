@@ -106,6 +106,8 @@ class Run(Base):
     notes: Mapped[str] = mapped_column(Text, default="", server_default="")
     tags: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     parent_run_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    # The cluster job executing the run (a Ray submission id); set while queued, cleared when queued again.
+    job_id: Mapped[str | None] = mapped_column(String(200))
 
 
 class Metric(Base):

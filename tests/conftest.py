@@ -1,13 +1,16 @@
-"""Shared fixtures: a real workbench server on a free port, Debian's Chromium driven by Playwright, and a
-throw-away PostgreSQL server for the store tests."""
+"""Shared fixtures: a real workbench server on a free port, Debian's Chromium driven by Playwright, a
+throw-away PostgreSQL server for the store tests and a loopback Ray head for the cluster tests."""
 
 from __future__ import annotations
 
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import time
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -154,3 +157,75 @@ def db_url(request) -> str | None:
     if request.param == "sqlite":
         return None
     return new_postgres_database(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[str]:
+    """A one-node Ray cluster on 127.0.0.1 (2 CPUs, no GPU) for this test session; yields its dashboard URL.
+
+    Started with `ray start --head --block` in its own process group and a private temp folder, and stopped
+    through that process (SIGTERM: it stops the head's processes), then anything left of its group or naming
+    its temp folder is killed, so Ray clusters of other programs on this machine are left alone.
+    """
+    ray = Path(sys.executable).with_name("ray")
+    if not ray.is_file():
+        pytest.skip(f"Ray tests need the `ray` command beside {sys.executable} (pip install 'ray[default]')")
+    temp = Path(tempfile.mkdtemp(prefix="wbray-"))
+    port, dashboard_port = free_port(), free_port()
+    log = (temp / "head.log").open("w")
+    head = subprocess.Popen(
+        [str(ray), "start", "--head", "--block", "--port", str(port), "--dashboard-host", "127.0.0.1",
+         "--dashboard-port", str(dashboard_port), "--num-cpus", "2", "--num-gpus", "0", "--disable-usage-stats",
+         "--include-dashboard", "true", "--temp-dir", str(temp)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    address = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        _wait_for_job_server(address, head, temp / "head.log")
+        yield address
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _kill_leftovers(temp)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _wait_for_job_server(address: str, head: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            pytest.fail(f"the Ray head exited with code {head.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the Ray head's job server at {address} did not answer within {timeout:.0f} s")
+
+
+def _kill_leftovers(temp: Path) -> None:
+    """Ray processes of this head that left its process group (they name its temp folder on their command line)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(temp) in command:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass

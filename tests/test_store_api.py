@@ -554,6 +554,31 @@ def test_artifacts_record_size_hash_and_checkpoint(store):
         store.add_artifact(999, "checkpoint", checkpoint)
 
 
+def test_paths_in_the_home_are_stored_relative_so_a_home_mounted_elsewhere_still_works(tmp_path, db_url):
+    first_home, outside = tmp_path / "mounted-here", tmp_path / "outside.bin"
+    outside.write_bytes(b"x")
+    with open_store(first_home, db=db_url) as store:
+        run_id = store.create_run(SPEC, name="moved")
+        checkpoint = runs_dir(store.home) / str(run_id) / "last.pt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(b"weights")
+        store.add_artifact(run_id, "checkpoint", checkpoint)
+        store.add_artifact(run_id, "export", outside)
+        store.claim_run(run_id, "w")
+        store.transition(run_id, INTERRUPTED, worker_id="w", checkpoint_path=str(checkpoint))
+        with store.engine.connect() as conn:
+            assert conn.scalar(text("SELECT checkpoint_path FROM runs")) == f"runs/{run_id}/last.pt"
+            assert sorted(conn.scalars(text("SELECT path FROM artifacts"))) == sorted(
+                [f"runs/{run_id}/last.pt", str(outside)])
+    second_home = first_home.rename(tmp_path / "mounted-there")
+    with open_store(second_home, db=db_url) as store:
+        moved = second_home / "runs" / str(run_id) / "last.pt"
+        assert store.get_run(run_id).checkpoint_path == str(moved)
+        assert [artifact.path for artifact in store.list_artifacts(run_id)] == [str(moved), str(outside)]
+        store.delete_run(run_id)
+        assert not moved.exists() and outside.exists()
+
+
 def test_rewriting_a_checkpoint_updates_its_artifact_and_best_snapshots_are_not_resume_points(store):
     run_id = store.create_run(SPEC, name="epochs")
     folder = store.run_dir(run_id)
