@@ -3,6 +3,7 @@ throw-away PostgreSQL server for the store tests and a loopback Ray head for the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -10,8 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -191,10 +192,8 @@ def ray_head() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             head.kill()
             head.wait()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         _kill_leftovers(temp)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
@@ -225,7 +224,5 @@ def _kill_leftovers(temp: Path) -> None:
         except OSError:
             continue
         if str(temp) in command:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
-
 from conftest import new_postgres_database
+from sqlalchemy import select, text
+from test_jobs import ROOT, tiny_spec, train_iterations, wait_for
+
 from storage import open_store
 from storage.store import artifacts
-from test_jobs import ROOT, tiny_spec, train_iterations, wait_for
 from workbench.jobs.ray_executor import RayExecutor, submission_id
 from workbench.paths import HOME_MARKER, SharedHomeError, check_shared_home, mark_shared_home
 from workbench.service import Workbench

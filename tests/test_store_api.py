@@ -1,4 +1,5 @@
-"""RunStore API on a real SQLite file and a real PostgreSQL database: runs, statuses, metrics, artifacts, analyses, deletion."""
+"""RunStore API on a real SQLite file and a real PostgreSQL database: runs, statuses, metrics, artifacts, analyses,
+deletion."""
 
 from __future__ import annotations
 

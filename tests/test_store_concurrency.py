@@ -13,7 +13,6 @@ from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 
 import pytest
-
 from sqlalchemy import text
 
 from storage import COMPLETED, RUNNING, RunStore, open_store

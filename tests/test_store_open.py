@@ -179,7 +179,8 @@ def fill_first_revision(engine: Engine) -> dict[str, list[tuple]]:
     run_keys = ("name", "group_name", "group_kind", "status", "spec", "created_at", "iteration", "best_test_error",
                 "cancel_requested")
     metric_keys = ("run_id", "iteration", "epoch", "split", "name", "value", "wall_time")
-    metric_rows = [(run_id, i, i / 391, "train", "loss", 1 / (i + 1), 1.7e9 + i) for run_id in (1, 2) for i in range(500)]
+    metric_rows = [(run_id, i, i / 391, "train", "loss", 1 / (i + 1), 1.7e9 + i)
+                   for run_id in (1, 2) for i in range(500)]
     with engine.begin() as connection:
         for table, keys, rows in (("runs", run_keys, run_rows), ("metrics", metric_keys, metric_rows)):
             connection.execute(

@@ -5,4 +5,7 @@ from workbench.jobs.executor import STALE_AFTER_S, Executor, LocalExecutor, Queu
 from workbench.jobs.ray_executor import RayExecutor
 from workbench.jobs.worker import StoreSink, execute_run, run_worker
 
-__all__ = ["STALE_AFTER_S", "Executor", "LocalExecutor", "QueueExecutor", "RayExecutor", "StoreSink", "execute_run", "run_worker"]
+__all__ = [
+    "STALE_AFTER_S", "Executor", "LocalExecutor", "QueueExecutor", "RayExecutor", "StoreSink", "execute_run",
+    "run_worker",
+]
