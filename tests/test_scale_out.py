@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import new_postgres_database
+from clusters import new_postgres_database
 from sqlalchemy import select, text
 from test_jobs import ROOT, tiny_spec, train_iterations, wait_for
 
