@@ -161,6 +161,21 @@ def test_a_node_that_does_not_see_the_shared_home_fails_the_run_naming_the_path(
     assert failed.iteration == 0
 
 
+def test_the_app_on_ray_runs_queued_runs_and_shows_where_they_ran_and_the_job_log(cluster_store, ray_head,
+                                                                                   serve_workbench):
+    from gradio_client import Client
+
+    store, url = cluster_store
+    served = serve_workbench(store.home, "--db", url, "--executor", "ray", "--ray-address", ray_head)
+    run_id = store.create_run(tiny_spec(epochs=1), name="from the app")
+    done = wait_for(lambda: (run := store.get_run(run_id)).status == "completed" and run, timeout=180,
+                    what="the run to complete through the app's Ray executor")
+    client = Client(served.url, verbose=False)
+    details = client.predict(run_id, api_name="/run_details")[0]
+    assert f"Executes on:** `workbench-run-{run_id}@" in details and f"Cluster job:** `{done.job_id}`" in details
+    assert f"took run {run_id}" in client.predict(run_id, api_name="/job_log")
+
+
 def test_dispatch_with_local_workers_serves_the_queue_and_exits_when_idle(tmp_path):
     with open_store(tmp_path) as store:
         run_id = store.create_run(tiny_spec(epochs=1), name="local")
