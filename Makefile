@@ -7,10 +7,12 @@ STAMP := $(VENV)/.requirements-installed
 
 .PHONY: run test bench lint clean-venv
 
-$(STAMP): requirements.txt
+# The editable install gives the venv a `workbench` command that works from any folder.
+$(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 run: $(STAMP)

@@ -12,8 +12,14 @@ import logging
 import signal
 import sys
 
-from workbench.errors import WorkbenchError
-from workbench.ui.app import check_exposure, create_app, launch_options, parse_credentials
+from workbench.threads import server_threads, use_threads
+
+# Before torch is imported: OpenMP reads its wait policy once, when it starts.
+use_threads(server_threads())
+
+from workbench.errors import WorkbenchError  # noqa: E402
+from workbench.paths import file_max_age_hours  # noqa: E402
+from workbench.ui.app import check_exposure, create_app, launch_options, parse_credentials  # noqa: E402
 
 logger = logging.getLogger("workbench.app")
 
@@ -35,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where runs execute: local worker processes (default) or one Ray job per run")
     parser.add_argument("--ray-address", default=None, metavar="URL",
                         help="the Ray head's dashboard address (http://HOST:8265), for --executor ray")
+    parser.add_argument("--file-max-age", type=float, default=None, metavar="HOURS",
+                        help="delete uploads and exports older than this (default $WORKBENCH_FILE_MAX_AGE_HOURS or "
+                             "168, a week); checked at start and every hour")
     parser.add_argument("--auto-resume", action="store_true",
                         help="queue interrupted runs again automatically (they continue from their checkpoints)")
     return parser.parse_args(argv)
@@ -51,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         check_exposure(args.host, args.auth, args.no_auth)
         if args.auth:
             parse_credentials(args.auth)
+        file_max_age_hours(args.file_max_age)
     except WorkbenchError as exc:
         logger.error("%s", exc)
         return 2

@@ -11,8 +11,8 @@ processes) and through the Ray executor (one job per run, `--parallel` CPUs on t
 2. runs/hour: `--runs` short runs submitted at once, until all have completed.
 
 Runs here are short (seconds), so the fixed cost per run weighs far more than for real runs; the
-last figure projects the measured extra cost per Ray run onto runs of two minutes (the issue's
-target: at least 90% of the local executor's runs/hour). The last line printed is JSON:
+last figure projects the extra time each Ray run held a slot in (2) onto runs of two minutes (the
+issue's target: at least 90% of the local executor's runs/hour). The last line printed is JSON:
 [{"bench", "ours", "reference", "ratio", "unit"}, ...] with ours = Ray and reference = local.
 """
 
@@ -121,7 +121,9 @@ def main() -> None:
                 print(f"{database:<10} {kind:<5} first metric {figures[kind][0]:6.2f} s   "
                       f"{figures[kind][1]:8.0f} runs/hour", flush=True)
             (ray_latency, ray_rate), (local_latency, local_rate) = figures["ray"], figures["local"]
-            added_s = max(0.0, ray_latency - local_latency)
+            # The extra time each Ray run holds a slot, from the throughput: it includes process start-up that
+            # the latency figure hides behind another run.
+            added_s = max(0.0, args.parallel * 3600 / ray_rate - args.parallel * 3600 / local_rate)
             results += [
                 {"bench": f"submit to first metric ({database})", "ours": round(ray_latency, 2),
                  "reference": round(local_latency, 2), "ratio": round(ray_latency / local_latency, 2), "unit": "s"},

@@ -1,6 +1,6 @@
 """Training throughput of the workbench engine next to a textbook PyTorch loop, in the same run.
 
-    python bench/train_throughput.py [--nets resnet20 resnet56] [--iterations 40]
+    python bench/train_throughput.py [--nets resnet20 resnet56] [--iterations 40] [--compile]
 
 For each net, three figures on CIFAR-10 (../shared/data) at batch 128:
 - ours: images/s of `workbench.training.fit` (its device-side pipeline and the engine's
@@ -10,6 +10,8 @@ For each net, three figures on CIFAR-10 (../shared/data) at batch 128:
   RandomHorizontalFlip, ToTensor, Normalize) through a DataLoader, fp32, NCHW;
 - compute: the same model and precision stepping on one fixed resident batch, so
   1 - ours/compute is the engine's overhead.
+With --compile, also the engine with torch.compile: its images/s against eager and what compiling
+costs once (wall time of the same iterations, compiled minus eager).
 The last line printed is JSON: a list of {"bench", "ours", "reference", "ratio", "unit"}.
 """
 
@@ -41,18 +43,22 @@ CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 BATCH = 128
 
 
-def engine_images_per_s(net: str, dataset, iterations: int) -> tuple[float, str]:
+def engine_run(net: str, dataset, iterations: int, compile: bool = False) -> tuple[float, str, float]:
+    """Images/s of `fit` after its first logging interval, its precision, and its wall time in seconds."""
     log_every = max(1, iterations // 4)
     run = RunSpec(
         net=build_model(net).spec,
         data=DataSpec(name="cifar10"),
-        train=TrainSpec(iterations=iterations, batch_size=BATCH, log_every=log_every),
+        train=TrainSpec(iterations=iterations, batch_size=BATCH, log_every=log_every, compile=compile),
     )
     sink = MemorySink()
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as run_dir:
         result = fit(run, Path(run_dir), sink, dataset=dataset)
+    wall = time.perf_counter() - started
     rates = [r["value"] for r in sink.rows if r["name"] == "images_per_s"][1:]
-    return float(np.mean(rates)), result.precision
+    return float(np.mean(rates)), result.precision, wall
+
 
 
 def reference_images_per_s(net: str, dataset, iterations: int, workers: int) -> float:
@@ -104,6 +110,8 @@ def main() -> None:
     parser.add_argument("--nets", nargs="+", default=["resnet20", "resnet56"])
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers of the reference")
+    parser.add_argument("--compile", action="store_true",
+                        help="also train with torch.compile: its steady gain and its first-step (compile) cost")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if not CIFAR_ARCHIVE.exists():
@@ -112,7 +120,7 @@ def main() -> None:
         dataset = load_dataset(DataSpec(name="cifar10", path=str(CIFAR_ARCHIVE)), home=Path(home))
     results = []
     for net in args.nets:
-        ours, precision = engine_images_per_s(net, dataset, args.iterations)
+        ours, precision, _ = engine_run(net, dataset, args.iterations)
         reference = reference_images_per_s(net, dataset, args.iterations, args.loader_workers)
         compute = compute_images_per_s(net, args.iterations)
         overhead = 1 - ours / compute
@@ -123,6 +131,15 @@ def main() -> None:
                         "ratio": round(ours / reference, 3), "unit": "images/s"})
         results.append({"bench": f"train_overhead/{net}", "ours": round(ours, 1), "reference": round(compute, 1),
                         "ratio": round(ours / compute, 3), "unit": "images/s (engine vs pure compute)"})
+        if args.compile:
+            _, _, eager_wall = engine_run(net, dataset, args.iterations)
+            compiled, _, compiled_wall = engine_run(net, dataset, args.iterations, compile=True)
+            first_step = compiled_wall - eager_wall
+            print(f"{net}: compiled {compiled:.0f} img/s vs eager {ours:.0f} ({compiled / ours:.2f}x); compiling costs "
+                  f"about {first_step:.0f} s once (wall time of {args.iterations} iterations, compiled minus eager)")
+            results.append({"bench": f"train_compile/{net}", "ours": round(compiled, 1), "reference": round(ours, 1),
+                            "ratio": round(compiled / ours, 3), "unit": "images/s (compiled vs eager)",
+                            "first_step_cost_s": round(first_step, 1)})
     print(json.dumps(results))
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from storage import METRIC_FIELDS, open_store
 from workbench.service.curves import CurveCache, curves_of, ladder_curve_runs
-from workbench.spec import NetSpec, RunSpec
+from workbench.spec import NetSpec, RunSpec, TrainSpec
 from workbench.ui.run_table import RUN_TABLE_COLUMNS, format_duration, run_label, run_row
 
 
@@ -127,3 +127,13 @@ def test_run_row_of_a_running_run_shows_progress_and_duration(store):
     assert cells["best test err"] == "12.35%" and cells["images/s"] == "1,234"
     assert cells["duration"] == "1 min 15 s"
     assert run.started_at.tzinfo is not None and run.started_at <= datetime.now(UTC)
+
+
+def test_a_compiled_run_says_it_is_compiling_until_its_first_step(store):
+    compiled = spec().model_copy(update={"train": TrainSpec(compile=True)})
+    run_id = store.create_run(compiled, name="compiled")
+    store.claim_run(run_id, "w1", device="cpu")
+    status = dict(zip(RUN_TABLE_COLUMNS, run_row(store.get_run(run_id)), strict=True))["status"]
+    assert status == "running: compiling (the first step can take a minute)"
+    store.heartbeat(run_id, "w1", iteration=1, total_iterations=200)
+    assert dict(zip(RUN_TABLE_COLUMNS, run_row(store.get_run(run_id)), strict=True))["status"] == "running"

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,3 +47,16 @@ def test_bad_input_gives_a_message_and_exit_code_2(tmp_path):
     assert "6n+2" in result.stderr and "Traceback" not in result.stderr
     result = run_cli("summary", "resnet21", home=tmp_path)
     assert result.returncode == 2 and "Valid presets" in result.stderr
+
+
+CIFAR = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
+
+
+@pytest.mark.skipif(not CIFAR.exists(), reason=f"needs CIFAR-10 at {CIFAR} (../shared/data)")
+def test_train_reads_a_cifar_archive_anywhere_unless_data_roots_are_given(tmp_path):
+    common = ("--dataset", "cifar10", "--data-dir", str(CIFAR), "--per-class-cap", "10", "--iterations", "1",
+              "--batch-size", "16", "--precision", "fp32")
+    trained = run_cli("train", "--preset", "resnet20", *common, home=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    refused = run_cli("--data-root", str(tmp_path), "submit", "--preset", "resnet20", *common, home=tmp_path)
+    assert refused.returncode == 2 and "outside the allowed data roots" in refused.stderr

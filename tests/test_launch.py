@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from workbench.data import check_source as check_data_source
 from workbench.errors import DataError, SpecError, WorkbenchError
@@ -201,8 +202,9 @@ def test_the_service_queues_every_planned_run_in_order(tmp_path):
 
 def test_data_paths_outside_the_data_roots_are_refused(tmp_path):
     home, root, outside = tmp_path / "home", tmp_path / "data", tmp_path / "elsewhere"
-    for folder in (home / "datasets", root / "pets", outside / "pets"):
+    for folder in (home / "datasets", root / "pets" / "cat", outside / "pets"):
         folder.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "pets" / "cat" / "a.png")
     roots = [home / "datasets", root]
     with pytest.raises(DataError, match="outside the allowed data roots"):
         check_data_source(DataSpec(name="folder", path=str(outside / "pets")), home, roots)

@@ -22,6 +22,7 @@ __all__ = [
     "NetSpec",
     "WorkbenchError",
     "build_model",
+    "layout_model",
     "list_presets",
     "load_model",
     "load_preset",
@@ -49,12 +50,21 @@ def build_model(net: str | dict | NetSpec, home: Path | None = None) -> ResNet:
 
 
 def summarize(net: str | dict | NetSpec | nn.Module, input_size: int | None = None, batch_size: int = 128) -> dict:
-    """Parameters, multiply-adds, depth and more for a preset, spec or built model."""
+    """Parameters, multiply-adds, depth and more for a preset, spec or built model (a spec is laid out on the
+    meta device, so nothing is allocated)."""
     from workbench.models import ResNet
     from workbench.models import summarize as summarize_model
 
-    model = net if isinstance(net, ResNet) else build_model(net)
+    model = net if isinstance(net, ResNet) else layout_model(net)
     return summarize_model(model, input_size=input_size, batch_size=batch_size)
+
+
+def layout_model(net: str | dict | NetSpec, home: Path | None = None) -> ResNet:
+    """The network on PyTorch's meta device: every shape and count, without allocating a single weight."""
+    import torch
+
+    with torch.device("meta"):
+        return build_model(net, home)
 
 
 def load_model(

@@ -1,4 +1,7 @@
-"""`python -m workbench ...`: headless use of the workbench."""
+"""`workbench ...` (or `python -m workbench ...`): headless use of the workbench.
+
+Options such as --home and --db go before or after the sub-command.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ from workbench import build_model, summarize
 from workbench.errors import WorkbenchError
 from workbench.paths import home_dir
 from workbench.presets import get_preset, list_presets
-from workbench.service.forms import field_choices, field_default, field_help
+from workbench.service.forms import field_choices, field_default, field_help, parse_classes
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
+from workbench.threads import cli_threads, use_threads
 
 
 def _spec_from_arg(value: str) -> NetSpec:
@@ -81,7 +85,7 @@ def _service(args: argparse.Namespace):
 
     store = _open_store(args)
     executor = QueueExecutor(store, stale_after_s=getattr(args, "stale_after", STALE_AFTER_S))
-    return Workbench(store, executor, args.data_root)
+    return Workbench(store, executor, args.data_root or None)
 
 
 def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
@@ -314,12 +318,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from workbench.paths import file_max_age_hours
+
+    removed = _service(args).clean_old_files(file_max_age_hours(args.older_than))
+    print(f"removed {len(removed)} file(s)" + "".join(f"\n  {path}" for path in removed))
+    return 0
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, help="network preset (see `presets`)")
     parser.add_argument("--dataset", default=field_default(DataSpec, "name"), choices=field_choices(DataSpec, "name"))
     parser.add_argument("--data-dir", default=None, help="archive or folder of the dataset")
     parser.add_argument("--download", action="store_true", default=None, help="download CIFAR when not found")
-    parser.add_argument("--classes", type=int, default=None, help="image folders: use the first k classes")
+    parser.add_argument("--classes", type=parse_classes, default=None,
+                        help="the first k classes (5) or class names separated by commas (cat, dog)")
     parser.add_argument("--per-class-cap", type=int, default=None)
     parser.add_argument("--resolution", type=int, default=None)
     parser.add_argument("--validation-size", type=int, default=None, help="images held out of train (paper: 5000)")
@@ -352,14 +365,46 @@ def _add_stale_option(parser: argparse.ArgumentParser) -> None:
                              f"(default {STALE_AFTER_S:.0f})")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__)
-    parser.add_argument("--home", type=Path, default=None, help="home folder (default $WORKBENCH_HOME or ./.workbench)")
-    parser.add_argument("--db", default=None, help="database URL (default SQLite in the home folder)")
-    parser.add_argument("--data-root", action="append", type=Path, default=[],
+def _add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of this process (default $WORKBENCH_THREADS, else the share the app "
+                             "gave it, else all cores); see workbench/threads.py")
+
+
+GLOBAL_DEFAULTS = {"home": None, "db": None, "data_root": [], "verbose": False}
+
+
+def _global_options(parser: argparse.ArgumentParser, defaults: dict | None) -> None:
+    """--home, --db, --data-root and -v. Given before the sub-command they take `defaults`; each sub-command
+    repeats them with no defaults (`defaults` None), so the same option after it overrides what came before."""
+    def default(name: str):
+        return argparse.SUPPRESS if defaults is None else defaults[name]
+
+    parser.add_argument("--home", type=Path, default=default("home"),
+                        help="home folder (default $WORKBENCH_HOME or ./.workbench)")
+    parser.add_argument("--db", default=default("db"), help="database URL (default SQLite in the home folder)")
+    parser.add_argument("--data-root", action="append", type=Path, default=default("data_root"),
                         help="a folder datasets may be read from (repeatable; default: anywhere)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="store_true", default=default("verbose"),
+                        help="log debug messages (default: warnings and errors only)")
+
+
+class _Commands:
+    """`add_parser` that gives every sub-command the global options too."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        command = self.commands.add_parser(name, **kwargs)
+        _global_options(command, None)
+        return command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
+    _global_options(parser, GLOBAL_DEFAULTS)
+    commands = _Commands(parser)
 
     presets = commands.add_parser("presets", help="list the network presets")
     presets.add_argument("--json", action="store_true")
@@ -374,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train in the foreground (stored like any run)")
     _add_run_options(train)
+    _add_threads_option(train)
     train.set_defaults(handler=cmd_train)
 
     submit = commands.add_parser("submit", help="queue a run for the workers; prints its id")
@@ -391,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(what a cluster job runs)")
     worker.add_argument("--job-id", default=None, help="the cluster job this worker runs in (shown on the run)")
     _add_stale_option(worker)
+    _add_threads_option(worker)
     worker.set_defaults(handler=cmd_worker)
 
     dispatch = commands.add_parser("dispatch", help="serve the queue without the UI: local workers or Ray jobs")
@@ -457,14 +504,20 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--seed", type=int, help="seed of the subset, data order and init (default 0)")
     reproduce.add_argument("--group", default=None, help="ladder group name (default from the subset and budget)")
     reproduce.set_defaults(handler=cmd_reproduce)
+    cleanup = commands.add_parser("cleanup", help="delete uploads and exports older than an age (runs keep theirs)")
+    cleanup.add_argument("--older-than", type=float, default=None, metavar="HOURS",
+                         help="default $WORKBENCH_FILE_MAX_AGE_HOURS or 168 (a week)")
+    cleanup.set_defaults(handler=cmd_cleanup)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
+        use_threads(cli_threads(getattr(args, "threads", None)))
         return args.handler(args)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ from pathlib import Path
 from workbench.errors import WorkbenchError
 
 DEFAULT_HOME = ".workbench"
+DEFAULT_FILE_MAX_AGE_HOURS = 168.0
 # Written by the dispatcher; a worker on another node that finds the same id sees the same (shared) home folder.
 HOME_MARKER = ".workbench-home"
 
@@ -31,7 +32,12 @@ def database_url(home: Path, db: str | None = None) -> str:
     url = db or os.environ.get("WORKBENCH_DATABASE_URL")
     if url:
         return url
-    return f"sqlite:///{home / 'workbench.db'}"
+    return f"sqlite:///{database_file(home)}"
+
+
+def database_file(home: Path) -> Path:
+    """The SQLite database of a home folder (its -wal and -shm files lie beside it)."""
+    return Path(home) / "workbench.db"
 
 
 def runs_dir(home: Path) -> Path:
@@ -150,3 +156,15 @@ def check_shared_home(home: str | os.PathLike | None, expected_id: str) -> Path:
         raise SharedHomeError(f"the home folder {path} {where} is another folder than the dispatcher's (its "
                               f"{HOME_MARKER} differs); {advice}")
     return path
+
+
+def file_max_age_hours(hours: float | None = None) -> float:
+    """How long uploads and exports are kept: argument, then $WORKBENCH_FILE_MAX_AGE_HOURS, then a week."""
+    chosen = hours if hours is not None else os.environ.get("WORKBENCH_FILE_MAX_AGE_HOURS")
+    try:
+        value = float(chosen) if chosen not in (None, "") else DEFAULT_FILE_MAX_AGE_HOURS
+    except ValueError:
+        raise WorkbenchError(f"the age of kept files is a number of hours; got {chosen!r}") from None
+    if not value > 0:
+        raise WorkbenchError(f"the age of kept files must be above 0 hours; got {chosen!r}")
+    return value

@@ -40,6 +40,26 @@ IMAGENET_DEPTHS: dict[int, tuple[UnitKind, list[int]]] = {
 DEFAULT_WIDTHS: dict[str, list[int]] = {"cifar": [16, 32, 64], "imagenet": [64, 128, 256, 512]}
 CONVS_PER_UNIT: dict[str, int] = {"basic": 2, "bottleneck": 3}
 
+# Bounds on every number a user types; docs/limits.md says why each one is where it is.
+MAX_UNITS = 1000  # residual units in all stages; ResNet-1202, the deepest net in the papers, has 600
+MAX_STAGES = 6
+MAX_WIDTH = 4096  # base width of a stage; the widest preset stage is 512 (x4 in bottlenecks)
+MAX_IN_CHANNELS = 64
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
+MAX_IMAGE_SIZE = 1024  # pixels: input size of a net and resolution of an image folder
+MAX_SEED = 2**63 - 1  # seeds are stored as signed 64-bit integers
+MAX_EPOCHS = 10_000  # the paper's CIFAR recipe is about 182 epochs
+MAX_ITERATIONS = 10_000_000  # the paper's CIFAR recipe is 64,000, its ImageNet recipe 600,000
+MAX_BATCH_SIZE = 65_536
+MAX_SYNTHETIC_IMAGES = 200_000  # about 600 MB of 32x32 images held in the worker's memory
+
+
+def _check_range(what: str, value: float | None, low: float, high: float, why: str = "") -> None:
+    """ValueError naming the field, the allowed range and (when given) why the bound is there."""
+    if value is not None and not low <= value <= high:
+        reason = f" ({why})" if why else ""
+        raise ValueError(f"{what} must be between {low:,} and {high:,}{reason}; got {value:,}")
+
 
 def _nearest_depths(depth: int, step: int) -> str:
     below = max(step + 2, depth - (depth - 2) % step)
@@ -73,8 +93,11 @@ class NetSpec(BaseModel):
             self.widths = list(DEFAULT_WIDTHS[self.family])
         if self.input_size is None:
             self.input_size = 32 if self.family == "cifar" else 224
-        if any(w < 1 for w in self.widths):
-            raise ValueError(f"widths must be positive; got {self.widths}")
+        if not 1 <= len(self.widths) <= MAX_STAGES:
+            raise ValueError(f"a net has 1 to {MAX_STAGES} stages (one width each); got {len(self.widths)}")
+        if any(not 1 <= w <= MAX_WIDTH for w in self.widths):
+            raise ValueError(f"widths must be between 1 and {MAX_WIDTH:,} channels per stage (the widest preset "
+                             f"stage has 512); got {self.widths}")
         if self.blocks is None:
             if self.depth is None:
                 raise ValueError(
@@ -87,6 +110,10 @@ class NetSpec(BaseModel):
             )
         if any(b < 1 for b in self.blocks):
             raise ValueError(f"every stage needs at least one unit; got blocks {self.blocks}")
+        if sum(self.blocks) > MAX_UNITS:
+            asked = f"depth {self.depth:,} needs" if self.depth is not None else "these blocks give"
+            raise ValueError(f"at most {MAX_UNITS:,} residual units in all stages (ResNet-1202, the deepest net in "
+                             f"the papers, has 600); {asked} {sum(self.blocks):,} (blocks {self.blocks})")
         derived = 2 + CONVS_PER_UNIT[self.unit] * sum(self.blocks)
         if self.depth is not None and self.depth != derived:
             raise ValueError(
@@ -118,10 +145,8 @@ class NetSpec(BaseModel):
         return [(depth - 2) // step] * stages
 
     def _check_combinations(self) -> None:
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1; got {self.num_classes}")
-        if self.in_channels < 1:
-            raise ValueError(f"in_channels must be at least 1; got {self.in_channels}")
+        _check_range("num_classes", self.num_classes, 1, MAX_CLASSES, "ImageNet-21k has 21,841")
+        _check_range("in_channels", self.in_channels, 1, MAX_IN_CHANNELS)
         if not 0.0 <= self.stochastic_depth < 1.0:
             raise ValueError(f"stochastic_depth is a drop probability in [0, 1); got {self.stochastic_depth}")
         if self.shortcut == "none" and self.stochastic_depth > 0:
@@ -145,6 +170,7 @@ class NetSpec(BaseModel):
             raise ValueError(
                 f"input_size {self.input_size} is below this net's total stride {min_size}; use at least {min_size}"
             )
+        _check_range("input_size", self.input_size, min_size, MAX_IMAGE_SIZE, "pixels; ImageNet nets use 224")
 
     @property
     def expansion(self) -> int:
@@ -179,16 +205,22 @@ class DataSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
-        if self.per_class_cap is not None and self.per_class_cap < 1:
-            raise ValueError(f"per_class_cap must be at least 1; got {self.per_class_cap}")
-        if self.resolution is not None and not 8 <= self.resolution <= 1024:
-            raise ValueError(f"resolution must be between 8 and 1024 pixels; got {self.resolution}")
+        if self.path is not None and "\0" in self.path:
+            raise ValueError("path contains a NUL byte, which no file name can hold; type the path again")
+        _check_range("per_class_cap", self.per_class_cap, 1, MAX_ITERATIONS)
+        _check_range("resolution", self.resolution, 8, MAX_IMAGE_SIZE, "pixels")
         if not 0.0 < self.split_fraction < 1.0:
             raise ValueError(f"split_fraction must be between 0 and 1; got {self.split_fraction}")
-        if self.validation_size < 0:
-            raise ValueError(f"validation_size cannot be negative; got {self.validation_size}")
-        if isinstance(self.classes, int) and self.classes < 1:
-            raise ValueError(f"classes must be at least 1; got {self.classes}")
+        _check_range("validation_size", self.validation_size, 0, MAX_ITERATIONS)
+        count = len(self.classes) if isinstance(self.classes, list) else self.classes
+        _check_range("classes", count, 1, MAX_CLASSES)
+        for field in ("synthetic_train", "synthetic_test"):
+            _check_range(field, getattr(self, field), 1, MAX_SYNTHETIC_IMAGES,
+                         "images are generated and held in the worker's memory")
+        if self.name == "synthetic" and self.validation_size >= self.synthetic_train:
+            raise ValueError(f"validation_size {self.validation_size:,} leaves no training images: the synthetic "
+                             f"training set has {self.synthetic_train:,}; use fewer")
+        _check_range("seed", self.seed, 0, MAX_SEED, "a signed 64-bit integer")
         return self
 
 
@@ -237,31 +269,27 @@ class TrainSpec(BaseModel):
             self.epochs = 1
         if self.epochs is not None and self.iterations is not None:
             raise ValueError("give the budget either in epochs or in iterations, not both")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError(f"epochs must be positive; got {self.epochs}")
-        if self.iterations is not None and self.iterations < 1:
-            raise ValueError(f"iterations must be at least 1; got {self.iterations}")
-        if not 1 <= self.batch_size <= 65536:
-            raise ValueError(f"batch_size must be between 1 and 65536; got {self.batch_size}")
+        if self.epochs is not None and not 0 < self.epochs <= MAX_EPOCHS:
+            raise ValueError(f"epochs must be above 0 and at most {MAX_EPOCHS:,} (the paper's CIFAR recipe is "
+                             f"about 182); got {self.epochs:g}")
+        _check_range("iterations", self.iterations, 1, MAX_ITERATIONS, "the paper's CIFAR recipe is 64,000")
+        _check_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         if not 0 < self.lr <= 10:
             raise ValueError(f"lr must be in (0, 10]; got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1); got {self.momentum}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay cannot be negative; got {self.weight_decay}")
+        _check_range("weight_decay", self.weight_decay, 0, 1, "the paper uses 0.0001")
         if any(not 0 < m < 1 for m in self.milestones) or self.milestones != sorted(self.milestones):
             raise ValueError(f"milestones are increasing fractions of the budget in (0, 1); got {self.milestones}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1]; got {self.gamma}")
         for field in ("warmup_iterations", "grad_norm_every"):
-            if getattr(self, field) < 0:
-                raise ValueError(f"{field} cannot be negative")
-        if self.log_every < 1:
-            raise ValueError(f"log_every must be at least 1; got {self.log_every}")
-        if self.eval_every is not None and self.eval_every < 1:
-            raise ValueError(f"eval_every must be at least 1; got {self.eval_every}")
+            _check_range(field, getattr(self, field), 0, MAX_ITERATIONS)
+        _check_range("log_every", self.log_every, 1, MAX_ITERATIONS)
+        _check_range("eval_every", self.eval_every, 1, MAX_ITERATIONS)
+        _check_range("seed", self.seed, 0, MAX_SEED, "a signed 64-bit integer")
         return self
 
     def total_iterations(self, batches_per_epoch: int) -> int:
@@ -292,6 +320,8 @@ class RunSpec(BaseModel):
             raise ValueError(f"fine-tuning mode {self.finetune!r} needs init_from: the model to start from")
         if self.head_hidden is not None and (self.finetune != "head" or self.head_hidden < 1):
             raise ValueError("head_hidden is a positive width and only applies to fine-tuning mode 'head'")
-        if self.finetune_stages < 1:
-            raise ValueError(f"finetune_stages must be at least 1; got {self.finetune_stages}")
+        _check_range("head_hidden", self.head_hidden, 1, MAX_WIDTH, "a width, like a stage's")
+        _check_range("finetune_stages", self.finetune_stages, 1, MAX_STAGES)
+        if self.init_from is not None and "\0" in self.init_from:
+            raise ValueError("init_from contains a NUL byte, which no file name can hold")
         return self

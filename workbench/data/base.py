@@ -186,15 +186,21 @@ def subset_tensors(
     return images[index], torch.from_numpy(relabelled[sort])
 
 
+def check_validation_size(size: int, train_count: int) -> None:
+    """DataError when holding out `size` validation images would leave no training images."""
+    if size >= train_count:
+        raise DataError(
+            f"validation_size {size:,} leaves no training images: the training set has {train_count:,}; "
+            f"use fewer than {train_count:,}"
+        )
+
+
 def hold_out(
     images: torch.Tensor, labels: torch.Tensor, size: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Split `size` random images (fixed by seed) off the training set: returns train and validation parts."""
     n = images.shape[0]
-    if size >= n:
-        raise DataError(
-            f"validation_size {size} leaves no training images: the training set has {n}; use fewer than {n}"
-        )
+    check_validation_size(size, n)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator)
     val_index = order[:size].sort().values
@@ -219,6 +225,8 @@ def check_allowed(path: Path, allowed_roots: list[Path] | None, what: str) -> Pa
 
 def resolve_user_path(path: str, search_roots: list[Path]) -> Path:
     """A path as given; a relative path that does not exist from here is looked up under the data roots."""
+    if "\0" in str(path):
+        raise DataError(f"the path {str(path)!r} contains a NUL byte, which no file name can hold; type it again")
     candidate = Path(path).expanduser()
     if candidate.is_absolute() or candidate.exists():
         return candidate

@@ -51,6 +51,8 @@ class CifarLayout:
     names_key: str
     url: str
     md5: str
+    classes: int
+    train_per_class: int
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -69,6 +71,8 @@ LAYOUTS: dict[str, CifarLayout] = {
         names_key="label_names",
         url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         md5="c58f30108f718f92721af3b95e74349a",
+        classes=10,
+        train_per_class=5000,
     ),
     "cifar100": CifarLayout(
         title="CIFAR-100",
@@ -81,6 +85,8 @@ LAYOUTS: dict[str, CifarLayout] = {
         names_key="fine_label_names",
         url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
         md5="eb9058c3a382ffc7106e4002c42a8d85",
+        classes=100,
+        train_per_class=500,
     ),
 }
 
@@ -284,6 +290,24 @@ def locate_cifar(
         f"{layout.title} not found: looked for {layout.archive} or {layout.folder}/ in {looked}; give its path, "
         f"put it in {home / 'datasets'}, or set download: true to fetch it"
     )
+
+
+def cifar_class_names(name: str, source: Path) -> list[str] | None:
+    """The class names of a CIFAR source without reading its images: a batches folder's small meta file,
+    or None for an archive (its meta member lies somewhere in the compressed stream).
+
+    A file that is not a tar archive (a README given as the archive) is refused here.
+    """
+    layout = LAYOUTS[name]
+    if source.is_file():
+        if not tarfile.is_tarfile(source):
+            raise DataError(f"{source} is not a tar archive; give {layout.archive} or the folder {layout.folder}/")
+        return None
+    meta = source / layout.meta_member
+    if not meta.is_file():
+        raise DataError(_missing_message(layout, source, [layout.meta_member]))
+    with open(meta, "rb") as file:
+        return _parse_meta(safe_unpickle(file, f"{meta}"), layout, str(meta))
 
 
 def read_cifar(name: str, source: Path) -> Splits:

@@ -5,20 +5,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from workbench.data import synthetic
 from workbench.data.base import (
     Dataset,
     DatasetInfo,
     Splits,
     channel_stats,
+    check_validation_size,
     class_counts,
     hold_out,
     search_roots,
     select_classes,
     subset_tensors,
 )
-from workbench.data.cifar import locate_cifar, read_cifar
-from workbench.data.imagefolder import load_folder, locate_folder
-from workbench.data.synthetic import make_synthetic
+from workbench.data.cifar import LAYOUTS, cifar_class_names, locate_cifar, read_cifar
+from workbench.data.imagefolder import load_folder, locate_folder, plan_folder
 from workbench.errors import DataError
 from workbench.paths import cache_dir, home_dir
 from workbench.spec import DataSpec
@@ -48,22 +49,44 @@ def _roots(home: Path, allowed_roots: list[Path] | None) -> tuple[list[Path], li
     return search_roots(home, allowed_roots), permitted
 
 
-def check_source(spec: DataSpec, home: Path | None = None, allowed_roots: list[Path] | None = None) -> None:
-    """Raise DataError, with the loader's own message, when the spec's data is missing or not allowed.
-
-    Cheap (no decoding): the UI calls it before queueing a run. A CIFAR set that will be downloaded
-    is not checked; the worker downloads it.
-    """
+def _training_images(spec: DataSpec, home: Path, allowed_roots: list[Path] | None) -> int | None:
+    """How many training images the spec selects, checking format and classes on the way; None when unknown
+    without reading the data (a CIFAR archive asked for by class names, or one still to be downloaded)."""
     if spec.name == "synthetic":
-        return
-    home = home_dir(home)
-    roots, permitted = _roots(home, allowed_roots)
-    if spec.name == "folder":
-        folder = locate_folder(spec, roots, permitted)
-        if not folder.is_dir():
-            raise DataError(f"image folder {folder} does not exist or is not a folder")
-    elif spec.path is not None or not spec.download:
-        locate_cifar(spec.name, spec.path, False, home, roots, permitted)
+        synthetic.check_counts(spec.synthetic_train, spec.synthetic_test)
+        keep = select_classes(synthetic.CLASS_NAMES, spec.classes, "the synthetic dataset")
+        counts = [synthetic.class_count(spec.synthetic_train, label) for label in keep]
+    else:
+        roots, permitted = _roots(home, allowed_roots)
+        if spec.name == "folder":
+            return len(plan_folder(locate_folder(spec, roots, permitted), spec, permitted).train)
+        if spec.path is None and spec.download:
+            return None
+        layout = LAYOUTS[spec.name]
+        source = locate_cifar(spec.name, spec.path, False, home, roots, permitted)
+        names = cifar_class_names(spec.name, source)
+        if names is not None:
+            kept = len(select_classes(names, spec.classes, f"{layout.title} at {source}"))
+        elif isinstance(spec.classes, list):
+            return None
+        elif spec.classes is not None and spec.classes > layout.classes:
+            raise DataError(f"asked for the first {spec.classes} classes but {layout.title} has only "
+                            f"{layout.classes}")
+        else:
+            kept = spec.classes or layout.classes
+        counts = [layout.train_per_class] * kept
+    return sum(min(count, spec.per_class_cap or count) for count in counts)
+
+
+def check_source(spec: DataSpec, home: Path | None = None, allowed_roots: list[Path] | None = None) -> None:
+    """Raise DataError, with the loader's own message, when the spec's data is missing, not allowed, in the
+    wrong format, lacks the classes asked for, or is too small for the validation split.
+
+    Cheap (lists folders, decodes no image): the service calls it before queueing a run.
+    """
+    count = _training_images(spec, home_dir(home), allowed_roots)
+    if count is not None and spec.validation_size:
+        check_validation_size(spec.validation_size, count)
 
 
 def load_dataset(spec: DataSpec, home: Path | None = None, allowed_roots: list[Path] | None = None) -> Dataset:
@@ -74,7 +97,7 @@ def load_dataset(spec: DataSpec, home: Path | None = None, allowed_roots: list[P
     they are also searched, after home/datasets, when the spec gives no path.
     """
     if spec.name == "synthetic":
-        splits = _pick_classes(make_synthetic(spec.synthetic_train, spec.synthetic_test, spec.seed), spec)
+        splits = _pick_classes(synthetic.make_synthetic(spec.synthetic_train, spec.synthetic_test, spec.seed), spec)
     else:
         home = home_dir(home)
         roots, permitted = _roots(home, allowed_roots)

@@ -101,13 +101,23 @@ def generate(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-def make_synthetic(train_count: int, test_count: int, seed: int) -> Splits:
-    """Train and test splits drawn from independent streams of the same seed."""
+def check_counts(train_count: int, test_count: int) -> None:
+    """DataError unless both splits hold at least one image per class."""
     if train_count < len(CLASS_NAMES) or test_count < len(CLASS_NAMES):
         raise DataError(
             f"the synthetic dataset needs at least {len(CLASS_NAMES)} train and test images (one per class); "
             f"got {train_count} train and {test_count} test"
         )
+
+
+def class_count(count: int, label: int) -> int:
+    """How many of `count` generated images have `label` (labels are balanced, see `generate`)."""
+    return count // len(CLASS_NAMES) + (1 if label < count % len(CLASS_NAMES) else 0)
+
+
+def make_synthetic(train_count: int, test_count: int, seed: int) -> Splits:
+    """Train and test splits drawn from independent streams of the same seed."""
+    check_counts(train_count, test_count)
     stream = torch.Generator().manual_seed(seed)
     train_seed, test_seed = (int(s) for s in torch.randint(0, 2**62, (2,), generator=stream))
     train_images, train_labels = generate(train_count, train_seed)

@@ -21,6 +21,7 @@ from storage.status import CANCELLED, INTERRUPTED, QUEUED, RUNNING
 from storage.store import DEFAULT_STALE_AFTER_S
 from workbench.errors import IllegalTransition
 from workbench.spec import RunSpec
+from workbench.threads import child_env, worker_threads
 
 logger = logging.getLogger(__name__)
 
@@ -134,10 +135,7 @@ class LocalExecutor(Executor):
     def _spawn(self) -> str:
         worker_id = f"local-{uuid.uuid4().hex[:8]}"
         python_path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": python_path}
-        if not torch.cuda.is_available():
-            # CPU workers share the cores instead of each spinning one thread per core.
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.worker_count)))
+        env = {**child_env(worker_threads(self.worker_count)), "PYTHONPATH": python_path}
         self.processes[worker_id] = subprocess.Popen(self._worker_command(worker_id), env=env, cwd=PROJECT_ROOT)
         self._spawned_at[worker_id] = time.monotonic()
         logger.info("started worker %s (pid %d)", worker_id, self.processes[worker_id].pid)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
@@ -262,7 +263,7 @@ def execute_run(
         status = CANCELLED
     fields: dict[str, Any] = {
         "iteration": result.iteration, "total_iterations": result.total_iterations,
-        "device": f"{result.device} ({result.precision})",
+        "device": device_description(result.device, result.precision),
     }
     checkpoint = RunFolder(store.run_dir(run_id)).last
     if checkpoint.is_file():
@@ -297,6 +298,13 @@ def run_one(store: RunStore, run_id: int, worker_id: str | None = None, *, allow
         return None
     logger.info("worker %s took run %d", worker_id, run_id)
     return execute_run(store, run_id, worker_id, allowed_roots=allowed_roots, shutdown=stop)
+
+
+def device_description(device: str, precision: str) -> str:
+    """"cpu (fp32, 2 threads)", "cuda (bf16)": where a run trained, as the Runs table shows it."""
+    count = torch.get_num_threads()
+    threads = f", {count} thread{'s' if count > 1 else ''}" if device == "cpu" else ""
+    return f"{device} ({precision}{threads})"
 
 
 def failure_message(exc: BaseException, store: RunStore | None = None) -> str:

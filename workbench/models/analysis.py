@@ -43,7 +43,8 @@ def _trace_shapes(model: ResNet, input_size: int) -> tuple[int, dict[str, tuple[
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, model.spec.in_channels, input_size, input_size))
+            device = next(model.parameters()).device
+            model(torch.zeros(1, model.spec.in_channels, input_size, input_size, device=device))
     finally:
         model.train(was_training)
         for handle in handles:

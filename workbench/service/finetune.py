@@ -27,6 +27,7 @@ from workbench.data.base import check_allowed, resolve_user_path
 from workbench.errors import DataError, SpecError, WorkbenchError
 from workbench.paths import RunFolder, imports_dir
 from workbench.presets import Preset
+from workbench.service.forms import whole_number
 from workbench.service.plans import PlannedRun, matching_preset
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
 from workbench.weights.importers import IMPORT_FORMATS, read_weights
@@ -56,6 +57,21 @@ def store_upload(upload: Path, home: Path) -> Path:
     shutil.copyfile(upload, target)
     logger.info("stored upload %s as %s", upload.name, target)
     return target
+
+
+def import_upload(upload: Path, home: Path, presets: Sequence[Preset]) -> SourceReport:
+    """Keep a copy of an upload in `<home>/imports` and report what it holds; a copy that cannot be used is
+    deleted at once, whatever the reason, and the message names the upload rather than the copy."""
+    upload = Path(upload)
+    stored = store_upload(upload, home)
+    try:
+        return inspect_source(stored, presets)
+    except WorkbenchError as exc:
+        stored.unlink(missing_ok=True)
+        raise type(exc)(str(exc).replace(str(stored), f"the upload {upload.name}")) from None
+    except BaseException:
+        stored.unlink(missing_ok=True)
+        raise
 
 
 def locate_model_file(text: str | None, home: Path, data_roots: Sequence[Path]) -> Path:
@@ -270,15 +286,18 @@ def plan_finetune(
     spec = report.spec
     changes: dict[str, Any] = {}
     if mode == "last_stages":
-        count = int(stages or 0)
-        if not 1 <= count <= len(spec.blocks) or count != float(stages):
+        try:
+            count = whole_number(stages, "stages to train") or 0
+        except SpecError:
+            count = 0  # not a whole number: the message below says what is
+        if not 1 <= count <= len(spec.blocks):
             raise SpecError(f"stages to train: a whole number from 1 to {len(spec.blocks)} for {spec.name}")
         changes["finetune_stages"] = count
     if mode == "head" and head_hidden not in (None, "", 0):
-        width = float(head_hidden)
-        if width != int(width) or width < 1:
+        width = whole_number(head_hidden, "hidden width of the new head")
+        if width < 1:
             raise SpecError(f"hidden width of the new head: a positive whole number, or 0 for none; got {head_hidden}")
-        changes["head_hidden"] = int(width)
+        changes["head_hidden"] = width
     run = parse_spec(RunSpec, {
         "net": spec.model_dump(), "data": data.model_dump(), "train": train.model_dump(),
         "init_from": str(report.path), "finetune": mode, **changes,

@@ -3,13 +3,15 @@ parsing of form values (UI text fields, CLI flags) into specs with readable erro
 
 from __future__ import annotations
 
+import json
+import math
 import typing
 from typing import Any
 
 from pydantic import BaseModel
 
 from workbench.errors import SpecError
-from workbench.spec import DataSpec, NetSpec, TrainSpec, parse_spec
+from workbench.spec import MAX_SEED, DataSpec, NetSpec, TrainSpec, parse_spec
 
 
 def field_choices(model: type[BaseModel], name: str) -> list[str]:
@@ -53,13 +55,48 @@ def parse_classes(text: str | None) -> int | list[str] | None:
     return names or None
 
 
-def _whole(value: Any, what: str) -> int | None:
+def _number(value: Any, what: str) -> float | None:
+    """A finite number from a form value (a number or its text); SpecError naming `what` otherwise."""
     if value is None or value == "":
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise SpecError(f"{what}: {str(value)[:40]!r} is not a number") from None
+    if not math.isfinite(number):
+        raise SpecError(f"{what} must be a finite number; got {value}")
+    return number
+
+
+def whole_number(value: Any, what: str) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = _number(value, what)
+    if number is None:
+        return None
     if number != int(number):
         raise SpecError(f"{what} must be a whole number; got {value}")
     return int(number)
+
+
+def parse_id(value: Any, what: str = "run id") -> int:
+    """A run or analysis id from a form value or a CLI argument; SpecError when it cannot name one."""
+    number = whole_number(value, what)
+    if number is None or not 1 <= number <= MAX_SEED:
+        raise SpecError(f"{what} must be a whole number from 1 to {MAX_SEED:,}; got {str(value)[:40]!r}; "
+                        "pick one from the list")
+    return number
+
+
+def net_spec_from_json(text: str | None) -> NetSpec:
+    """The NetSpec in a JSON text (the Build tab's spec, or an API caller's); SpecError when it is not one."""
+    try:
+        data = json.loads(text or "")
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise SpecError(f"the network spec is not valid JSON ({exc}); build the network in the Build tab") from None
+    if not isinstance(data, dict):
+        raise SpecError("the network spec must be a JSON object of NetSpec fields, as the Build tab shows it")
+    return parse_spec(NetSpec, data)
 
 
 def net_spec_from_fields(
@@ -90,13 +127,13 @@ def net_spec_from_fields(
         "placement": placement,
         "shortcut": shortcut,
         "zero_init_residual": bool(zero_init_residual),
-        "stochastic_depth": float(stochastic_depth or 0.0),
-        "num_classes": _whole(num_classes, "classes"),
-        "input_size": _whole(input_size, "input size"),
-        "in_channels": _whole(in_channels, "input channels"),
+        "stochastic_depth": _number(stochastic_depth, "stochastic depth") or 0.0,
+        "num_classes": whole_number(num_classes, "classes"),
+        "input_size": whole_number(input_size, "input size"),
+        "in_channels": whole_number(in_channels, "input channels"),
     }
     if size_by == "depth":
-        data["depth"] = _whole(depth, "depth")
+        data["depth"] = whole_number(depth, "depth")
         if data["depth"] is None:
             raise SpecError("depth: give the number of weighted layers, for example 20 or 56")
     else:
@@ -121,19 +158,19 @@ def data_spec_from_fields(
     data: dict[str, Any] = {
         "name": name,
         "classes": parse_classes(classes),
-        "per_class_cap": _whole(per_class_cap, "per-class cap") or None,
-        "validation_size": _whole(validation_size, "validation size") or 0,
-        "seed": _whole(seed, "seed") or 0,
+        "per_class_cap": whole_number(per_class_cap, "per-class cap") or None,
+        "validation_size": whole_number(validation_size, "validation size") or 0,
+        "seed": whole_number(seed, "seed") or 0,
     }
     if name == "synthetic":
-        data["synthetic_train"] = _whole(synthetic_train, "synthetic training images")
-        data["synthetic_test"] = _whole(synthetic_test, "synthetic test images")
+        data["synthetic_train"] = whole_number(synthetic_train, "synthetic training images")
+        data["synthetic_test"] = whole_number(synthetic_test, "synthetic test images")
     else:
         data["path"] = (path or "").strip() or None
     if name in ("cifar10", "cifar100"):
         data["download"] = bool(download)
     if name == "folder":
-        data["resolution"] = _whole(resolution, "resolution") or None
+        data["resolution"] = whole_number(resolution, "resolution") or None
     return parse_spec(DataSpec, {key: value for key, value in data.items() if value is not None})
 
 
@@ -155,20 +192,20 @@ def train_spec_from_fields(
     if budget is None or budget == "":
         raise SpecError(f"budget: give the number of {budget_unit}")
     data: dict[str, Any] = {
-        "batch_size": _whole(batch_size, "batch size"),
-        "lr": float(lr) if lr not in (None, "") else None,
+        "batch_size": whole_number(batch_size, "batch size"),
+        "lr": _number(lr, "learning rate"),
         "schedule": schedule,
-        "warmup_iterations": _whole(warmup_iterations, "warm-up iterations") or 0,
-        "seed": _whole(seed, "seed") or 0,
+        "warmup_iterations": whole_number(warmup_iterations, "warm-up iterations") or 0,
+        "seed": whole_number(seed, "seed") or 0,
         "precision": precision,
         "device": device,
-        "log_every": _whole(log_every, "log every") or None,
-        "eval_every": _whole(eval_every, "evaluate every") or None,
+        "log_every": whole_number(log_every, "log every") or None,
+        "eval_every": whole_number(eval_every, "evaluate every") or None,
     }
     if budget_unit == "iterations":
-        data["iterations"] = _whole(budget, "iterations")
+        data["iterations"] = whole_number(budget, "iterations")
     else:
-        data["epochs"] = float(budget)
+        data["epochs"] = _number(budget, "epochs")
     return parse_spec(TrainSpec, {key: value for key, value in data.items() if value is not None})
 
 

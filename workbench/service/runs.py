@@ -23,8 +23,10 @@ from workbench.jobs.executor import Executor
 from workbench.jobs.worker import default_worker_id
 from workbench.paths import RunFolder, exports_dir
 from workbench.presets import Preset, list_presets
+from workbench.service.checks import check_run
+from workbench.service.files import clean_old_files
 from workbench.service.finetune import with_copied_source
-from workbench.service.forms import FORM_FIELDS, specs_from_form
+from workbench.service.forms import FORM_FIELDS, parse_id, specs_from_form
 from workbench.service.plans import PlannedRun, default_group_name, unique_group_name
 from workbench.spec import DataSpec, TrainSpec
 from workbench.weights.export import EXPORT_FORMATS, export_model
@@ -42,10 +44,11 @@ def export_file_name(run: RunRecord, which: str, fmt: str) -> str:
 class Workbench:
     """Runs, groups, exports and analyses of one home folder, through one store and one executor."""
 
-    def __init__(self, store: RunStore, executor: Executor, data_roots: Sequence[Path] = ()) -> None:
+    def __init__(self, store: RunStore, executor: Executor, data_roots: Sequence[Path] | None = None) -> None:
+        """`data_roots`: the folders datasets may be read from (besides the home's), None for any folder."""
         self.store = store
         self.executor = executor
-        self.data_roots = [Path(root) for root in data_roots]
+        self.data_roots = None if data_roots is None else [Path(root) for root in data_roots]
 
     @property
     def home(self) -> Path:
@@ -64,7 +67,7 @@ class Workbench:
         return self.store.list_runs(**filters)
 
     def get_run(self, run_id: int) -> RunRecord:
-        return self.store.get_run(run_id)
+        return self.store.get_run(parse_id(run_id))
 
     def list_groups(self) -> list[tuple[str, str | None]]:
         return self.store.list_groups()
@@ -73,7 +76,7 @@ class Workbench:
 
     def check_data(self, data: DataSpec) -> None:
         """Fail before queueing, with the loader's message, when a dataset path is outside the data roots or missing."""
-        check_source(data, self.home, list(self.data_roots))
+        check_source(data, self.home, self.data_roots)
 
     def group_name(self, kind: str, net_name: str, data: DataSpec) -> str:
         """A readable group name not used yet ("twin resnet20 on synthetic, 2026-12-01 14:03")."""
@@ -81,21 +84,25 @@ class Workbench:
         return unique_group_name(default_group_name(kind, net_name, data), taken)
 
     def specs_from_form(self, form: Mapping[str, Any]) -> tuple[DataSpec, TrainSpec]:
-        """The DataSpec and TrainSpec of a launch form's FORM_FIELDS (other keys ignored), the data source checked."""
-        data, train = specs_from_form(**{name: form[name] for name in FORM_FIELDS})
-        self.check_data(data)
-        return data, train
+        """The DataSpec and TrainSpec of a launch form's FORM_FIELDS (other keys ignored); `submit` checks the data."""
+        return specs_from_form(**{name: form[name] for name in FORM_FIELDS})
 
     def launch_finetune(self, plan: PlannedRun) -> int:
         """Queue a fine-tune; a run checkpoint source is first copied into the imports folder. Returns the run id."""
         return self.submit([with_copied_source(plan, self.home)])[0]
 
-    def submit(self, plan: Sequence[PlannedRun]) -> list[int]:
-        """Queue every planned run through the executor (data sources checked first); ids in plan order."""
+    def check(self, plan: Sequence[PlannedRun]) -> None:
+        """The one validation before anything is queued: devices, network costs and data sources."""
         if not plan:
             raise WorkbenchError("nothing to launch: the plan has no runs")
+        for spec in {run.spec.model_dump_json(include={"net", "train"}): run.spec for run in plan}.values():
+            check_run(spec)
         for data in {run.spec.data.model_dump_json(): run.spec.data for run in plan}.values():
             self.check_data(data)
+
+    def submit(self, plan: Sequence[PlannedRun]) -> list[int]:
+        """Queue every planned run through the executor once the whole plan passed `check`; ids in plan order."""
+        self.check(plan)
         ids = [
             self.executor.submit(run.spec, name=run.name, preset=run.preset, group_name=run.group_name,
                                  group_kind=run.group_kind, parent_run_id=run.parent_run_id)
@@ -108,6 +115,7 @@ class Workbench:
 
     def cancel(self, run_id: int) -> str:
         """Cancel a queued run now or ask a running one to stop; returns what happens, in words."""
+        run_id = parse_id(run_id)
         status = self.executor.cancel(run_id)
         if status == RUNNING:
             return f"Run #{run_id}: cancel requested; it stops after the current step and keeps a checkpoint."
@@ -116,6 +124,7 @@ class Workbench:
     def resume(self, run_id: int) -> str:
         """Queue an interrupted, cancelled or failed run again (or a running one whose worker is gone);
         says whether it continues from its checkpoint or restarts from the beginning."""
+        run_id = parse_id(run_id)
         try:
             self.executor.resume(run_id)
         except IllegalTransition:
@@ -148,14 +157,17 @@ class Workbench:
         return log
 
     def delete(self, run_id: int) -> str:
+        run_id = parse_id(run_id)
         self.store.delete_run(run_id)
         return f"Run #{run_id} deleted with its metrics and checkpoints."
 
     def rename(self, run_id: int, name: str) -> str:
+        run_id = parse_id(run_id)
         self.store.rename_run(run_id, name)
         return f"Run #{run_id} renamed to {name.strip()!r}."
 
     def annotate(self, run_id: int, notes: str) -> str:
+        run_id = parse_id(run_id)
         self.store.set_notes(run_id, notes)
         return f"Notes of run #{run_id} saved."
 
@@ -163,6 +175,7 @@ class Workbench:
 
     def checkpoint(self, run_id: int, which: str = "best") -> Path:
         """The run's `which` checkpoint; WorkbenchError when it has none yet (exact: no fallback)."""
+        run_id = parse_id(run_id)
         path = self.folder(run_id).checkpoint(which)
         if not path.is_file():
             run = self.store.get_run(run_id)
@@ -178,7 +191,7 @@ class Workbench:
         """Export a run's best or last checkpoint in `fmt` (default into the exports folder) and record it."""
         if fmt not in EXPORT_FORMATS:
             raise WorkbenchError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-        run = self.store.get_run(run_id)
+        run = self.get_run(run_id)
         model = load_model_file(self.checkpoint(run_id, which))
         metadata = {
             **model.metadata, "run_id": run.id, "run_name": run.name, "preset": run.preset, "checkpoint": which,
@@ -191,13 +204,18 @@ class Workbench:
         self.store.add_artifact(run_id, "export", written)
         return written
 
+    def clean_old_files(self, max_age_hours: float) -> list[Path]:
+        """Delete uploads and exports older than `max_age_hours`, keeping imports that a stored run starts from."""
+        in_use = [Path(run.spec["init_from"]) for run in self.store.list_runs() if run.spec.get("init_from")]
+        return clean_old_files(self.home, max_age_hours * 3600, in_use)
+
     # -- analyses ------------------------------------------------------------------------------
 
     def queue_analysis(self, run_id: int, kind: str, params: dict[str, Any] | None = None) -> int:
         """Queue an analysis of a run for the workers; returns its id."""
         if kind not in ANALYSIS_KINDS:
             raise WorkbenchError(f"analysis kind {kind!r} is unknown; choose one of {', '.join(ANALYSIS_KINDS)}")
-        self.store.get_run(run_id)
+        run_id = self.get_run(run_id).id
         return self.store.create_analysis(run_id, kind, params or {})
 
     def run_analysis(self, run_id: int, kind: str, params: dict[str, Any] | None = None) -> AnalysisRecord:
@@ -205,7 +223,7 @@ class Workbench:
         analysis_id = self.queue_analysis(run_id, kind, params)
         worker_id = f"{default_worker_id()}-foreground"
         claimed = self.store.claim_analysis(analysis_id, worker_id)
-        execute_analysis(self.store, claimed, worker_id, allowed_roots=self.data_roots or None,
+        execute_analysis(self.store, claimed, worker_id, allowed_roots=self.data_roots,
                          shutdown=threading.Event())
         return self.store.get_analysis(analysis_id)
 
@@ -214,6 +232,7 @@ class Workbench:
         return self.store.list_analyses(run_id, kind, status)
 
     def cancel_analysis(self, analysis_id: int) -> str:
+        analysis_id = parse_id(analysis_id, "analysis id")
         status = self.store.request_analysis_cancel(analysis_id)
         if status == RUNNING:
             return f"Analysis #{analysis_id}: cancel requested; it stops within a second."

@@ -6,7 +6,8 @@ import argparse
 import ipaddress
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,16 @@ import gradio as gr  # noqa: E402
 from workbench.errors import WorkbenchError  # noqa: E402
 from workbench.jobs import Executor  # noqa: E402
 from workbench.jobs.dispatch import make_executor  # noqa: E402
-from workbench.paths import database_url, home_dir  # noqa: E402
+from workbench.paths import (  # noqa: E402
+    cache_dir,
+    database_file,
+    database_url,
+    exports_dir,
+    file_max_age_hours,
+    home_dir,
+    imports_dir,
+    runs_dir,
+)
 from workbench.service import RunStore, open_store  # noqa: E402
 from workbench.ui.analysis_tab import build_analysis_tab  # noqa: E402
 from workbench.ui.build_tab import build_tab  # noqa: E402
@@ -27,6 +37,7 @@ from workbench.ui.export_tab import export_tab  # noqa: E402
 from workbench.ui.finetune_tab import finetune_tab  # noqa: E402
 from workbench.ui.launch_tab import launch_tab  # noqa: E402
 from workbench.ui.runs_tab import runs_tab  # noqa: E402
+from workbench.weights.limits import MAX_MODEL_BYTES  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +58,28 @@ class WorkbenchApp:
     executor: Executor
     store: RunStore
     context: WorkbenchContext
+    stop_cleaning: threading.Event = field(default_factory=threading.Event)
 
     def close(self) -> None:
+        self.stop_cleaning.set()
         self.executor.shutdown()
         self.store.close()
+
+
+def clean_files_periodically(context: WorkbenchContext, max_age_hours: float, stop: threading.Event) -> None:
+    """Remove old uploads and exports now and then every hour (more often for short ages) until `stop`."""
+    interval = min(3600.0, max_age_hours * 3600 / 4)
+
+    def loop() -> None:
+        while True:
+            try:
+                context.clean_old_files(max_age_hours)
+            except (OSError, WorkbenchError) as exc:
+                logger.warning("could not clean old uploads and exports: %s", exc)
+            if stop.wait(interval):
+                return
+
+    threading.Thread(target=loop, name="workbench-file-cleaner", daemon=True).start()
 
 
 def is_loopback(host: str) -> bool:
@@ -82,9 +111,11 @@ def parse_credentials(text: str) -> tuple[str, str]:
     return user, password
 
 
-def build_ui(ctx: WorkbenchContext) -> gr.Blocks:
-    """The workbench's tabs, wired to the store and executor of `ctx`."""
-    with gr.Blocks(title="ResNet Workbench") as demo:
+def build_ui(ctx: WorkbenchContext, file_max_age_hours: float) -> gr.Blocks:
+    """The workbench's tabs, wired to the store and executor of `ctx`; Gradio's own copies of uploads and
+    downloads are deleted after `file_max_age_hours`, like the workbench's."""
+    age = max(1, round(file_max_age_hours * 3600))
+    with gr.Blocks(title="ResNet Workbench", delete_cache=(min(3600, age), age)) as demo:
         gr.Markdown("## ResNet Workbench\nBuild residual networks, train plain and residual twins in the "
                     "background, and compare their curves live.")
         with gr.Tabs():
@@ -101,6 +132,7 @@ def build_ui(ctx: WorkbenchContext) -> gr.Blocks:
 def create_app(args: argparse.Namespace) -> WorkbenchApp:
     """Open (and migrate) the store, start the executor, and build the UI, as `python app.py` does."""
     home = home_dir(args.home)
+    max_age = file_max_age_hours(args.file_max_age)
     datasets = home / "datasets"
     datasets.mkdir(exist_ok=True)
     data_roots = [datasets, *(Path(root).expanduser().resolve() for root in args.data_root or [])]
@@ -114,22 +146,36 @@ def create_app(args: argparse.Namespace) -> WorkbenchApp:
         raise
     context = WorkbenchContext(store, executor, data_roots)
     try:
-        demo = build_ui(context)
+        demo = build_ui(context, max_age)
     except BaseException:
         executor.shutdown()
         store.close()
         raise
     logger.info("workbench home %s, data folders %s", home, ", ".join(map(str, data_roots)))
-    return WorkbenchApp(demo=demo, executor=executor, store=store, context=context)
+    app = WorkbenchApp(demo=demo, executor=executor, store=store, context=context)
+    clean_files_periodically(context, max_age, app.stop_cleaning)
+    return app
+
+
+def served_paths(home: Path) -> tuple[list[str], list[str]]:
+    """(allowed, blocked) paths of Gradio's file route: only the exports are served; the database, imports,
+    run folders, datasets and caches are blocked even if a future allowed path should cover them."""
+    database = database_file(home)
+    blocked = [database, database.with_name("workbench.db-wal"), database.with_name("workbench.db-shm"),
+               imports_dir(home), runs_dir(home), cache_dir(home), home / "datasets", home / "presets.yaml"]
+    return [str(exports_dir(home))], [str(path) for path in blocked]
 
 
 def launch_options(args: argparse.Namespace, home: Path) -> dict[str, Any]:
-    """Keyword arguments for `demo.launch`: address, password, the home folder for downloads, styling."""
+    """Keyword arguments for `demo.launch`: address, password, what is served and uploaded, styling."""
+    allowed, blocked = served_paths(home)
     return {
         "server_name": args.host,
         "server_port": args.port,
         "auth": parse_credentials(args.auth) if args.auth else None,
-        "allowed_paths": [str(home)],
+        "allowed_paths": allowed,
+        "blocked_paths": blocked,
+        "max_file_size": MAX_MODEL_BYTES,
         "css": CSS,
         "theme": gr.themes.Soft(),
         "run_history": False,

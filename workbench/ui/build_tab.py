@@ -8,12 +8,13 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from workbench import summarize
 from workbench.errors import WorkbenchError
 from workbench.presets import get_preset, save_preset
-from workbench.service.forms import net_spec_from_fields
+from workbench.service.checks import NetworkCost, network_cost
+from workbench.service.forms import net_spec_from_fields, net_spec_from_json
 from workbench.spec import PLACEMENTS, SHORTCUTS, NetSpec
 from workbench.ui.context import WorkbenchContext
+from workbench.ui.fields import number_field
 from workbench.viz.charts import path_length_figure, unit_diagram_figure
 
 DEFAULT_PRESET = "resnet20"
@@ -51,12 +52,13 @@ def fields_of(spec: NetSpec) -> list:
 
 
 @functools.lru_cache(maxsize=64)
-def _summary_of(spec_json: str) -> dict:
-    return summarize(NetSpec.model_validate_json(spec_json))
+def _cost_of(spec_json: str) -> NetworkCost:
+    return network_cost(NetSpec.model_validate_json(spec_json))
 
 
-def summary_markdown(spec: NetSpec, summary: dict) -> str:
+def summary_markdown(spec: NetSpec, cost: NetworkCost) -> str:
     """Parameters, multiply-adds, depth and memory of a network as Markdown."""
+    summary = cost.summary
     expected = summary.get("expected_units")
     size = summary["input_size"]
     stochastic = (f"\n- **Expected units at training time:** {expected:.1f} of {summary['units']} (stochastic depth)"
@@ -68,7 +70,8 @@ def summary_markdown(spec: NetSpec, summary: dict) -> str:
         f"- **Multiply-adds:** {summary['macs'] / 1e6:,.2f} M per {size}x{size} image\n"
         f"- **Weighted depth:** {summary['depth']} layers ({summary['units']} units, blocks {spec.blocks})\n"
         f"- **Activation memory:** about {summary['activation_bytes'] / 2**20:,.0f} MiB at batch "
-        f"{summary['activation_batch_size']}{stochastic}"
+        f"{summary['activation_batch_size']}; training needs about {cost.training_bytes / 2**30:,.2f} GiB of "
+        f"{cost.memory_bytes / 2**30:,.0f} GiB ({cost.memory_name}){stochastic}"
     )
 
 
@@ -77,15 +80,18 @@ def review_network(*values):
     form = dict(zip(FIELD_NAMES, values, strict=True))
     try:
         spec = net_spec_from_fields(**form)
-        spec_json = spec.model_dump_json()
-        summary = _summary_of(spec_json)
+        cost = _cost_of(spec.model_dump_json())
+        problem = cost.problem()
+        if problem:
+            raise WorkbenchError(problem)
     except (WorkbenchError, ValueError, TypeError) as exc:
         message = f"**This network cannot be built:** {exc}"
         return (gr.update(value=message, visible=True), "*Fix the highlighted problem to see the summary.*",
                 gr.skip(), gr.skip(), gr.skip(), "")
+    summary = cost.summary
     stages = [[s["stage"], s["units"], " x ".join(map(str, s["output_shape"])), f"{s['params']:,}"]
               for s in summary["stages"]]
-    return (gr.update(value="", visible=False), summary_markdown(spec, summary), stages,
+    return (gr.update(value="", visible=False), summary_markdown(spec, cost), stages,
             path_length_figure(summary["path_lengths"]), unit_diagram_figure(spec),
             json.dumps(spec.model_dump(mode="json"), indent=2))
 
@@ -103,7 +109,7 @@ def build_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> BuildTab:
         if not spec_json:
             return "Fix the network first: it cannot be saved while it is invalid.", gr.skip()
         try:
-            preset = save_preset(name.strip(), NetSpec.model_validate_json(spec_json), ctx.home)
+            preset = save_preset(str(name or "").strip(), net_spec_from_json(spec_json), ctx.home)
         except WorkbenchError as exc:
             return f"**Not saved:** {exc}", gr.skip()
         names = [p.name for p in ctx.presets()]
@@ -119,7 +125,7 @@ def build_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> BuildTab:
             size_by = gr.Radio([("depth", "depth"), ("blocks per stage", "blocks")], value=start[3],
                                label="Size by")
             with gr.Row():
-                depth = gr.Number(start[4], label="Depth (weighted layers)", precision=0, elem_id="depth-field")
+                depth = number_field(start[4], label="Depth (weighted layers)", precision=0, elem_id="depth-field")
                 blocks = gr.Textbox(start[5], label="Blocks per stage", elem_id="blocks-field")
             widths = gr.Textbox(start[6], label="Widths per stage", elem_id="widths-field")
             placement = gr.Dropdown([(f"{key}: {text}", key) for key, text in PLACEMENTS.items()],
@@ -130,12 +136,12 @@ def build_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> BuildTab:
                 stride = gr.Radio(["3x3", "1x1"], value=start[7], label="Bottleneck stride on")
                 zero_init = gr.Checkbox(start[10], label="Zero-init last BN of each unit")
             with gr.Row():
-                drop = gr.Number(start[11], label="Stochastic depth (last unit's drop prob.)",
+                drop = number_field(start[11], label="Stochastic depth (last unit's drop prob.)",
                                  minimum=0, maximum=0.95, step=0.05)
-                classes = gr.Number(start[12], label="Classes", precision=0)
+                classes = number_field(start[12], label="Classes", precision=0)
             with gr.Row():
-                input_size = gr.Number(start[13], label="Input size (px)", precision=0)
-                in_channels = gr.Number(start[14], label="Input channels", precision=0)
+                input_size = number_field(start[13], label="Input size (px)", precision=0)
+                in_channels = number_field(start[14], label="Input channels", precision=0)
             with gr.Accordion("Save as a preset", open=False):
                 with gr.Row():
                     preset_name = gr.Textbox(label="Preset name", placeholder="my-resnet", scale=3)

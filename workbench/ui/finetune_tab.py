@@ -11,15 +11,17 @@ from workbench.errors import WorkbenchError
 from workbench.paths import CHECKPOINT_KINDS
 from workbench.service.finetune import (
     MODE_LABELS,
+    SourceReport,
     checkpoint_source,
     describe_source,
+    import_upload,
     inspect_source,
     locate_model_file,
     plan_finetune,
-    store_upload,
 )
 from workbench.service.forms import FORM_FIELDS
 from workbench.ui.context import WorkbenchContext
+from workbench.ui.fields import number_field
 from workbench.ui.launch_tab import run_form
 from workbench.ui.run_table import run_label
 from workbench.weights.importers import IMPORT_FORMATS
@@ -39,10 +41,13 @@ def mode_visibility(mode: str):
     return gr.update(visible=mode == "last_stages"), gr.update(visible=mode == "head")
 
 
-def _inspected(ctx: WorkbenchContext, path: Path, source_run: tuple[int, str] | None = None):
+def _shown(report: SourceReport):
     """(model file, summary, preset picker) for a readable file; the picker shows only when the file has no spec."""
-    report = inspect_source(path, ctx.presets(), source_run=source_run)
     return str(report.path), describe_source(report), gr.update(value=report.preset, visible=not report.spec_from_file)
+
+
+def _inspected(ctx: WorkbenchContext, path: Path, source_run: tuple[int, str] | None = None):
+    return _shown(inspect_source(path, ctx.presets(), source_run=source_run))
 
 
 def _refused(exc: Exception):
@@ -50,15 +55,14 @@ def _refused(exc: Exception):
 
 
 def inspect_upload(ctx: WorkbenchContext, upload: str | None):
-    """Keep a copy of the upload in the imports folder and say what it holds; an unusable copy is removed."""
+    """Keep a copy of the upload in the imports folder and say what it holds; a refused upload is deleted."""
     if not upload:
         return "", NO_SOURCE, gr.update()
-    stored = store_upload(Path(upload), ctx.home)
     try:
-        return _inspected(ctx, stored)
+        return _shown(import_upload(Path(upload), ctx.home, ctx.presets()))
     except WorkbenchError as exc:
-        stored.unlink(missing_ok=True)
-        return _refused(WorkbenchError(str(exc).replace(str(stored), f"the upload {Path(upload).name}")))
+        Path(upload).unlink(missing_ok=True)  # Gradio's own copy
+        return _refused(exc)
 
 
 def inspect_path(ctx: WorkbenchContext, text: str):
@@ -146,9 +150,9 @@ def finetune_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
         with gr.Row():
             mode = gr.Radio([(f"{MODE_LABELS[name]}: {text}", name) for name, text in FINETUNE_MODES.items()],
                             value="all", label="Mode", scale=3, elem_id="finetune-mode")
-            stages = gr.Number(1, label="Last stages to train", precision=0, visible=False,
+            stages = number_field(1, label="Last stages to train", precision=0, visible=False,
                                elem_id="finetune-stages")
-            hidden = gr.Number(0, label="Hidden units in the new head (0 = none)", precision=0, visible=False,
+            hidden = number_field(0, label="Hidden units in the new head (0 = none)", precision=0, visible=False,
                                elem_id="finetune-hidden")
         form = run_form(ctx, "finetune-", dataset="folder", lr=0.01)
         launch = gr.Button("Launch fine-tune", variant="primary", elem_id="finetune-launch")

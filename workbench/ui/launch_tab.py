@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import gradio as gr
 
 from workbench.errors import WorkbenchError
-from workbench.service.forms import FORM_FIELDS, field_choices, field_default, field_help, parse_int_list
+from workbench.service.forms import (
+    FORM_FIELDS,
+    field_choices,
+    field_default,
+    field_help,
+    net_spec_from_json,
+    parse_int_list,
+)
 from workbench.service.plans import (
     DEFAULT_DROP_PROB,
     DEFAULT_LADDER_DEPTHS,
@@ -18,8 +25,9 @@ from workbench.service.plans import (
     plan_stochastic_depth,
     plan_twin,
 )
-from workbench.spec import DataSpec, NetSpec, TrainSpec
+from workbench.spec import DataSpec, TrainSpec
 from workbench.ui.context import WorkbenchContext
+from workbench.ui.fields import number_field
 
 DATASET_LABELS = {
     "synthetic": "Embedded synthetic set (no download)",
@@ -72,7 +80,11 @@ def network_line(spec_json: str):
     if not spec_json:
         text = "**The network in the Build tab is invalid.** Fix it there to launch."
         return [text] + [gr.update(interactive=False)] * len(LAUNCH_KINDS)
-    spec = NetSpec.model_validate_json(spec_json)
+    try:
+        spec = net_spec_from_json(spec_json)
+    except WorkbenchError as exc:
+        return [f"**The network in the Build tab is invalid:** {exc}"] + [gr.update(interactive=False)] * len(
+            LAUNCH_KINDS)
     text = (f"Network: **{spec.name}** ({spec.unit} units, blocks {spec.blocks}, widths {spec.widths}, "
             f"shortcut {spec.shortcut}, placement {spec.placement}); set it in the Build tab.")
     return [text] + [gr.update(interactive=True)] * len(LAUNCH_KINDS)
@@ -93,7 +105,7 @@ def launch(ctx: WorkbenchContext, kind: str, spec_json: str, *values):
     if not spec_json:
         return "**Nothing launched:** the network in the Build tab is invalid; fix it there first.", gr.skip()
     try:
-        net = NetSpec.model_validate_json(spec_json)
+        net = net_spec_from_json(spec_json)
         data, train = ctx.specs_from_form(dict(zip(FORM_FIELDS, form_values, strict=True)))
         presets = ctx.presets()
         group = None
@@ -131,10 +143,10 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
             gr.Markdown("#### Data")
             dataset_picker = gr.Dropdown(DATASETS, value=dataset, label="Dataset", elem_id=f"{id_prefix}dataset-picker")
             with gr.Row(visible=dataset == "synthetic") as synthetic_row:
-                synthetic_train = gr.Number(field_default(DataSpec, "synthetic_train"),
+                synthetic_train = number_field(field_default(DataSpec, "synthetic_train"),
                                             label="Synthetic training images", precision=0,
                                             elem_id=f"{id_prefix}synthetic-train")
-                synthetic_test = gr.Number(field_default(DataSpec, "synthetic_test"), label="Synthetic test images",
+                synthetic_test = number_field(field_default(DataSpec, "synthetic_test"), label="Synthetic test images",
                                            precision=0,
                                            elem_id=f"{id_prefix}synthetic-test")
             with gr.Column(visible=dataset != "synthetic") as path_column:
@@ -144,40 +156,40 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
             with gr.Column(visible=dataset in ("cifar10", "cifar100")) as cifar_column:
                 download = gr.Checkbox(False, label="Download when not found")
             with gr.Column(visible=dataset == "folder") as folder_column:
-                resolution = gr.Number(0, label="Resolution in px (0 = as stored)", precision=0,
+                resolution = number_field(0, label="Resolution in px (0 = as stored)", precision=0,
                                        elem_id=f"{id_prefix}resolution")
             with gr.Row():
                 classes = gr.Textbox(label="Classes", placeholder="all; or first k (5); or names: cat, dog")
-                per_class_cap = gr.Number(0, label="Images per class (0 = all)", precision=0,
+                per_class_cap = number_field(0, label="Images per class (0 = all)", precision=0,
                                           elem_id=f"{id_prefix}per-class-cap")
-                validation_size = gr.Number(field_default(DataSpec, "validation_size"), label="Validation images",
+                validation_size = number_field(field_default(DataSpec, "validation_size"), label="Validation images",
                                             precision=0, info=field_help(DataSpec, "validation_size"))
         with gr.Column():
             gr.Markdown("#### Training")
             with gr.Row():
                 budget_unit = gr.Radio(["epochs", "iterations"], value="epochs", label="Budget in",
                                        elem_id=f"{id_prefix}budget-unit")
-                budget_field = gr.Number(budget, label="Budget", elem_id=f"{id_prefix}budget")
+                budget_field = number_field(budget, label="Budget", elem_id=f"{id_prefix}budget")
             with gr.Row():
-                batch_size = gr.Number(field_default(TrainSpec, "batch_size"), label="Batch size", precision=0,
+                batch_size = number_field(field_default(TrainSpec, "batch_size"), label="Batch size", precision=0,
                                        elem_id=f"{id_prefix}batch-size")
-                lr_field = gr.Number(lr, label="Learning rate", elem_id=f"{id_prefix}lr")
+                lr_field = number_field(lr, label="Learning rate", elem_id=f"{id_prefix}lr")
                 schedule = gr.Dropdown(field_choices(TrainSpec, "schedule"), value=field_default(TrainSpec, "schedule"),
                                        label="Schedule")
             with gr.Row():
-                warmup = gr.Number(field_default(TrainSpec, "warmup_iterations"), label="Warm-up iterations",
+                warmup = number_field(field_default(TrainSpec, "warmup_iterations"), label="Warm-up iterations",
                                    precision=0, info=field_help(TrainSpec, "warmup_iterations"))
-                seed = gr.Number(field_default(TrainSpec, "seed"), label="Seed", precision=0)
+                seed = number_field(field_default(TrainSpec, "seed"), label="Seed", precision=0)
             with gr.Row():
                 precision = gr.Dropdown(field_choices(TrainSpec, "precision"),
                                         value=field_default(TrainSpec, "precision"), label="Precision")
                 device = gr.Dropdown(field_choices(TrainSpec, "device"), value=field_default(TrainSpec, "device"),
                                      label="Device")
             with gr.Row():
-                log_every = gr.Number(field_default(TrainSpec, "log_every"), label="Log every (iterations)",
+                log_every = number_field(field_default(TrainSpec, "log_every"), label="Log every (iterations)",
                                       precision=0, elem_id=f"{id_prefix}log-every",
                                       info=field_help(TrainSpec, "log_every"))
-                eval_every = gr.Number(0, label="Extra evaluation every (0 = at epoch ends only)", precision=0)
+                eval_every = number_field(0, label="Extra evaluation every (0 = at epoch ends only)", precision=0)
     dataset_picker.change(dataset_visibility, dataset_picker, [synthetic_row, path_column, cifar_column, folder_column],
                           api_visibility="private")
     return RunForm(
@@ -204,7 +216,7 @@ def launch_tab(ctx: WorkbenchContext, spec_json: gr.Code) -> LaunchTab:
             launch_placements = gr.Button("Launch the five unit placements (He et al. 2016, Fig. 4)",
                                           elem_id="launch-placements")
             with gr.Column():
-                drop_prob = gr.Number(DEFAULT_DROP_PROB, minimum=0, maximum=1, label="Last unit's drop probability",
+                drop_prob = number_field(DEFAULT_DROP_PROB, minimum=0, maximum=1, label="Last unit's drop probability",
                                       elem_id="drop-prob")
                 launch_sd = gr.Button("Launch without and with stochastic depth", elem_id="launch-stochastic-depth")
         message = gr.Markdown(elem_id="launch-message")

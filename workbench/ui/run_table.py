@@ -39,13 +39,19 @@ def run_duration(run: RunRecord, now: datetime | None = None) -> float | None:
     return (end - run.started_at).total_seconds()
 
 
+def run_status(run: RunRecord) -> str:
+    """The status cell; a compiled run says why its first step takes long."""
+    compiling = run.status == "running" and not run.iteration and (run.spec or {}).get("train", {}).get("compile")
+    return "running: compiling (the first step can take a minute)" if compiling else run.status
+
+
 def run_row(run: RunRecord, now: datetime | None = None) -> list[str | int]:
     """The table cells of one run, in RUN_TABLE_COLUMNS order."""
     total = run.total_iterations
     progress = f"{100 * run.iteration / total:.0f}% ({run.iteration}/{total})" if total else ""
     started = run.started_at.astimezone().strftime("%Y-%m-%d %H:%M") if run.started_at else ""
     return [
-        run.id, run.name, run.preset or "custom", run.dataset or "", run.status, progress,
+        run.id, run.name, run.preset or "custom", run.dataset or "", run_status(run), progress,
         "" if run.epoch is None else f"{run.epoch:.1f}",
         _percent(run.best_test_error), _percent(run.last_test_error),
         "" if run.images_per_s is None else f"{run.images_per_s:,.0f}",

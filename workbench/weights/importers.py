@@ -27,6 +27,7 @@ from workbench.errors import UnsafeFileError, WorkbenchError
 from workbench.spec import NetSpec, parse_spec
 from workbench.training.checkpoint import CHECKPOINT_FORMAT
 from workbench.weights.bundle import is_bundle, read_bundle
+from workbench.weights.limits import check_file_size, check_zip
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,7 @@ def read_weights(path: Path) -> ImportedWeights:
 def _read_weights(path: Path) -> ImportedWeights:
     if not path.is_file():
         raise WorkbenchError(f"{path} does not exist")
+    check_file_size(path)
     names = _zip_names(path)
     if names:
         if is_bundle(path):
@@ -201,6 +203,7 @@ def _read_weights(path: Path) -> ImportedWeights:
             )
         if not any(n.endswith("data.pkl") for n in names):
             raise WorkbenchError(f"{path} is a zip but neither a workbench bundle nor a PyTorch file")
+        check_zip(path)
         return _from_torch_object(safe_torch_load(path), path)
     with open(path, "rb") as handle:
         head = handle.read(16)
