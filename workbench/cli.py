@@ -191,6 +191,8 @@ def _work_on_one_run(args: argparse.Namespace, stop) -> int:
     from workbench.jobs.worker import default_worker_id, run_one
     from workbench.paths import check_shared_home
 
+    # The job's log is where a cluster user looks: say what the worker does even though the CLI is quiet.
+    logging.getLogger("workbench").setLevel(logging.INFO)
     expected_home = os.environ.get("WORKBENCH_HOME_ID")
     if expected_home:
         check_shared_home(args.home, expected_home)
