@@ -555,6 +555,24 @@ def test_artifacts_record_size_hash_and_checkpoint(store):
         store.add_artifact(999, "checkpoint", checkpoint)
 
 
+def test_a_queued_run_gets_one_cluster_job_and_loses_it_when_queued_again(store):
+    run_id = store.create_run(SPEC, name="clustered")
+    assert store.assign_job(run_id, "workbench-run-1")
+    assert not store.assign_job(run_id, "workbench-run-1"), "a second dispatcher must not submit it again"
+    store.note_waiting(run_id, "waiting for a node with 1 GPU")
+    assert store.get_run(run_id).error_message == "waiting for a node with 1 GPU"
+    assert not store.release_job(run_id, "another job")
+    assert store.release_job(run_id, "workbench-run-1", "the cluster lost it")
+    assert (store.get_run(run_id).job_id, store.get_run(run_id).error_message) == (None, "the cluster lost it")
+    assert store.assign_job(run_id, "workbench-run-1")
+    running = store.claim_run(run_id, "workbench-run-1@node:1")
+    assert (running.job_id, running.error_message) == ("workbench-run-1", None)
+    store.note_waiting(run_id, "ignored: the run is running")
+    assert not store.assign_job(run_id, "workbench-run-1") and store.get_run(run_id).error_message is None
+    store.transition(run_id, INTERRUPTED, worker_id="workbench-run-1@node:1")
+    assert store.resume_run(run_id).job_id is None, "a resumed run is submitted as a new job"
+
+
 def test_paths_in_the_home_are_stored_relative_so_a_home_mounted_elsewhere_still_works(tmp_path, db_url):
     first_home, outside = tmp_path / "mounted-here", tmp_path / "outside.bin"
     outside.write_bytes(b"x")
