@@ -1,8 +1,8 @@
 """Training throughput of the workbench engine next to a textbook PyTorch loop, in the same run.
 
-    python bench/train_throughput.py [--nets resnet20 resnet56] [--iterations 40] [--compile]
+    python bench/train_throughput.py [--nets resnet20 resnet56 densenet-bc-100 wrn-16-8] [--iterations 40] [--compile]
 
-For each net, three figures on CIFAR-10 (../shared/data) at batch 128:
+For each net (a preset of any family), three figures on CIFAR-10 (../shared/data) at batch 128:
 - ours: images/s of `workbench.training.fit` (its device-side pipeline and the engine's
   precision: bf16 autocast + channels_last where the CPU supports bf16), logging intervals
   after the first (warm-up) one;
@@ -107,7 +107,7 @@ def compute_images_per_s(net: str, iterations: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nets", nargs="+", default=["resnet20", "resnet56"])
+    parser.add_argument("--nets", nargs="+", default=["resnet20", "resnet56", "densenet-bc-100", "wrn-16-8"])
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers of the reference")
     parser.add_argument("--compile", action="store_true",

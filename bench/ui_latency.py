@@ -1,9 +1,10 @@
 """Compare-tab latency next to a naive reference, and page load to the first interactive chart in Chromium.
 
-    python bench/ui_latency.py [--runs 8] [--points 10000] [--repeats 15] [--no-browser]
+    python bench/ui_latency.py [--runs 8] [--seeds 3] [--points 10000] [--repeats 15] [--no-browser]
 
-Server side, with `runs` runs of `points` logged training iterations each (error, loss, lr and
-images/s rows, plus a test point every 100 iterations) in a real SQLite store:
+Server side, with `runs` networks over `seeds` seeds each (seed groups, drawn as mean and std
+band) of `points` logged training iterations each (error, loss, lr and images/s rows, plus a test
+point every 100 iterations) in a real SQLite store:
 
 - compare update: a timer tick after each run logged 10 more iterations; ours fetches only rows
   newer than the cached cursors and redraws the downsampled curves and, the runs being one ladder
@@ -12,6 +13,8 @@ images/s rows, plus a test point every 100 iterations) in a real SQLite store:
   Target: ours under 150 ms.
 - compare open: picking the runs (ours reads the full history once, then downsamples).
 - idle tick: nothing new; ours answers gr.skip() (no redraw), the reference redraws anyway.
+- runs table: a search keystroke among 200+ runs with spec columns and identical columns hidden,
+  filtered in memory, next to the store's SQL search feeding the plain table. Target: under 100 ms.
 
 Browser side (Debian's Chromium, skipped without it): the workbench page from navigation to its
 first drawn Plotly chart, next to a bare HTML page drawing the same figure with plotly.js; and the
@@ -45,7 +48,7 @@ import plotly  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 
 from storage import RunStore, open_store  # noqa: E402
-from workbench.spec import NetSpec, RunSpec  # noqa: E402
+from workbench.spec import NetSpec, RunSpec, TrainSpec  # noqa: E402
 from workbench.ui import compare_tab  # noqa: E402
 from workbench.ui.compare_tab import CompareView, redraw, tick  # noqa: E402
 from workbench.ui.context import WorkbenchContext  # noqa: E402
@@ -55,7 +58,7 @@ logger = logging.getLogger("bench.ui_latency")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-OPTIONS = ("error", "iterations", 0.0, False)
+OPTIONS = ("error", "iterations", 0.0, "EMA (debiased)", False)
 LOG_EVERY = 1
 TEST_EVERY = 100
 GROUP = "bench ladder"
@@ -81,17 +84,18 @@ def metric_rows(start: int, stop: int) -> list[dict]:
     return rows
 
 
-def fill_store(store: RunStore, runs: int, points: int) -> list[int]:
-    """Runs of a ladder group with `points` logged iterations each."""
+def fill_store(store: RunStore, runs: int, points: int, seeds: int) -> list[int]:
+    """A ladder group of `runs` networks, each over `seeds` seeds (a seed group), `points` logged iterations each."""
     run_ids = []
     for index in range(runs):
         depth = 20 + 12 * (index // 2)
         shortcut = "none" if index % 2 == 0 else "A"
-        run_id = store.create_run(RunSpec(net=NetSpec(depth=depth, shortcut=shortcut)), name=f"run{index}",
-                                  group_name=GROUP, group_kind="ladder")
-        for start in range(1, points + 1, 2000):
-            store.append_metrics(run_id, metric_rows(start, min(start + 2000, points + 1)))
-        run_ids.append(run_id)
+        for seed in range(seeds):
+            spec = RunSpec(net=NetSpec(depth=depth, shortcut=shortcut), train=TrainSpec(seed=seed))
+            run_id = store.create_run(spec, name=f"run{index} seed {seed}", group_name=GROUP, group_kind="ladder")
+            for start in range(1, points + 1, 2000):
+                store.append_metrics(run_id, metric_rows(start, min(start + 2000, points + 1)))
+            run_ids.append(run_id)
     return run_ids
 
 
@@ -129,27 +133,54 @@ def server_benches(ctx: WorkbenchContext, run_ids: list[int], points: int, repea
         next_iteration["value"] = start + 10
 
     def serialized(outputs) -> int:
-        """Bytes of every figure the handler returned (curves, and for a ladder Figure 6 and error vs depth)."""
+        """Bytes of every figure the handler returned (curves, and for a ladder Figure 6 and error vs depth),
+        as charts to mount or as the JSON text of live updates."""
         figures = [output.get("value") if isinstance(output, dict) else output for output in outputs[:-1]]
-        return sum(len(plot.postprocess(figure).plot) for figure in figures if isinstance(figure, go.Figure))
+        return sum(len(plot.postprocess(figure).plot) if isinstance(figure, go.Figure) else len(figure)
+                   for figure in figures if isinstance(figure, go.Figure | str))
 
     view = CompareView()
-    sizes = {"ours": serialized(redraw(ctx, run_ids, *OPTIONS, view)),
+    sizes = {"ours": serialized(redraw(ctx, run_ids, view, *OPTIONS)),
              "reference": len(plot.postprocess(naive_figure(ctx.store, run_ids)).plot)}
     logger.info("figure JSON: ours %d bytes, reference %d bytes", sizes["ours"], sizes["reference"])
 
-    update_ours = timed(lambda: serialized(tick(ctx, *OPTIONS, view)), repeats, log_more)
+    update_ours = timed(lambda: serialized(tick(ctx, view, *OPTIONS)), repeats, log_more)
     update_reference = timed(lambda: plot.postprocess(naive_figure(ctx.store, run_ids)), repeats, log_more)
-    open_ours = timed(lambda: serialized(redraw(ctx, run_ids, *OPTIONS, CompareView())), max(3, repeats // 3))
+    open_ours = timed(lambda: serialized(redraw(ctx, run_ids, CompareView(), *OPTIONS)), max(3, repeats // 3))
     open_reference = timed(lambda: plot.postprocess(naive_figure(ctx.store, run_ids)), max(3, repeats // 3))
-    idle_ours = timed(lambda: serialized(tick(ctx, *OPTIONS, view)), repeats)
-    label = f"{len(run_ids)} runs x {points} points"
+    idle_ours = timed(lambda: serialized(tick(ctx, view, *OPTIONS)), repeats)
+    label = f"{len(run_ids)} runs x {points} points, seed bands on"
     return [
         result(f"compare update after new rows, server ({label})", update_ours, update_reference, "ms"),
         result(f"compare open (full history), server ({label})", open_ours, open_reference, "ms"),
         result(f"compare idle tick, server ({label})", idle_ours, update_reference, "ms"),
         result(f"compare figure JSON size ({label})", sizes["ours"] / 1024, sizes["reference"] / 1024, "KiB"),
     ]
+
+
+def table_benches(ctx: WorkbenchContext, repeats: int, count: int = 200) -> list[dict]:
+    """The Runs tab among `count` runs: a keystroke in the search box with two spec columns and identical columns
+    hidden (filtered in memory), next to the store's SQL search feeding the plain table."""
+    import pandas as pd
+
+    from workbench.service.run_query import RunFilter
+    from workbench.ui.run_table import RUN_TABLE_COLUMNS, run_rows
+    from workbench.ui.runs_tab import table_view
+
+    for index in range(count):
+        spec = RunSpec(net=NetSpec(depth=20 + 6 * (index % 4)), train=TrainSpec(lr=0.1 / (1 + index % 3)))
+        ctx.store.create_run(spec, name=f"table run {index}", status="completed", group_name=f"table {index % 7}")
+
+    def ours() -> None:
+        columns, rows = table_view(ctx.list_runs(), RunFilter(text="run 1", statuses=["completed"]),
+                                   ["train.lr", "net.depth"], True)
+        pd.DataFrame(rows, columns=columns)
+
+    def reference() -> None:
+        pd.DataFrame(run_rows(ctx.store.list_runs(search="run 1", status="completed")), columns=RUN_TABLE_COLUMNS)
+
+    return [result(f"runs table filter per keystroke, server ({len(ctx.list_runs())} runs; reference: SQL search)",
+                   timed(ours, repeats), timed(reference, repeats), "ms")]
 
 
 def result(name: str, ours: float, reference: float, unit: str) -> dict:
@@ -180,7 +211,8 @@ def bare_plotly_page(folder: Path, figure: go.Figure) -> None:
     )
 
 
-def browser_benches(served_url: str, store: RunStore, run_ids: list[int], folder: Path, repeats: int) -> list[dict]:
+def browser_benches(served_url: str, store: RunStore, run_ids: list[int], folder: Path, repeats: int,
+                    networks: int) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
     from workbench.presets import get_preset
@@ -189,7 +221,7 @@ def browser_benches(served_url: str, store: RunStore, run_ids: list[int], folder
 
     bare_plotly_page(folder, unit_diagram_figure(get_preset(DEFAULT_PRESET).spec))
     static, static_url = serve_folder(folder)
-    traces = 2 * len(run_ids)
+    traces = 2 * networks  # at least a training and a test line per network (seed groups add bands)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -246,6 +278,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--points", type=int, default=10_000)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per network: each network is a seed group")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--no-browser", action="store_true")
     args = parser.parse_args()
@@ -256,14 +289,15 @@ def main() -> int:
         home = Path(scratch) / "home"
         store = open_store(home)
         started = time.perf_counter()
-        run_ids = fill_store(store, args.runs, args.points)
-        logger.info("stored %d runs x %d iterations in %.1f s", args.runs, args.points, time.perf_counter() - started)
+        run_ids = fill_store(store, args.runs, args.points, args.seeds)
+        logger.info("stored %d runs x %d seeds x %d iterations in %.1f s", args.runs, args.seeds, args.points,
+                    time.perf_counter() - started)
         ctx = WorkbenchContext(store, None, [home / "datasets"])
-        results = server_benches(ctx, run_ids, args.points, args.repeats)
+        results = server_benches(ctx, run_ids, args.points, args.repeats) + table_benches(ctx, args.repeats)
         if args.no_browser or not CHROMIUM.exists():
             logger.warning("browser benches skipped (%s)", "--no-browser" if args.no_browser else f"no {CHROMIUM}")
         else:
-            results += run_browser_benches(ctx, run_ids, Path(scratch), max(3, args.repeats // 3))
+            results += run_browser_benches(ctx, run_ids, Path(scratch), max(3, args.repeats // 3), args.runs)
         store.close()
 
     print(f"{'benchmark':<100} {'ours':>10} {'reference':>10} {'ratio':>7}  unit")
@@ -273,7 +307,8 @@ def main() -> int:
     return 0
 
 
-def run_browser_benches(ctx: WorkbenchContext, run_ids: list[int], scratch: Path, repeats: int) -> list[dict]:
+def run_browser_benches(ctx: WorkbenchContext, run_ids: list[int], scratch: Path, repeats: int,
+                        networks: int) -> list[dict]:
     """Serve the workbench UI (no workers needed) on a free port and measure it in Chromium."""
     from workbench.ui.app import CSS, build_ui
 
@@ -286,7 +321,7 @@ def run_browser_benches(ctx: WorkbenchContext, run_ids: list[int], scratch: Path
     try:
         static = scratch / "static"
         static.mkdir()
-        return browser_benches(demo.local_url, ctx.store, run_ids, static, repeats)
+        return browser_benches(demo.local_url, ctx.store, run_ids, static, repeats, networks)
     finally:
         demo.close()
 

@@ -24,9 +24,11 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
 TWIN = "twin"
 LADDER = "ladder"
 SWEEP = "sweep"
-GROUP_KINDS = (TWIN, LADDER, SWEEP)
+SEEDS = "seeds"
+ARCHITECTURES = "architectures"
+GROUP_KINDS = (TWIN, LADDER, SWEEP, SEEDS, ARCHITECTURES)
 ARTIFACT_KINDS = ("checkpoint", "export", "log", "analysis")
-METRIC_SPLITS = ("train", "test", "val")
+METRIC_SPLITS = ("train", "test", "val", "system")
 
 
 def sources_of(status: str) -> list[str]:

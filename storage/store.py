@@ -138,7 +138,7 @@ class RunStore:
         """Store a new run and return its id.
 
         `spec` is a JSON-compatible mapping or a pydantic model (dumped in JSON
-        mode). `group_kind` is one of "twin", "ladder", "sweep" or None. A run is
+        mode). `group_kind` is one of GROUP_KINDS or None. A run is
         normally created `queued`; any status but `running` is accepted, for
         importing finished runs.
         """

@@ -6,13 +6,20 @@ import pytest
 from workbench.service.curves import RunCurves, Series
 from workbench.spec import NetSpec
 from workbench.viz.charts import (
+    CI95,
     MAX_POINTS_PER_TRACE,
+    MIN_MAX,
+    RUNNING_MEAN,
+    STD,
+    CurveStyle,
     downsample_minmax,
     path_length_figure,
+    pointwise,
     smooth,
     training_curves_figure,
     unit_diagram_figure,
 )
+from workbench.viz.series import SeedGroup
 
 
 def series(iterations, values, epochs=None) -> Series:
@@ -53,11 +60,24 @@ def test_downsample_bounds_points_and_keeps_extremes_and_ends_in_order():
     np.testing.assert_array_equal(kept_y, y[kept_x])
 
 
-def test_smooth_is_an_exponential_moving_average():
+def test_smooth_is_a_debiased_exponential_moving_average_or_a_running_mean():
     values = np.array([0.0, 10.0, 10.0])
-    np.testing.assert_allclose(smooth(values, 0.5), [0.0, 5.0, 7.5])
+    np.testing.assert_allclose(smooth(values, 0.5), [0.0, 5.0 / 0.75, 7.5 / 0.875])
     assert smooth(values, 0.0) is values
     np.testing.assert_allclose(smooth(np.full(5, 3.0), 0.9), np.full(5, 3.0))
+    np.testing.assert_allclose(smooth(np.array([4.0, 0.0, 8.0, 2.0]), 0.5, RUNNING_MEAN), [4.0, 2.0, 4.0, 5.0])
+
+
+def test_wall_time_axis_counts_minutes_from_each_runs_first_point_and_hover_is_unified():
+    train, test = Series(), Series()
+    train.extend([10, 20], [0.1, 0.2], [50.0, 40.0], [1000.0, 1060.0])
+    test.extend([20], [0.2], [45.0], [1090.0])
+    later = Series()
+    later.extend([10], [0.1], [30.0], [5000.0])
+    figure = training_curves_figure([RunCurves(1, "a", train, test), RunCurves(2, "b", later, None)],
+                                    x_axis="wall time")
+    assert [list(trace.x) for trace in figure.data] == [[0.0, 1.0], [1.5], [0.0]]
+    assert figure.layout.hovermode == "x unified" and "min" in figure.layout.xaxis.title.text
 
 
 def test_curves_are_paper_style_dashed_train_bold_test_one_colour_per_run():
@@ -86,7 +106,7 @@ def test_curves_toggles_epochs_loss_and_log_scale():
 def test_curves_smoothing_applies_to_training_curves_only():
     raw = training_curves_figure(twin_curves())
     smoothed = training_curves_figure(twin_curves(), smoothing=0.5)
-    assert list(smoothed.data[0].y) == [60.0, 50.0, 40.0] != list(raw.data[0].y)
+    assert list(smoothed.data[0].y) == pytest.approx([60.0, 46.6667, 37.1429]) != list(raw.data[0].y)
     assert list(smoothed.data[1].y) == list(raw.data[1].y)
     assert smoothed.data[0].name == raw.data[0].name
 
@@ -124,3 +144,38 @@ def test_unit_diagram_of_bottleneck_and_plain_units():
 def test_path_length_histogram_shows_the_distribution():
     figure = path_length_figure([0.25, 0.5, 0.25])
     assert list(figure.data[0].x) == [0, 1, 2] and sum(figure.data[0].y) == pytest.approx(1.0)
+
+
+def seeds(*curves) -> SeedGroup:
+    runs = []
+    for index, values in enumerate(curves):
+        runs.append(RunCurves(index + 1, f"#{index + 1}", series(range(10, 10 * len(values) + 1, 10), values), None))
+    return SeedGroup("g", "net [3 seeds]", tuple(runs))
+
+
+def test_seed_group_is_a_mean_with_a_std_min_max_or_95_percent_ci_band():
+    group = seeds([10.0, 20.0, 30.0], [12.0, 24.0, 30.0], [14.0, 28.0])
+    members = [(run, run.train) for run in group.runs]
+    x, mean, lower, upper, count = pointwise(members, CurveStyle(), "train", STD)
+    assert list(x) == [10, 20, 30] and list(count) == [3, 3, 2]
+    np.testing.assert_allclose(mean, [12.0, 24.0, 30.0])
+    np.testing.assert_allclose(upper - mean, [2.0, 4.0, 0.0])
+    _, _, lower, upper, _ = pointwise(members, CurveStyle(), "train", MIN_MAX)
+    assert list(lower) == [10.0, 20.0, 30.0] and list(upper) == [14.0, 28.0, 30.0]
+    _, mean, _, upper, _ = pointwise(members, CurveStyle(), "train", CI95)
+    np.testing.assert_allclose(upper - mean, [4.3027 * 2 / 3 ** 0.5, 4.3027 * 4 / 3 ** 0.5, 0.0], rtol=1e-4)
+
+    figure = training_curves_figure([group], style=CurveStyle(show_runs=True, summary="best"))
+    band, *thin, line = figure.data
+    assert band.fill == "toself" and len(thin) == 3 and all(trace.showlegend is False for trace in thin)
+    assert line.name == "net [3 seeds] train n=3, best 12.00 ± 2.00%"
+
+
+def test_bands_come_from_every_stored_point_not_the_drawn_sample():
+    flat = np.full(20_000, 50.0)
+    spiky = flat.copy()
+    spiky[12_345] = 99.0
+    group = SeedGroup("g", "net", tuple(RunCurves(i, f"#{i}", series(range(20_000), values), None)
+                                        for i, values in enumerate((flat, spiky, flat))))
+    band = training_curves_figure([group], style=CurveStyle(band=MIN_MAX)).data[0]
+    assert len(band.x) <= 2 * 2 * MAX_POINTS_PER_TRACE and max(band.y) == 99.0

@@ -98,7 +98,7 @@ def test_ladder_curve_runs_read_the_cached_error_curves(store):
     cache.refresh(store)
     curves = ladder_curve_runs(cache, {resnet: ("resnet56", 56, True), plain: ("plain56", 56, False)})
     assert [(c.name, c.depth, c.residual) for c in curves] == [("resnet56", 56, True), ("plain56", 56, False)]
-    assert curves[0].train == [(10, 40.0), (20, 30.0)] and curves[0].test == [(10, 50.0), (20, 40.0)]
+    assert curves[0].train.tolist() == [[10, 40.0], [20, 30.0]] and curves[0].test.tolist() == [[10, 50.0], [20, 40.0]]
     assert curves[1].train == [] and curves[1].test == []
 
 

@@ -46,7 +46,7 @@ def test_a_bundle_whose_spec_is_not_an_object_says_so(tmp_path):
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("weights.safetensors", save({"fc.weight": torch.zeros(2, 2)}))
         archive.writestr("spec.json", "[1, 2]")
-    with pytest.raises(WorkbenchError, match="spec.json must hold a JSON object of NetSpec fields"):
+    with pytest.raises(WorkbenchError, match="spec.json must hold a JSON object of network fields"):
         read_weights(path)
 
 

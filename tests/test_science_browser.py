@@ -66,7 +66,7 @@ def test_analysis_tab_verdict_gradients_and_a_lesion_job(page, serve_workbench, 
 
     page.get_by_role("tab", name="Compare", exact=True).click()
     pick(page, "compare-group", "ladder-browser [ladder]")
-    expect()(page.locator("#compare-verdict")).to_contain_text("Degradation observed")
+    expect()(page.locator("#compare-verdict")).to_contain_text("Not enough evidence")
     expect()(page.locator("#compare-figure6 .scatterlayer .trace")).to_have_count(8)
     expect()(page.locator("#depth-plot .scatterlayer .trace")).to_have_count(4)
     page.screenshot(path=artifacts_dir / "compare-ladder.png", full_page=True)

@@ -16,6 +16,7 @@ from workbench.science.degradation import (
     load_curve_runs,
     paper_reference_errors,
     smoothed_at,
+    verdict_markdown,
 )
 from workbench.science.gradient_flow import unit_gradient_matrix
 from workbench.service import Workbench
@@ -47,17 +48,32 @@ def run(name: str, depth: int, residual: bool, final: float, iterations: int = 1
     return CurveRun.from_rows(name, depth, residual, rows)
 
 
-def test_degradation_is_observed_when_the_deeper_plain_net_trains_worse():
+def test_degradation_is_observed_when_the_deeper_plain_net_trains_worse_across_seeds():
     verdict = degradation_observed([
-        run("plain20", 20, False, 20.0), run("plain56", 56, False, 35.0),
+        *(run("plain20", 20, False, final) for final in (20.0, 20.5, 19.5)),
+        *(run("plain56", 56, False, final) for final in (35.0, 34.0, 36.0)),
         run("resnet20", 20, True, 18.0), run("resnet56", 56, True, 12.0),
     ])
     assert verdict.observed is True and verdict.verdict == "degradation observed"
     assert verdict.iteration == 100 and verdict.window == 10
-    assert verdict.degraded_pairs[0]["shallow"] == "plain20" and verdict.degraded_pairs[0]["deep"] == "plain56"
-    assert verdict.train_errors["plain56"] == pytest.approx(35.0)
+    pair = verdict.degraded_pairs[0]
+    assert (pair["shallow"], pair["deep"], pair["seeds"]) == ("plain20", "plain56", (3, 3))
+    assert pair["significant"] and pair["p"] < 0.001 and pair["df"] == pytest.approx(2.94, abs=0.01)
+    assert verdict.train_errors["plain56"] == pytest.approx(35.0) and len(verdict.seeds["plain20"]) == 3
     assert verdict.residual_pairs == []
-    assert "plain56" in verdict.explanation and "no deeper residual net trains worse" in verdict.explanation
+    assert "Welch's t-test over seeds: t = " in verdict.explanation
+    assert "plain56 35.0 ± 1.0% (n=3), best 34.0%" in verdict.explanation
+    assert "no deeper residual net trains worse" in verdict.explanation
+
+
+def test_one_seed_or_overlapping_seeds_is_not_enough_evidence():
+    one_seed = degradation_observed([run("plain20", 20, False, 20.0), run("plain56", 56, False, 35.0)])
+    assert one_seed.observed is None and one_seed.verdict == "not enough evidence"
+    assert "needs at least two on each side" in one_seed.explanation
+    assert verdict_markdown(one_seed).startswith("**Not enough evidence.**")
+    overlapping = degradation_observed([*(run("plain20", 20, False, final) for final in (20.0, 30.0)),
+                                        *(run("plain56", 56, False, final) for final in (22.0, 31.0))])
+    assert overlapping.observed is None and overlapping.degraded_pairs[0]["p"] > 0.05
 
 
 def test_no_degradation_when_deeper_plain_nets_train_as_well_within_tolerance():
@@ -73,14 +89,14 @@ def test_comparison_is_at_the_last_iteration_every_plain_run_reached():
     verdict = degradation_observed([shallow, deep])
     assert verdict.iteration == 60
     assert verdict.train_errors["plain20"] == pytest.approx(smoothed_at(shallow.train, 60, 6))
-    assert verdict.observed is True
+    assert verdict.degraded_pairs[0]["deep"] == "plain56"
 
 
 def test_a_run_logged_only_after_the_common_iteration_is_read_at_its_first_point():
     early = CurveRun.from_rows("plain20", 20, False, curve(20.0, iterations=10, every=5))
     late = CurveRun("plain56", 56, False, train=[(40, 70.0)])
     verdict = degradation_observed([early, late])
-    assert verdict.iteration == 10 and verdict.train_errors["plain56"] == 70.0 and verdict.observed is True
+    assert verdict.iteration == 10 and verdict.train_errors["plain56"] == 70.0 and verdict.degraded_pairs
 
 
 def test_not_enough_data_without_two_plain_depths():

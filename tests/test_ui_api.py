@@ -8,6 +8,7 @@ from app import main, parse_args
 from workbench.errors import WorkbenchError
 from workbench.jobs.worker import execute_run
 from workbench.presets import get_preset
+from workbench.service.forms import FAMILY_FORM_FIELDS
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 from workbench.ui.app import ExposureRefused, check_exposure, is_loopback, parse_credentials
 
@@ -16,12 +17,14 @@ LAUNCH_DEFAULTS = dict(
     dataset="synthetic", path="", download=False, classes="", per_class_cap=0, resolution=0, validation_size=0,
     synthetic_train=256, synthetic_test=64, budget_unit="epochs", budget=1, batch_size=32, lr=0.1,
     schedule="step", warmup=0, seed=0, precision="fp32", device="cpu", log_every=4, eval_every=0,
-    ladder_depths="8, 14", drop_prob=0.5,
+    ladder_depths="8, 14", drop_prob=0.5, seeds=1, architectures=[],
 )
 BUILD_FIELDS = dict(
-    name="net", family="cifar", unit="basic", size_by="depth", depth=20, blocks="3, 3, 3", widths="16, 32, 64",
+    kind="resnet", name="net", family="cifar", unit="basic", size_by="depth", depth=20, blocks="3, 3, 3",
+    widths="16, 32, 64",
     bottleneck_stride="3x3", placement="post", shortcut="A", zero_init_residual=False, stochastic_depth=0,
     num_classes=10, input_size=32, in_channels=3,
+    **{name: None for name in FAMILY_FORM_FIELDS},
 )
 
 
@@ -70,6 +73,21 @@ def test_twin_is_queued_as_one_group_with_identical_data_and_seed(client, served
     assert (plain.spec["net"]["shortcut"], residual.spec["net"]["shortcut"]) == ("none", "A")
 
 
+def test_a_twin_over_three_seeds_is_one_twin_group_of_two_seed_groups(client, served):
+    from workbench.service.plans import seed_group_key
+
+    assert launch(client, "twin", TINY.model_dump_json(), seed=5, seeds=3).startswith("Queued")
+    runs = sorted(served.store.list_runs()[:6], key=lambda run: run.id)
+    assert {run.group_kind for run in runs} == {"twin"} and len({run.group_name for run in runs}) == 1
+    assert [run.spec["train"]["seed"] for run in runs] == [5, 6, 7, 5, 6, 7]
+    assert [run.name for run in runs[:3]] == ["plain-tiny seed 5", "plain-tiny seed 6", "plain-tiny seed 7"]
+    assert len({seed_group_key(run.spec) for run in runs}) == 2
+    message = launch(client, "run", TINY.model_dump_json(), seeds=2)
+    single = served.store.list_runs()[:2]
+    assert message.startswith("Queued") and {run.group_kind for run in single} == {"seeds"}
+    assert single[0].group_name.startswith("seeds tiny on synthetic")
+
+
 def test_ladder_is_queued_as_twins_at_each_depth(client, served):
     assert launch(client, "ladder", TINY.model_dump_json()).startswith("Queued")
     ladder = served.store.list_runs()[:4]
@@ -93,6 +111,38 @@ def test_placements_and_stochastic_depth_are_queued_as_variant_groups(client, se
     plain = NetSpec(name="plain-tiny", blocks=[1, 1, 1], widths=[4, 8, 16], shortcut="none")
     assert "Nothing launched" in launch(client, "placements", plain.model_dump_json())
     assert len(served.store.list_runs()) == before + 7
+
+
+def test_family_networks_review_and_refuse_resnet_only_launches(client, served):
+    fields = {**BUILD_FIELDS, "kind": "densenet", "net_family": "cifar", "family_size_by": "depth",
+              "family_depth": 40, "growth_rate": 12, "bottleneck": True, "compression": 0.5, "drop_rate": 0}
+    error, summary, stages, _, _, spec_json = client.predict(*fields.values(), api_name="/review_network")
+    assert "DenseNet-BC" in summary and "Parameters:** 176,122" in summary
+    assert [row[0] for row in stages["data"]] == ["denseblock1", "denseblock2", "denseblock3"]
+    error, *_ = client.predict(*{**fields, "family_depth": 41}.values(), api_name="/review_network")
+    assert "6n+4 layers; 41 is not one; the nearest are 40 and 46" in error["value"]
+    before = len(served.store.list_runs())
+    assert "twin is a ResNet setting" in launch(client, "twin", spec_json)
+    assert "FractalNet" in launch(client, "drop_path", spec_json)
+    assert len(served.store.list_runs()) == before
+
+
+def test_architectures_and_drop_path_pairs_are_queued_as_groups(client, served):
+    before = len(served.store.list_runs())
+    message = launch(client, "architectures", "", architectures=["resnet20", "densenet-40", "wrn-16-4"], seed=3)
+    assert message.startswith("Queued") and "densenet-40" in message
+    group = served.store.list_runs()[:3]
+    assert {run.group_kind for run in group} == {"architectures"} and len({r.group_name for r in group}) == 1
+    assert sorted(run.spec["net"].get("kind", "resnet") for run in group) == ["densenet", "resnet", "wide_resnet"]
+    assert len({json.dumps(run.spec["data"]) for run in group}) == 1
+    assert len({json.dumps(run.spec["train"]) for run in group}) == 1 and group[0].spec["train"]["seed"] == 3
+    assert "at least two networks" in launch(client, "architectures", "", architectures=["resnet20"])
+    fractal = get_preset("fractalnet-20").spec.model_copy(update={"name": "fractal"})
+    message = launch(client, "drop_path", fractal.model_dump_json())
+    assert message.startswith("Queued") and "fractal-droppath" in message
+    pair = served.store.list_runs()[:2]
+    assert sorted(run.spec["net"]["drop_path"] for run in pair) == [False, True]
+    assert len(served.store.list_runs()) == before + 5
 
 
 def test_paths_outside_the_data_roots_are_refused_before_queueing(client, served, tmp_path_factory):

@@ -1,14 +1,21 @@
 """The Compare tab's handlers: redraw only when something changed, so a user's zoom survives polling."""
 
+import base64
+import json
+import zipfile
+
 import gradio as gr
+import numpy as np
 import pytest
 
 from storage import open_store
-from workbench.spec import DataSpec, NetSpec, RunSpec
-from workbench.ui.compare_tab import CompareView, pick_group, redraw, tick
+from workbench.presets import get_preset
+from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
+from workbench.ui.compare_tab import NO_BAND, CompareView, export_curves, pick_group, redraw, tick
 from workbench.ui.context import WorkbenchContext
+from workbench.viz.charts import EMA, RUNNING_MEAN
 
-OPTIONS = ("error", "iterations", 0.0, False)
+OPTIONS = ("error", "iterations", 0.0, EMA, False)
 CIFAR10 = DataSpec(name="cifar10", download=True)
 
 
@@ -29,6 +36,21 @@ def is_skip(value) -> bool:
     return value == gr.skip()
 
 
+def live(outputs) -> dict:
+    """The figures a tick sends to the charts already on the page, {elem_id: plotly JSON}."""
+    assert all(is_skip(outputs[i]) for i in (0, 2, 3)), "a tick must leave the charts (and their zoom) alone"
+    return decoded(json.loads(outputs[5]))
+
+
+def decoded(node):
+    """Plotly JSON with its base64 typed arrays ({"dtype", "bdata"}) as plain lists."""
+    if isinstance(node, dict) and "bdata" in node:
+        return np.frombuffer(base64.b64decode(node["bdata"]), dtype=node["dtype"]).tolist()
+    if isinstance(node, dict):
+        return {key: decoded(value) for key, value in node.items()}
+    return [decoded(value) for value in node] if isinstance(node, list) else node
+
+
 def twin(ctx, kind: str = "twin") -> list[int]:
     return [
         ctx.store.create_run(RunSpec(net=NetSpec(depth=20, shortcut=shortcut)), name=name, group_name="G",
@@ -40,23 +62,36 @@ def twin(ctx, kind: str = "twin") -> list[int]:
 def test_tick_skips_until_new_rows_arrive(ctx):
     run_ids = twin(ctx)
     log(ctx.store, run_ids[0], [10, 20])
-    figure, verdict, figure_6, depth, view = redraw(ctx, run_ids, *OPTIONS, CompareView())
-    assert len(figure.data) == 1
-    assert verdict == figure_6 == depth == gr.update(visible=False)
-    assert all(is_skip(value) for value in tick(ctx, *OPTIONS, view))
+    figure, verdict, figure_6, depth, costs, channel, view = redraw(ctx, run_ids, CompareView(), *OPTIONS)
+    assert len(figure.data) == 1 and channel == ""
+    assert verdict == figure_6 == depth == costs == gr.update(visible=False)
+    assert all(is_skip(value) for value in tick(ctx, view, *OPTIONS))
     log(ctx.store, run_ids[1], [10])
     log(ctx.store, run_ids[1], [10], split="test")
-    figure, *_, view = tick(ctx, *OPTIONS, view)
-    assert len(figure.data) == 3
-    assert all(is_skip(value) for value in tick(ctx, *OPTIONS, view))
+    figure = live(tick(ctx, view, *OPTIONS))["curves-plot"]
+    assert len(figure["data"]) == 3 and figure["layout"]["uirevision"] == view.revision
+    assert all(is_skip(value) for value in tick(ctx, view, *OPTIONS))
+
+
+def test_smoothing_goes_to_the_chart_in_place_and_a_new_selection_draws_a_new_chart(ctx):
+    run_ids = twin(ctx)
+    ctx.store.append_metrics(run_ids[0], [{"iteration": i, "split": "train", "name": "error", "value": v}
+                                          for i, v in ((1, 10.0), (2, 20.0))])
+    *_, view = redraw(ctx, run_ids, CompareView(), *OPTIONS)
+    figure = live(redraw(ctx, run_ids, view, "error", "iterations", 0.5, EMA, False))["curves-plot"]
+    assert figure["data"][0]["y"] == pytest.approx([10.0, 16.6667], abs=1e-3)
+    figure = live(redraw(ctx, run_ids, view, "error", "iterations", 0.5, RUNNING_MEAN, False))["curves-plot"]
+    assert figure["data"][0]["y"] == [10.0, 15.0]
+    redrawn = redraw(ctx, run_ids[:1], view, "error", "iterations", 0.5, EMA, False)
+    assert redrawn[0].layout.uirevision != figure["layout"]["uirevision"] and redrawn[5] == ""
 
 
 def test_redraw_skips_when_selection_and_options_are_unchanged(ctx):
     run_ids = twin(ctx)
     log(ctx.store, run_ids[0], [10])
-    *_, view = redraw(ctx, run_ids, *OPTIONS, CompareView())
-    assert all(is_skip(value) for value in redraw(ctx, run_ids, *OPTIONS, view))
-    figure, *_ = redraw(ctx, run_ids, "loss", "epochs", 0.0, True, view)
+    *_, view = redraw(ctx, run_ids, CompareView(), *OPTIONS)
+    assert all(is_skip(value) for value in redraw(ctx, run_ids, view, *OPTIONS))
+    figure, *_ = redraw(ctx, run_ids, view, "loss", "epochs", 0.0, EMA, True)
     assert figure.layout.yaxis.type == "log" and figure.layout.xaxis.title.text == "epochs"
 
 
@@ -77,7 +112,7 @@ def log_error(store, run_id: int, iterations, value: float, split: str = "train"
 def test_a_ladder_group_shows_the_verdict_figure6_and_error_against_depth(ctx):
     runs = ladder(ctx)
     assert pick_group(ctx, "L") == sorted(runs.values())
-    curves, verdict, figure_6, depth, view = redraw(ctx, sorted(runs.values()), *OPTIONS, CompareView())
+    curves, verdict, figure_6, depth, _, _, view = redraw(ctx, sorted(runs.values()), CompareView(), *OPTIONS)
     assert len(curves.data) == 0
     assert verdict["visible"] is True and "Not enough data yet" in verdict["value"]
     assert figure_6["visible"] is True and depth["visible"] is True
@@ -87,27 +122,83 @@ def test_a_ladder_group_shows_the_verdict_figure6_and_error_against_depth(ctx):
     for name, error in (("plain20", 30.0), ("plain56", 45.0), ("resnet20", 25.0), ("resnet56", 20.0)):
         log_error(ctx.store, runs[name], range(10, 101, 10), error)
         log_error(ctx.store, runs[name], [50, 100], error + 5, split="test")
-    _, verdict, figure_6, depth, view = tick(ctx, *OPTIONS, view)
-    assert verdict["value"].startswith("**Degradation observed.**")
-    assert "plain56" in verdict["value"] and "no deeper residual net trains worse" in verdict["value"]
-    axes = {trace.name: trace.xaxis for trace in figure_6["value"].data}
+    outputs = tick(ctx, view, *OPTIONS)
+    verdict, figures = outputs[1], live(outputs)
+    assert verdict.startswith("**Not enough evidence.**") and "Welch's t-test needs at least two" in verdict
+    assert "plain56" in verdict and "no deeper residual net trains worse" in verdict
+    axes = {trace["name"]: trace.get("xaxis", "x") for trace in figures["compare-figure6"]["data"]}
     assert axes["plain56 train (45.0%)"] == "x" and axes["resnet56 test (25.0%)"] == "x2"
-    finals = {trace.name: list(trace.y) for trace in depth["value"].data}
+    finals = {trace["name"]: trace["y"] for trace in figures["depth-plot"]["data"]}
     assert finals["plain train"] == [30.0, 45.0] and finals["ResNet test"] == [30.0, 25.0]
-    assert all(is_skip(value) for value in tick(ctx, *OPTIONS, view))
+    assert all(is_skip(value) for value in tick(ctx, view, *OPTIONS))
+
+
+def test_a_ladder_over_three_seeds_draws_seed_bands_and_tests_the_verdict_over_seeds(ctx):
+    nets = {"plain20": (20, "none", 30.0), "plain56": (56, "none", 45.0), "resnet20": (20, "A", 25.0),
+            "resnet56": (56, "A", 20.0)}
+    run_ids = []
+    for name, (depth, shortcut, error) in nets.items():
+        for seed in range(3):
+            spec = RunSpec(net=NetSpec(depth=depth, shortcut=shortcut), train=TrainSpec(seed=seed))
+            run_id = ctx.store.create_run(spec, name=f"{name} seed {seed}", group_name="S", group_kind="ladder",
+                                          preset=name)
+            log_error(ctx.store, run_id, range(10, 101, 10), error + seed)
+            run_ids.append(run_id)
+    curves, verdict, *_ = redraw(ctx, run_ids, CompareView(), *OPTIONS)
+    assert verdict["value"].startswith("**Degradation observed.**")
+    assert "Welch's t-test over seeds" in verdict["value"]
+    assert "plain56 46.0 ± 1.0% (n=3), best 45.0%" in verdict["value"]
+    legend = [trace.name for trace in curves.data if trace.showlegend is not False]
+    assert legend[0] == "plain20 [3 seeds] train n=3, final 31.00 ± 1.00%" and len(legend) == 4
+    assert sum(trace.fill == "toself" for trace in curves.data) == 4
+    *_, view = redraw(ctx, run_ids, CompareView(), *OPTIONS)
+    each = live(tick(ctx, view, "error", "iterations", 0.0, EMA, False, NO_BAND))["curves-plot"]
+    assert len(each["data"]) == 12
 
 
 def test_ladder_outputs_follow_new_error_rows_while_loss_is_on_screen(ctx):
     runs = ladder(ctx)
-    *_, view = redraw(ctx, sorted(runs.values()), "loss", "iterations", 0.0, False, CompareView())
+    *_, view = redraw(ctx, sorted(runs.values()), CompareView(), "loss", "iterations", 0.0, EMA, False)
     for name, error in (("plain20", 30.0), ("plain56", 25.0)):
         log_error(ctx.store, runs[name], range(10, 101, 10), error)
-    curves, verdict, figure_6, _, view = tick(ctx, "loss", "iterations", 0.0, False, view)
-    assert is_skip(curves)
-    assert verdict["value"].startswith("**No degradation observed.**") and len(figure_6["value"].data) == 2
+    outputs = tick(ctx, view, "loss", "iterations", 0.0, EMA, False)
+    figures = live(outputs)
+    assert "curves-plot" not in figures
+    assert outputs[1].startswith("**No degradation observed.**") and len(figures["compare-figure6"]["data"]) == 2
 
 
 def test_paper_stars_only_for_a_cifar10_ladder(ctx):
     runs = ladder(ctx, data=DataSpec())
-    *_, depth, _ = redraw(ctx, sorted(runs.values()), *OPTIONS, CompareView())
+    *_, depth, _, _, _ = redraw(ctx, sorted(runs.values()), CompareView(), *OPTIONS)
     assert depth["visible"] is True and not [trace for trace in depth["value"].data if "He et al." in trace.name]
+
+
+def test_tensorboard_export_of_the_curves_on_screen_is_a_zip_with_a_folder_per_run(ctx):
+    run_ids = twin(ctx)
+    log(ctx.store, run_ids[0], [10, 20])
+    *_, view = redraw(ctx, run_ids, CompareView(), *OPTIONS)
+    message, button = export_curves(ctx, "loss", "tensorboard", view)
+    with zipfile.ZipFile(button.value["path"]) as archive:
+        folders = {name.split("/")[0] for name in archive.namelist() if "tfevents" in name}
+    assert folders == {f"run{run_ids[0]}-plain20", f"run{run_ids[1]}-resnet20"} and "Ready" in message
+    message, button = export_curves(ctx, "loss", "csv", CompareView())
+    assert "pick runs" in message and button["visible"] is False
+
+
+def test_an_architectures_group_shows_error_against_parameters_and_multiply_adds(ctx):
+    nets = {name: get_preset(name).spec for name in ("resnet20", "densenet-40", "wrn-16-4")}
+    runs = {name: ctx.store.create_run(RunSpec(net=net, data=CIFAR10), name=f"{name} (A)", group_name="A",
+                                       group_kind="architectures", preset=name)
+            for name, net in nets.items()}
+    curves, verdict, figure_6, depth, costs, _, view = redraw(ctx, sorted(runs.values()), CompareView(), *OPTIONS)
+    assert costs["visible"] is True and not verdict["visible"] and not depth["visible"]
+    stars = [trace for trace in costs["value"].data if trace.marker.symbol == "star"]
+    assert sorted(zip(stars[0].x, stars[0].y, strict=True)) == [(269_722, 8.75), (1_019_722, 5.24), (2_748_890, 5.02)]
+    assert sorted(stars[1].x) == [40_551_040, 264_812_928, 392_612_352]
+    for name, error in (("resnet20", 12.0), ("densenet-40", 10.0), ("wrn-16-4", 11.0)):
+        log_error(ctx.store, runs[name], [50, 100], error, split="test")
+    costs = tick(ctx, view, *OPTIONS)[4]
+    tested = [trace for trace in costs["value"].data if trace.name == "runs, test error"]
+    assert sorted(zip(tested[1].x, tested[1].y, strict=True)) == [
+        (40_551_040, 12.0), (264_812_928, 10.0), (392_612_352, 11.0)]
+    assert sorted(tested[0].y) == [10.0, 11.0, 12.0]

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 from workbench.errors import WorkbenchError
 from workbench.presets import list_presets, load_preset
-from workbench.spec import NetSpec, parse_spec
+from workbench.spec import NETWORK_SPEC_TYPES, NetSpec, parse_net
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from workbench.models import ResNet
+    from workbench.models import Network
 
 __all__ = [
     "NetSpec",
@@ -32,34 +32,34 @@ __all__ = [
 
 
 def resolve_spec(net: str | dict | NetSpec, home: Path | None = None) -> NetSpec:
-    """A NetSpec from a preset name, a spec mapping, or a NetSpec."""
-    if isinstance(net, NetSpec):
+    """A network spec of any family from a preset name, a spec mapping (without `kind`: a resnet), or a spec."""
+    if isinstance(net, NETWORK_SPEC_TYPES):
         return net
     if isinstance(net, dict):
-        return parse_spec(NetSpec, net)
+        return parse_net(net)
     if isinstance(net, str):
         return load_preset(net, home)
-    raise TypeError(f"expected a preset name, a spec dict or a NetSpec, got {type(net).__name__}")
+    raise TypeError(f"expected a preset name, a spec dict or a network spec, got {type(net).__name__}")
 
 
-def build_model(net: str | dict | NetSpec, home: Path | None = None) -> ResNet:
-    """Build the network for a preset name, a spec mapping or a NetSpec."""
-    from workbench.models import ResNet
+def build_model(net: str | dict | NetSpec, home: Path | None = None) -> Network:
+    """Build the network for a preset name, a spec mapping or a spec of any family."""
+    from workbench.models import build_network
 
-    return ResNet(resolve_spec(net, home))
+    return build_network(resolve_spec(net, home))
 
 
 def summarize(net: str | dict | NetSpec | nn.Module, input_size: int | None = None, batch_size: int = 128) -> dict:
     """Parameters, multiply-adds, depth and more for a preset, spec or built model (a spec is laid out on the
     meta device, so nothing is allocated)."""
-    from workbench.models import ResNet
+    from workbench.models import Network
     from workbench.models import summarize as summarize_model
 
-    model = net if isinstance(net, ResNet) else layout_model(net)
+    model = net if isinstance(net, Network) else layout_model(net)
     return summarize_model(model, input_size=input_size, batch_size=batch_size)
 
 
-def layout_model(net: str | dict | NetSpec, home: Path | None = None) -> ResNet:
+def layout_model(net: str | dict | NetSpec, home: Path | None = None) -> Network:
     """The network on PyTorch's meta device: every shape and count, without allocating a single weight."""
     import torch
 

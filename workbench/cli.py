@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from workbench.errors import WorkbenchError
 from workbench.paths import home_dir
 from workbench.presets import get_preset, list_presets
 from workbench.service.forms import field_choices, field_default, field_help, parse_classes
-from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
+from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_net, parse_spec
 from workbench.threads import cli_threads, use_threads
 
 
@@ -29,8 +30,8 @@ def _spec_from_arg(value: str) -> NetSpec:
             raise WorkbenchError(f"spec file {path} does not exist")
         data = yaml.safe_load(path.read_text())
         if not isinstance(data, dict):
-            raise WorkbenchError(f"spec file {path} must hold a mapping of NetSpec fields")
-        return parse_spec(NetSpec, data.get("spec", data))
+            raise WorkbenchError(f"spec file {path} must hold a mapping of network spec fields")
+        return parse_net(data.get("spec", data))
     return build_model(value).spec
 
 
@@ -48,6 +49,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
     for preset in presets:
         spec = preset.spec
         ref = f"{preset.reference_error:.2f}%" if preset.reference_error is not None else "-"
+        if not isinstance(spec, NetSpec):
+            print(f"{preset.name:<{width}}  {spec.family:<8} {spec.kind:<11} depth {spec.depth:<5} "
+                  f"{spec.outline().removeprefix(f'{spec.family}, ')}, paper error {ref}")
+            continue
         print(f"{preset.name:<{width}}  {spec.family:<8} {spec.unit:<10} depth {spec.depth:<5} "
               f"shortcut {spec.shortcut:<4} {spec.placement:<16} paper error {ref}")
     return 0
@@ -59,7 +64,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{summary['name']}: {spec.family} {spec.unit}, placement {spec.placement}, shortcut {spec.shortcut}")
+    if isinstance(spec, NetSpec):
+        print(f"{summary['name']}: {spec.family} {spec.unit}, placement {spec.placement}, shortcut {spec.shortcut}")
+    else:
+        print(f"{summary['name']}: {spec.description()}")
     print(f"  parameters       {_format_int(summary['params'])} ({_format_int(summary['trainable_params'])} trainable)")
     size = summary["input_size"]
     print(f"  multiply-adds    {_format_int(summary['macs'])} per {size}x{size} image")
@@ -88,9 +96,8 @@ def _service(args: argparse.Namespace):
     return Workbench(store, executor, args.data_root or None)
 
 
-def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
-    """The RunSpec and preset name that `train` and `submit` options describe."""
-    preset = get_preset(args.preset, args.home)
+def data_and_train_from_args(args: argparse.Namespace) -> tuple[DataSpec, TrainSpec]:
+    """The DataSpec and TrainSpec that the run options describe."""
     data = parse_spec(DataSpec, {
         key: value for key, value in {
             "name": args.dataset, "path": args.data_dir, "download": args.download,
@@ -107,6 +114,13 @@ def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
             "grad_norm_every": args.grad_norm_every,
         }.items() if value is not None
     })
+    return data, train
+
+
+def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
+    """The RunSpec and preset name that `train` and `submit` options describe."""
+    preset = get_preset(args.preset, args.home)
+    data, train = data_and_train_from_args(args)
     transfer = {
         key: value for key, value in {
             "init_from": args.init_from, "finetune": args.finetune, "finetune_stages": args.finetune_stages,
@@ -119,13 +133,15 @@ def run_spec_from_args(args: argparse.Namespace) -> tuple[RunSpec, str]:
 
 
 def _submit_from_args(args: argparse.Namespace):
-    """Queue the run that `train`/`submit` options describe; returns (service, run id)."""
-    from workbench.service.plans import PlannedRun
+    """Queue the run (or its `--seeds` repeats, as a seed group) that `train`/`submit` options describe; returns
+    (service, run ids)."""
+    from workbench.service.plans import SEEDS, PlannedRun, with_seeds
 
     spec, preset = run_spec_from_args(args)
     service = _service(args)
-    [run_id] = service.submit([PlannedRun(args.name or f"{preset} on {spec.data.name}", spec, preset)])
-    return service, run_id
+    plan = [PlannedRun(args.name or f"{preset} on {spec.data.name}", spec, preset)]
+    group = service.group_name(SEEDS, preset, spec.data) if args.seeds > 1 else None
+    return service, service.submit(with_seeds(plan, args.seeds, group=group))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -133,30 +149,57 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from workbench.jobs.worker import default_worker_id, execute_run
 
-    service, run_id = _submit_from_args(args)
+    service, run_ids = _submit_from_args(args)
     store = service.store
-    print(f"run {run_id}", flush=True)
-    worker_id = default_worker_id()
-    store.claim_run(run_id, worker_id)
-    with tqdm(total=None, unit="it", dynamic_ncols=True) as bar:
-        def show(state: dict) -> None:
-            bar.total = state.get("total_iterations", bar.total)
-            bar.n = state.get("iteration", bar.n)
-            shown = {k: f"{state[k]:.2f}" for k in ("train_error", "test_error") if state.get(k) is not None}
-            bar.set_postfix(shown, refresh=True)
+    failed = 0
+    for run_id in run_ids:
+        print(f"run {run_id}", flush=True)
+        worker_id = default_worker_id()
+        store.claim_run(run_id, worker_id)
+        with tqdm(total=None, unit="it", dynamic_ncols=True) as bar:
+            def show(state: dict, bar=bar) -> None:
+                bar.total = state.get("total_iterations", bar.total)
+                bar.n = state.get("iteration", bar.n)
+                shown = {k: f"{state[k]:.2f}" for k in ("train_error", "test_error") if state.get(k) is not None}
+                bar.set_postfix(shown, refresh=True)
 
-        status = execute_run(store, run_id, worker_id, allowed_roots=args.data_root or None, on_progress=show)
-    run = store.get_run(run_id)
-    best = f"{run.best_test_error:.2f}%" if run.best_test_error is not None else "-"
-    print(f"run {run_id} {status}; best test error {best}")
-    if run.error_message and status != "completed":
-        print(f"error: {run.error_message}", file=sys.stderr)
-    return 0 if status == "completed" else 1
+            status = execute_run(store, run_id, worker_id, allowed_roots=args.data_root or None, on_progress=show)
+        run = store.get_run(run_id)
+        best = f"{run.best_test_error:.2f}%" if run.best_test_error is not None else "-"
+        print(f"run {run_id} {status}; best test error {best}")
+        if run.error_message and status != "completed":
+            print(f"error: {run.error_message}", file=sys.stderr)
+        failed += status != "completed"
+    return 1 if failed else 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    _, run_id = _submit_from_args(args)
-    print(run_id)
+    _, run_ids = _submit_from_args(args)
+    print(" ".join(map(str, run_ids)))
+    return 0
+
+
+def cmd_compare_architectures(args: argparse.Namespace) -> int:
+    from workbench.service.plans import ARCHITECTURES, plan_architectures, with_seeds
+
+    data, train = data_and_train_from_args(args)
+    service = _service(args)
+    group = args.group or service.group_name(ARCHITECTURES, " vs ".join(args.preset), data)
+    plan = with_seeds(plan_architectures(args.preset, data, train, group=group, home=args.home), args.seeds)
+    run_ids = service.submit(plan)
+    print(f"group {group}")
+    for run_id, run in zip(run_ids, plan, strict=True):
+        print(f"{run_id} {run.name}")
+    return 0
+
+
+def cmd_architectures_report(args: argparse.Namespace) -> int:
+    from workbench.service.architectures_report import architectures_report
+
+    command = shlex.join(["python", "-m", "workbench", "architectures-report", "--group", args.group,
+                          "--docs", str(args.docs)])
+    path = architectures_report(_open_store(args), args.group, args.docs, command)
+    print(f"wrote {path}")
     return 0
 
 
@@ -256,6 +299,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics(args: argparse.Namespace) -> int:
+    fmt, target = ("csv", args.csv) if args.csv else ("tensorboard", args.tensorboard)
+    print(_service(args).export_curves(args.runs, fmt, target, args.metric))
+    return 0
+
+
 def cmd_lesion(args: argparse.Namespace) -> int:
     from workbench.jobs.analyses import LESION
 
@@ -274,6 +323,23 @@ def cmd_lesion(args: argparse.Namespace) -> int:
     print(f"run {args.run}: lesion study stored as analysis {analysis.id}; intact error "
           f"{result['baseline_error']:.2f}% on {result['images']} images; worst single deletion: unit "
           f"{worst['unit']} ({worst['error']:.2f}%)")
+    return 0
+
+
+def cmd_fractal_columns(args: argparse.Namespace) -> int:
+    from workbench.jobs.analyses import FRACTAL_COLUMNS
+
+    service = _service(args)
+    params = {"limit_images": args.limit_images, "checkpoint": args.checkpoint, "device": args.device}
+    analysis = service.run_analysis(args.run, FRACTAL_COLUMNS, params)
+    if analysis.status != "completed":
+        print(f"error: per-column evaluation of run {args.run} {analysis.status}: {analysis.error_message}",
+              file=sys.stderr)
+        return 1
+    result = analysis.result
+    print(f"run {args.run} on {result['images']} test images: all columns joined {result['joined']:.2f}%")
+    for row in result["columns"]:
+        print(f"  column {row['column']} alone ({row['convs']} convs deep): {row['error']:.2f}%")
     return 0
 
 
@@ -330,6 +396,12 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, help="network preset (see `presets`)")
+def _add_run_options(parser: argparse.ArgumentParser, *, several_presets: bool = False) -> None:
+    if several_presets:
+        parser.add_argument("--preset", required=True, action="append",
+                            help="network preset of any family (see `presets`); give it once per network")
+    else:
+        parser.add_argument("--preset", required=True, help="network preset (see `presets`)")
     parser.add_argument("--dataset", default=field_default(DataSpec, "name"), choices=field_choices(DataSpec, "name"))
     parser.add_argument("--data-dir", default=None, help="archive or folder of the dataset")
     parser.add_argument("--download", action="store_true", default=None, help="download CIFAR when not found")
@@ -352,6 +424,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int, default=None, help=field_help(TrainSpec, "eval_every"))
     parser.add_argument("--grad-norm-every", type=int, default=None, help=field_help(TrainSpec, "grad_norm_every"))
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="repeat the run with N consecutive seeds from --seed, as one seed group")
+    if several_presets:
+        parser.add_argument("--group", default=None, help="group name (default from the presets and the data)")
+        return
     parser.add_argument("--name", default=None)
     parser.add_argument("--init-from", default=None, help="start from a bundle, checkpoint or state_dict file")
     parser.add_argument("--finetune", choices=field_choices(RunSpec, "finetune"), default=None)
@@ -428,6 +505,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(submit)
     submit.set_defaults(handler=cmd_submit)
 
+    architectures = commands.add_parser(
+        "compare-architectures",
+        help="queue several networks of any family on identical data, data order and seed, as one group")
+    _add_run_options(architectures, several_presets=True)
+    architectures.set_defaults(handler=cmd_compare_architectures)
+
+    report = commands.add_parser("architectures-report",
+                                 help="write a finished architectures group's comparison (Markdown + figure)")
+    report.add_argument("--group", required=True)
+    report.add_argument("--docs", type=Path, default=Path("docs") / "architectures")
+    report.set_defaults(handler=cmd_architectures_report)
+
     worker = commands.add_parser("worker", help="a worker process that trains queued runs")
     worker.add_argument("--worker-id", default=None)
     worker.add_argument("--exit-when-idle", action="store_true")
@@ -470,6 +559,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", type=Path, required=True)
     export.set_defaults(handler=cmd_export)
 
+    metrics = commands.add_parser("metrics", help="write runs' stored curves as a long CSV or TensorBoard event files")
+    metrics.add_argument("runs", type=int, nargs="+", metavar="RUN")
+    target = metrics.add_mutually_exclusive_group(required=True)
+    target.add_argument("--csv", type=Path, metavar="FILE",
+                        help="one row per value: run, run_name, metric, split, iteration, epoch, wall_time, value")
+    target.add_argument("--tensorboard", type=Path, metavar="DIR", help="event files, one folder per run")
+    metrics.add_argument("--metric", action="append", default=None,
+                         help="only this metric (repeatable; default all: error, loss, lr, images_per_s, ...)")
+    metrics.set_defaults(handler=cmd_metrics)
+
     resume = commands.add_parser("resume", help="queue an interrupted, cancelled or failed run again")
     resume.add_argument("run", type=int)
     _add_stale_option(resume)
@@ -484,6 +583,13 @@ def build_parser() -> argparse.ArgumentParser:
     lesion.add_argument("--device", choices=field_choices(TrainSpec, "device"), default="auto")
     lesion.add_argument("--queue", action="store_true", help="leave it to the workers instead of running it here")
     lesion.set_defaults(handler=cmd_lesion)
+    columns = commands.add_parser(
+        "fractal-columns", help="test error of a trained FractalNet per column and joined (Larsson et al. 2016)")
+    columns.add_argument("run", type=int)
+    columns.add_argument("--limit-images", type=int, default=None, help="use a seeded subset of the test split")
+    columns.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    columns.add_argument("--device", choices=field_choices(TrainSpec, "device"), default="auto")
+    columns.set_defaults(handler=cmd_fractal_columns)
     analyses = commands.add_parser("analyses", help="list analysis jobs (lesion studies, gradient profiles)")
     analyses.add_argument("--run", type=int, default=None, help="only this run's")
     analyses.add_argument("--status", default=None)

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from workbench.errors import PresetNotFound, SpecError
-from workbench.spec import NetSpec, parse_spec
+from workbench.spec import NetSpec, parse_net
 
 BUILTIN_PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 USER_PRESETS_FILE = "presets.yaml"
@@ -23,7 +23,7 @@ class Preset:
     """A named network with where it comes from and the error the paper reports for it."""
 
     name: str
-    spec: NetSpec
+    spec: NetSpec  # or the spec of another family (DenseNetSpec, ...)
     source: str
     reference_error: float | None
     builtin: bool
@@ -45,7 +45,7 @@ def _read_presets(path: Path, builtin: bool) -> list[Preset]:
         if not isinstance(entry, dict) or "spec" not in entry:
             raise SpecError(f"preset {name!r} in {path} needs a 'spec' mapping")
         try:
-            spec = parse_spec(NetSpec, {**entry["spec"], "name": name})
+            spec = parse_net({**entry["spec"], "name": name})
         except SpecError as exc:
             raise SpecError(f"preset {name!r} in {path}: {exc}") from None
         presets.append(Preset(name, spec, entry.get("source", ""), entry.get("reference_error"), builtin))
@@ -86,7 +86,7 @@ def get_preset(name: str, home: Path | None = None) -> Preset:
 
 
 def load_preset(name: str, home: Path | None = None) -> NetSpec:
-    """The NetSpec of a named preset."""
+    """The network spec (of any family) of a named preset."""
     return get_preset(name, home).spec
 
 

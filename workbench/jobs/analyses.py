@@ -21,8 +21,9 @@ from storage.status import CANCELLED, COMPLETED, FAILED
 from workbench.data import eval_batches, load_dataset
 from workbench.errors import IllegalTransition, WorkbenchError
 from workbench.paths import RunFolder
+from workbench.science.fractal import check_fractal, column_errors
 from workbench.science.gradient_flow import initial_gradient_profile
-from workbench.science.lesion import DEFAULT_DRAWS, DEFAULT_MAX_K, lesion_study, lesion_supported, limit_test_split
+from workbench.science.lesion import DEFAULT_DRAWS, DEFAULT_MAX_K, check_lesionable, lesion_study, limit_test_split
 from workbench.spec import RunSpec
 from workbench.training.loop import adapt_net_to_data, resolve_channels_last, resolve_device, resolve_precision
 from workbench.weights.loader import load_model_file, run_spec_of
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 LESION = "lesion"
 GRADIENT_PROFILE = "gradient_profile"
+FRACTAL_COLUMNS = "fractal_columns"
 HEARTBEAT_INTERVAL_S = 1.0
 
 Report = Callable[[float], None]
@@ -55,7 +57,7 @@ def run_lesion(
         raise WorkbenchError(f"run {run.id} has no checkpoint yet; train it (or let it reach its first evaluation) "
                              "first")
     model = load_model_file(path)
-    lesion_supported(model)
+    check_lesionable(model)
     spec = run_spec_of(model)
     dataset = load_dataset(spec.data, home=store.home, allowed_roots=allowed_roots)
     images, labels = limit_test_split(dataset.test_images, dataset.test_labels, options["limit_images"],
@@ -80,6 +82,27 @@ def run_lesion(
     return result
 
 
+def run_fractal_columns(
+    store: RunStore, run: RunRecord, params: dict[str, Any], report: Report, allowed_roots: list[Path] | None,
+) -> dict[str, Any]:
+    """Test error of a trained FractalNet with all columns joined and with each column alone."""
+    options = {"checkpoint": "best", "limit_images": None, "seed": 0, "device": "auto", **params}
+    path = RunFolder.of(store.home, run.id).existing_checkpoint(options["checkpoint"])
+    if path is None:
+        raise WorkbenchError(f"run {run.id} has no checkpoint yet; train it (or let it reach its first evaluation) "
+                             "first")
+    model = load_model_file(path)
+    check_fractal(model)
+    spec = run_spec_of(model)
+    dataset = load_dataset(spec.data, home=store.home, allowed_roots=allowed_roots)
+    images, labels = limit_test_split(dataset.test_images, dataset.test_labels, options["limit_images"],
+                                      options["seed"])
+    target = resolve_device(options["device"])
+    result = column_errors(model.to(target), images, labels, mean=model.metadata["mean"], std=model.metadata["std"],
+                           device=target, on_progress=report)
+    return {**result, "checkpoint": path.name}
+
+
 def run_gradient_profile(
     store: RunStore, run: RunRecord, params: dict[str, Any], report: Report, allowed_roots: list[Path] | None,
 ) -> dict[str, Any]:
@@ -100,6 +123,7 @@ def run_gradient_profile(
 ANALYSIS_KINDS: dict[str, Callable[..., dict[str, Any]]] = {
     LESION: run_lesion,
     GRADIENT_PROFILE: run_gradient_profile,
+    FRACTAL_COLUMNS: run_fractal_columns,
 }
 
 

@@ -29,6 +29,7 @@ from storage.status import CANCELLED, COMPLETED, FAILED, INTERRUPTED
 from storage.store import DEFAULT_STALE_AFTER_S
 from workbench.errors import IllegalTransition, RunNotFound, WorkbenchError
 from workbench.jobs.analyses import execute_analysis
+from workbench.jobs.system_metrics import SAMPLE_EVERY_S, SystemSampler
 from workbench.paths import RunFolder
 from workbench.spec import RunSpec
 from workbench.training import FitResult, fit
@@ -106,6 +107,8 @@ class StoreSink:
         self._failures = _QuietRepeats(logger)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat_loop, name=f"heartbeat-{run_id}", daemon=True)
+        self._system = SystemSampler()
+        self._next_sample = time.monotonic()
 
     def start(self) -> StoreSink:
         self._thread.start()
@@ -176,8 +179,18 @@ class StoreSink:
         while not self._closed.wait(self.heartbeat_s):
             try:
                 self._beat()
+                self._sample_system()
             except Exception as exc:
                 self._failures.failed(f"heartbeat for run {self.run_id} failed", exc)
+
+    def _sample_system(self) -> None:
+        """Every SAMPLE_EVERY_S, once training reports progress: CPU, memory and GPU metrics at its iteration."""
+        with self._lock:
+            iteration, epoch = self._progress.get("iteration"), self._progress.get("epoch")
+        if iteration is None or self.lost or time.monotonic() < self._next_sample:
+            return
+        self._next_sample = time.monotonic() + SAMPLE_EVERY_S
+        self.metrics(self._system.rows(iteration, epoch))
 
     @property
     def lost(self) -> bool:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from workbench.models.resnet import ResNet
+from workbench.models.network import Network
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -17,7 +15,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
-def _trace_shapes(model: ResNet, input_size: int) -> tuple[int, dict[str, tuple[int, ...]], int]:
+def _trace_shapes(model: Network, input_size: int) -> tuple[int, dict[str, tuple[int, ...]], int]:
     """One forward pass of a single image with hooks: multiply-adds, stage output shapes, activation elements."""
     macs = 0
     activations = 0
@@ -33,10 +31,10 @@ def _trace_shapes(model: ResNet, input_size: int) -> tuple[int, dict[str, tuple[
         activations += output.numel()
 
     handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
-    for index, stage in enumerate(model.stages):
+    for stage_name, stage in model.named_stages():
         handles.append(
             stage.register_forward_hook(
-                lambda _m, _i, out, name=f"layer{index + 1}": stage_shapes.__setitem__(name, tuple(out.shape[1:]))
+                lambda _m, _i, out, name=stage_name: stage_shapes.__setitem__(name, tuple(out.shape[1:]))
             )
         )
     was_training = model.training
@@ -52,57 +50,52 @@ def _trace_shapes(model: ResNet, input_size: int) -> tuple[int, dict[str, tuple[
     return macs, stage_shapes, activations
 
 
-def weighted_depth(model: ResNet) -> int:
-    """Conv and linear layers on the longest path: the stem, every branch conv, the classifier."""
-    depth = 0
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d | nn.Linear) and ".downsample" not in name:
-            depth += 1
-    return depth
+def weighted_depth(model: Network) -> int:
+    """Conv and linear layers on the longest path: for a ResNet the stem, every branch conv, the classifier."""
+    return model.weighted_depth()
 
 
-def path_length_distribution(model: ResNet) -> list[float]:
-    """P(a path through the residual units crosses k residual branches), k = 0..n.
+def path_length_distribution(model: Network) -> list[float]:
+    """P(a path through the network crosses k units), k = 0..n.
 
     Each residual unit offers two routes (branch or shortcut), so the lengths are Binomial(n, 1/2)
-    (Veit et al. 2016). A plain net has a single path through all n units.
+    (Veit et al. 2016); a plain net has a single path through all n units. A dense block's paths
+    cross any subset of its layers (Binomial over dense layers); a FractalNet's k counts convs.
     """
-    n = len(model.units())
-    if model.spec.shortcut == "none":
-        return [0.0] * n + [1.0]
-    return [math.comb(n, k) / 2**n for k in range(n + 1)]
+    return model.path_lengths()
 
 
-def summarize(model: ResNet, input_size: int | None = None, batch_size: int = 128) -> dict:
+def summarize(model: Network, input_size: int | None = None, batch_size: int = 128) -> dict:
     """Parameters, multiply-adds per image, weighted depth, per-stage table, memory and path lengths."""
     size = input_size or model.spec.input_size
     total, trainable = count_parameters(model)
     macs, stage_shapes, activations = _trace_shapes(model, size)
     stages = []
-    for index, (stage, blocks) in enumerate(zip(model.stages, model.spec.blocks, strict=True)):
-        name = f"layer{index + 1}"
+    for (name, stage), units in zip(model.named_stages(), model.stage_units(), strict=True):
         stages.append(
             {
                 "stage": name,
-                "units": blocks,
+                "units": len(units),
                 "output_shape": list(stage_shapes[name]),
                 "params": sum(p.numel() for p in stage.parameters()),
             }
         )
-    paths = path_length_distribution(model)
-    expected_depth = sum(1.0 - unit.drop_prob for unit in model.units()) if model.spec.shortcut != "none" else None
+    units = model.units()
+    residual = getattr(model.spec, "residual", True)
+    expected_depth = sum(1.0 - getattr(unit, "drop_prob", 0.0) for unit in units) if residual else None
     return {
         "name": model.spec.name,
+        "kind": getattr(model.spec, "kind", "resnet"),
         "params": total,
         "trainable_params": trainable,
         "macs": macs,
         "depth": weighted_depth(model),
-        "units": len(model.units()),
+        "units": len(units),
         "input_size": size,
         "stages": stages,
         # fp32 activations kept for backward, a rough upper bound for training memory.
         "activation_bytes": activations * 4 * batch_size,
         "activation_batch_size": batch_size,
-        "path_lengths": paths,
+        "path_lengths": path_length_distribution(model),
         "expected_units": expected_depth,
     }

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -40,8 +40,11 @@ class PadShortcut(nn.Module):
         return f"stride={self.stride}, pad=({self.pad_front}, {self.pad_back})"
 
 
-def _unit_recipe(placement: str, convs: int) -> tuple[list[str], list[str]]:
-    """Op names before and after the addition for a unit with `convs` convolutions."""
+def _unit_recipe(placement: str, convs: int, dropout: bool = False) -> tuple[list[str], list[str]]:
+    """Op names before and after the addition for a unit with `convs` convolutions.
+
+    With `dropout`, a dropout op goes right before the last convolution (Zagoruyko & Komodakis 2016).
+    """
     before: list[str] = []
     after: list[str] = []
     for i in range(1, convs + 1):
@@ -58,6 +61,8 @@ def _unit_recipe(placement: str, convs: int) -> tuple[list[str], list[str]]:
             before += [f"bn{i}", "relu", f"conv{i}"]
         else:
             raise ValueError(f"unknown placement {placement!r}")
+    if dropout:
+        before.insert(before.index(f"conv{convs}"), "dropout")
     if placement == "post":
         after = ["relu"]
     elif placement == "bn_after_add":
@@ -77,12 +82,15 @@ class ResidualUnit(nn.Module):
         downsample: nn.Module | None,
         residual: bool,
         drop_prob: float,
+        dropout: float = 0.0,
     ) -> None:
         self.downsample = downsample
         self.placement = placement
         self.residual = residual
         self.drop_prob = drop_prob
-        self.ops_before_add, self.ops_after_add = _unit_recipe(placement, self.convs)
+        if dropout > 0:
+            self.dropout = nn.Dropout(dropout)
+        self.ops_before_add, self.ops_after_add = _unit_recipe(placement, self.convs, dropout=dropout > 0)
 
     def _bn_channels(self, conv_in: list[int], conv_out: list[int]) -> list[int]:
         return conv_in if self.placement == "full_preact" else conv_out
@@ -138,7 +146,7 @@ class ResidualUnit(nn.Module):
 
 
 class BasicBlock(ResidualUnit):
-    """Two 3x3 convolutions."""
+    """Two 3x3 convolutions; `dropout` between them makes it a wide ResNet unit."""
 
     expansion = 1
     convs = 2
@@ -154,9 +162,14 @@ class BasicBlock(ResidualUnit):
         residual: bool = True,
         drop_prob: float = 0.0,
         stride_on: str = "3x3",
+        groups: int = 1,
+        base_width: int = 64,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self._setup(placement, downsample, residual, drop_prob)
+        if groups != 1 or base_width != 64:
+            raise ValueError("basic units have no groups or bottleneck width; use bottleneck units")
+        self._setup(placement, downsample, residual, drop_prob, dropout)
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.conv2 = conv3x3(planes, planes)
         bn1, bn2 = self._bn_channels([inplanes, planes], [planes, planes])
@@ -165,7 +178,11 @@ class BasicBlock(ResidualUnit):
 
 
 class Bottleneck(ResidualUnit):
-    """1x1 reduce, 3x3, 1x1 expand (x4). `stride_on` puts the stride on the 3x3 (v1.5) or the first 1x1 (paper)."""
+    """1x1 reduce, 3x3, 1x1 expand (x4). `stride_on` puts the stride on the 3x3 (v1.5) or the first 1x1 (paper).
+
+    As in torchvision, the inner width is `planes * base_width / 64 * groups` and the 3x3 conv has
+    `groups` groups: ResNeXt's cardinality and bottleneck width, or a wide ResNet's doubled width.
+    """
 
     expansion = 4
     convs = 3
@@ -181,15 +198,19 @@ class Bottleneck(ResidualUnit):
         residual: bool = True,
         drop_prob: float = 0.0,
         stride_on: str = "3x3",
+        groups: int = 1,
+        base_width: int = 64,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self._setup(placement, downsample, residual, drop_prob)
+        self._setup(placement, downsample, residual, drop_prob, dropout)
         out_planes = planes * self.expansion
+        width = int(planes * (base_width / 64.0)) * groups
         stride_1x1, stride_3x3 = (1, stride) if stride_on == "3x3" else (stride, 1)
-        self.conv1 = conv1x1(inplanes, planes, stride_1x1)
-        self.conv2 = conv3x3(planes, planes, stride_3x3)
-        self.conv3 = conv1x1(planes, out_planes)
-        bn1, bn2, bn3 = self._bn_channels([inplanes, planes, planes], [planes, planes, out_planes])
+        self.conv1 = conv1x1(inplanes, width, stride_1x1)
+        self.conv2 = conv3x3(width, width, stride_3x3, groups)
+        self.conv3 = conv1x1(width, out_planes)
+        bn1, bn2, bn3 = self._bn_channels([inplanes, width, width], [width, width, out_planes])
         self.bn1 = nn.BatchNorm2d(bn1)
         self.bn2 = nn.BatchNorm2d(bn2)
         self.bn3 = nn.BatchNorm2d(bn3)

@@ -2,28 +2,44 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from workbench.models.blocks import UNIT_CLASSES, PadShortcut, ResidualUnit, conv1x1
+from workbench.models.network import Network
 from workbench.spec import NetSpec
 
 
-class ResNet(nn.Module):
+class ResNet(Network):
     """CIFAR- or ImageNet-style residual (or plain) network built from a NetSpec.
 
     ImageNet-family nets with post-activation units use torchvision's module names
     (`conv1`, `bn1`, `layer1..4`, `downsample`, `fc`), so their state_dicts are interchangeable.
+
+    Families that share this layout (wide ResNets, ResNeXt) pass their own spec with the residual
+    `layout` it describes, a `stem_width` when the stem is narrower than the first stage, and
+    `unit_options` for the units (`groups`, `base_width`, `dropout`).
     """
 
-    def __init__(self, spec: NetSpec) -> None:
+    def __init__(
+        self,
+        spec: Any,
+        *,
+        layout: NetSpec | None = None,
+        stem_width: int | None = None,
+        unit_options: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.spec = spec
+        self.layout = spec = layout if layout is not None else spec
+        self.unit_options = dict(unit_options or {})
         self.unit_class = UNIT_CLASSES[spec.unit]
         self._units_total = spec.units
         self._units_built = 0
         preact = spec.placement == "full_preact"
-        stem_width = spec.widths[0]
+        stem_width = stem_width or spec.widths[0]
         if spec.family == "imagenet":
             self.conv1 = nn.Conv2d(spec.in_channels, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
         else:
@@ -43,17 +59,28 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(self.inplanes, spec.num_classes)
         self._init_weights()
 
-    @property
-    def stages(self) -> list[nn.Sequential]:
-        return [getattr(self, f"layer{i + 1}") for i in range(len(self.spec.widths))]
+    def named_stages(self) -> list[tuple[str, nn.Module]]:
+        return [(f"layer{i + 1}", getattr(self, f"layer{i + 1}")) for i in range(len(self.layout.widths))]
 
     def units(self) -> list[ResidualUnit]:
         """Every unit, in forward order."""
         return [unit for stage in self.stages for unit in stage]
 
+    def after_stages(self) -> list[nn.Module]:
+        return [self.final_bn] if self.final_bn is not None else []
+
+    def weighted_depth(self) -> int:
+        return sum(1 for name, module in self.named_modules()
+                   if isinstance(module, nn.Conv2d | nn.Linear) and ".downsample" not in name)
+
+    def path_lengths(self) -> list[float]:
+        if self.layout.shortcut == "none":
+            return [0.0] * len(self.units()) + [1.0]
+        return super().path_lengths()
+
     def _shortcut(self, planes: int, stride: int) -> nn.Module | None:
         """The one place that decides which shortcut a unit gets."""
-        spec = self.spec
+        spec = self.layout
         out_planes = planes * self.unit_class.expansion
         shape_changes = stride != 1 or self.inplanes != out_planes
         if spec.shortcut == "none" or (spec.shortcut in ("A", "B") and not shape_changes):
@@ -66,7 +93,7 @@ class ResNet(nn.Module):
         return nn.Sequential(projection, nn.BatchNorm2d(out_planes))
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        spec = self.spec
+        spec = self.layout
         layers = []
         for block_index in range(blocks):
             unit_stride = stride if block_index == 0 else 1
@@ -82,6 +109,7 @@ class ResNet(nn.Module):
                     residual=spec.shortcut != "none",
                     drop_prob=drop_prob,
                     stride_on=spec.bottleneck_stride,
+                    **self.unit_options,
                 )
             )
             self.inplanes = planes * self.unit_class.expansion
@@ -94,7 +122,7 @@ class ResNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.constant_(module.weight, 1)
                 nn.init.constant_(module.bias, 0)
-        if self.spec.zero_init_residual:
+        if self.layout.zero_init_residual:
             for unit in self.units():
                 nn.init.constant_(unit.last_bn().weight, 0)
 
@@ -114,6 +142,3 @@ class ResNet(nn.Module):
         if self.final_relu:
             x = self.relu(x)
         return torch.flatten(self.avgpool(x), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.forward_features(x))

@@ -1,21 +1,23 @@
 """The degradation experiment (He et al. 2015, Sec. 4.2, Fig. 6): plain and residual twins across depths.
 
-`degradation_observed` reads the twins' training curves and says whether a deeper plain net trains
-worse than a shallower one (the ladder itself is planned by `workbench.service.plans`).
+`degradation_observed` reads the twins' training curves (several seeds per network where there are)
+and says whether a deeper plain net trains worse than a shallower one, with Welch's t-test over the
+seeds (the ladder itself is planned by `workbench.service.plans`).
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from operator import itemgetter
 from typing import Any
+
+import numpy as np
 
 from workbench.errors import PresetNotFound
 from workbench.presets import get_preset
-from workbench.spec import NetSpec
+from workbench.science.statistics import Summary, welch_t_test
+from workbench.spec import parse_net
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +27,8 @@ DEFAULT_TOLERANCE = 0.5
 
 @dataclass(frozen=True)
 class CurveRun:
-    """One run's training and test error curves, as (iteration, error %) points in iteration order."""
+    """One run's training and test error curves, as (iteration, error %) points in iteration order (sequences of
+    pairs, or (n, 2) arrays)."""
 
     name: str
     depth: int
@@ -48,9 +51,9 @@ class CurveRun:
 
 
 def net_depth_and_residual(spec: Mapping[str, Any]) -> tuple[int, bool]:
-    """(depth, has shortcuts) of a stored run spec (JSON)."""
-    net = NetSpec.model_validate(spec["net"])
-    return net.depth, net.shortcut != "none"
+    """(depth, has residual shortcuts) of a stored run spec (JSON) of any network family."""
+    net = parse_net(spec["net"])
+    return net.depth, net.residual
 
 
 def _field(row: Any, name: str) -> Any:
@@ -67,21 +70,28 @@ def metric_points(rows: Iterable[Any], split: str, name: str) -> list[tuple[int,
     return sorted(points)
 
 
-def smoothed_at(points: Sequence[tuple[int, float]], iteration: int, window: int) -> float | None:
+def smoothed_at(points: Sequence[tuple[int, float]] | np.ndarray, iteration: int, window: int) -> float | None:
     """Mean of the values logged in (iteration - window, iteration]; the latest one before that if none.
 
-    `points` are (iteration, value) pairs in iteration order.
+    `points` are (iteration, value) pairs in iteration order, or an (n, 2) array of them.
     """
-    end = bisect.bisect_right(points, iteration, key=itemgetter(0))
-    start = bisect.bisect_right(points, iteration - window, lo=0, hi=end, key=itemgetter(0))
+    table = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    end = int(np.searchsorted(table[:, 0], iteration, side="right"))
+    start = int(np.searchsorted(table[:end, 0], iteration - window, side="right"))
     if start < end:
-        return sum(value for _, value in points[start:end]) / (end - start)
-    return points[end - 1][1] if end else None
+        return float(table[start:end, 1].mean())
+    return float(table[end - 1, 1]) if end else None
 
 
 @dataclass
 class DegradationVerdict:
-    """Whether degradation shows, at which iteration, and the numbers behind the answer."""
+    """Whether degradation shows, at which iteration, and the numbers behind the answer.
+
+    `observed` is True when a deeper plain net trains worse across seeds (Welch's t-test at 5%),
+    False when no deeper plain net is above a shallower one by more than the tolerance, and None
+    when there is not enough data or not enough evidence (one seed, or seeds that overlap).
+    `train_errors` holds each network's mean over its seeds.
+    """
 
     observed: bool | None
     verdict: str
@@ -91,81 +101,121 @@ class DegradationVerdict:
     train_errors: dict[str, float] = field(default_factory=dict)
     degraded_pairs: list[dict[str, Any]] = field(default_factory=list)
     residual_pairs: list[dict[str, Any]] = field(default_factory=list)
+    seeds: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _compare_pairs(runs: list[CurveRun], errors: dict[str, float], tolerance: float) -> list[dict[str, Any]]:
-    """Every (shallower, deeper) pair whose deeper net's training error is higher by more than `tolerance`."""
+def _by_network(runs: list[CurveRun]) -> dict[str, list[CurveRun]]:
+    """Runs by network name: the runs of one network are its seeds."""
+    networks: dict[str, list[CurveRun]] = {}
+    for run in runs:
+        networks.setdefault(run.name, []).append(run)
+    return networks
+
+
+def _compare_pairs(networks: dict[str, list[CurveRun]], errors: dict[str, list[float]],
+                   tolerance: float) -> list[dict[str, Any]]:
+    """Every (shallower, deeper) pair whose deeper net's mean training error is higher by more than `tolerance`,
+    with Welch's t-test over their seeds (None with fewer than two seeds on a side)."""
     pairs = []
-    ordered = sorted(runs, key=lambda r: r.depth)
+    ordered = sorted(networks, key=lambda name: networks[name][0].depth)
     for i, shallow in enumerate(ordered):
         for deep in ordered[i + 1:]:
-            if deep.depth > shallow.depth and errors[deep.name] > errors[shallow.name] + tolerance:
+            low, high = Summary.of(errors[shallow]), Summary.of(errors[deep])
+            if networks[deep][0].depth > networks[shallow][0].depth and high.mean > low.mean + tolerance:
+                test = welch_t_test(errors[shallow], errors[deep])
                 pairs.append({
-                    "shallow": shallow.name, "deep": deep.name,
-                    "shallow_error": errors[shallow.name], "deep_error": errors[deep.name],
-                    "gap": errors[deep.name] - errors[shallow.name],
+                    "shallow": shallow, "deep": deep, "shallow_error": low.mean, "deep_error": high.mean,
+                    "gap": high.mean - low.mean, "seeds": (low.n, high.n),
+                    "t": test.t if test else None, "df": test.df if test else None, "p": test.p if test else None,
+                    "significant": bool(test and test.significant),
                 })
     return pairs
 
 
 def _smoothed_errors(
-    runs: list[CurveRun], curves: dict[str, list[tuple[int, float]]], window: int | None
-) -> tuple[int, int, dict[str, float]]:
-    """(last common iteration, window, smoothed training error per run) for runs compared together."""
-    common = min(curves[run.name][-1][0] for run in runs)
+    runs: list[CurveRun], curves: dict[int, np.ndarray], window: int | None
+) -> tuple[int, int, dict[str, list[float]]]:
+    """(last common iteration, window, smoothed training error of each seed per network) for runs compared together."""
+    common = int(min(curves[id(run)][-1, 0] for run in runs))
     window = window or max(1, common // 10)
-    errors = {}
+    errors: dict[str, list[float]] = {}
     for run in runs:
-        value = smoothed_at(curves[run.name], common, window)
+        value = smoothed_at(curves[id(run)], common, window)
         # A run whose first logged point comes after `common` is read at that first point.
-        errors[run.name] = value if value is not None else curves[run.name][0][1]
+        errors.setdefault(run.name, []).append(value if value is not None else float(curves[id(run)][0, 1]))
     return common, window, errors
+
+
+def _network_text(name: str, values: Sequence[float]) -> str:
+    """"plain56 35.0%", or with seeds "plain56 35.0 ± 0.4% (n=3), best 34.6%" (the paper's best and mean ± std)."""
+    stats = Summary.of(values)
+    if stats.n == 1:
+        return f"{name} {stats.mean:.1f}%"
+    return f"{name} {stats.mean:.1f} ± {stats.std:.1f}% (n={stats.n}), best {stats.minimum:.1f}%"
+
+
+def _table(networks: dict[str, list[CurveRun]], errors: dict[str, list[float]]) -> str:
+    return ", ".join(_network_text(name, errors[name]) for name in sorted(networks, key=lambda n: networks[n][0].depth))
+
+
+def _test_text(pair: dict[str, Any]) -> str:
+    if pair["p"] is None:
+        return f"{pair['seeds'][0]} and {pair['seeds'][1]} seed(s): Welch's t-test needs at least two on each side"
+    return f"Welch's t-test over seeds: t = {pair['t']:.2f}, df = {pair['df']:.1f}, p = {pair['p']:.3g}"
 
 
 def degradation_observed(
     runs: Sequence[CurveRun], *, tolerance: float = DEFAULT_TOLERANCE, window: int | None = None
 ) -> DegradationVerdict:
-    """Is a deeper plain net's training error higher than a shallower one's at the same iteration?
+    """Is a deeper plain net's training error higher than a shallower one's at the same iteration, across seeds?
 
-    Compares training error (%) smoothed over the trailing `window` iterations (default: a tenth
-    of the iterations compared) at the last iteration every plain run has reached. A gap above
-    `tolerance` percentage points counts. Residual runs are compared among themselves the same way
-    (at their own last common iteration) and reported alongside.
+    Runs with the same name are seeds of one network. Compares training error (%) smoothed over
+    the trailing `window` iterations (default: a tenth of the iterations compared) at the last
+    iteration every plain run has reached. A deeper net counts as training worse when its mean
+    is above the shallower one's by more than `tolerance` percentage points and Welch's t-test
+    over the seeds finds the difference at the 5% level; a gap without that (one seed, or
+    overlapping seeds) is "not enough evidence". Residual runs are compared among themselves the
+    same way (at their own last common iteration) and reported alongside.
     """
-    curves = {run.name: list(run.train) for run in runs}
-    plain = [run for run in runs if not run.residual and curves[run.name]]
-    residual = [run for run in runs if run.residual and curves[run.name]]
+    curves = {id(run): np.asarray(run.train, dtype=np.float64).reshape(-1, 2) for run in runs}
+    plain = [run for run in runs if not run.residual and len(curves[id(run)])]
+    residual = [run for run in runs if run.residual and len(curves[id(run)])]
     if len({run.depth for run in plain}) < 2:
         return DegradationVerdict(
             observed=None, verdict="not enough data",
             explanation="Degradation needs training curves of plain nets of at least two depths; "
                         f"{len(plain)} plain run(s) have logged training error so far.",
         )
+    networks = _by_network(plain)
     common, used_window, errors = _smoothed_errors(plain, curves, window)
-    degraded = _compare_pairs(plain, errors, tolerance)
-    table = ", ".join(f"{run.name} {errors[run.name]:.1f}%" for run in sorted(plain, key=lambda r: r.depth))
+    pairs = _compare_pairs(networks, errors, tolerance)
+    degraded = [pair for pair in pairs if pair["significant"]]
+    table = _table(networks, errors)
     where = f"training error averaged over iterations {common - used_window + 1}-{common}: {table}."
-    if degraded:
-        worst = max(degraded, key=lambda pair: pair["gap"])
-        verdict = "degradation observed"
+    if degraded or pairs:
+        worst = max(degraded or pairs, key=lambda pair: pair["gap"])
+        verdict = "degradation observed" if degraded else "not enough evidence"
         explanation = (
             f"The deeper plain net {worst['deep']} trains worse than the shallower {worst['shallow']} "
-            f"({worst['deep_error']:.1f}% vs {worst['shallow_error']:.1f}% training error at iteration {common}); "
+            f"({worst['deep_error']:.1f}% vs {worst['shallow_error']:.1f}% training error at iteration {common}; "
+            f"{_test_text(worst)}"
+            + ("" if degraded else "; not significant at 5%, so this may be seed noise: repeat over seeds") + f"); "
             f"{where}"
         )
     else:
         verdict = "no degradation observed"
         explanation = f"No deeper plain net is more than {tolerance:g} points above a shallower one in {where}"
+    all_errors = dict(errors)
     residual_degraded: list[dict[str, Any]] = []
     if len({run.depth for run in residual}) >= 2:
+        residual_networks = _by_network(residual)
         res_common, _, res_errors = _smoothed_errors(residual, curves, window)
-        residual_degraded = _compare_pairs(residual, res_errors, tolerance)
-        errors.update(res_errors)
-        res_table = ", ".join(
-            f"{run.name} {res_errors[run.name]:.1f}%" for run in sorted(residual, key=lambda r: r.depth))
+        residual_degraded = _compare_pairs(residual_networks, res_errors, tolerance)
+        all_errors.update(res_errors)
+        res_table = _table(residual_networks, res_errors)
         if residual_degraded:
             explanation += " Residual nets at iteration {}: {}; {}.".format(res_common, res_table, ", ".join(
                 f"{p['deep']} is above {p['shallow']}" for p in residual_degraded))
@@ -173,17 +223,21 @@ def degradation_observed(
             explanation += (f" Residual nets at iteration {res_common}: {res_table}; "
                             "no deeper residual net trains worse.")
     return DegradationVerdict(
-        observed=bool(degraded), verdict=verdict, explanation=explanation, iteration=common, window=used_window,
-        train_errors=errors, degraded_pairs=degraded, residual_pairs=residual_degraded,
+        observed=True if degraded else (None if pairs else False), verdict=verdict, explanation=explanation,
+        iteration=common, window=used_window,
+        train_errors={name: Summary.of(values).mean for name, values in all_errors.items()},
+        degraded_pairs=pairs, residual_pairs=residual_degraded, seeds=all_errors,
     )
 
 
-VERDICT_HEADLINES = {True: "Degradation observed", False: "No degradation observed", None: "Not enough data yet"}
+VERDICT_HEADLINES = {"degradation observed": "Degradation observed", "no degradation observed":
+                     "No degradation observed", "not enough evidence": "Not enough evidence",
+                     "not enough data": "Not enough data yet"}
 
 
 def verdict_markdown(verdict: DegradationVerdict) -> str:
     """The verdict as one Markdown paragraph: a bold headline, then the numbers behind it."""
-    return f"**{VERDICT_HEADLINES[verdict.observed]}.** {verdict.explanation}"
+    return f"**{VERDICT_HEADLINES[verdict.verdict]}.** {verdict.explanation}"
 
 
 def paper_reference_errors(depths: Iterable[int], home=None) -> dict[int, float]:

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.models import ResNet
-from workbench.spec import NetSpec
+from workbench.models import Network, build_network
+from workbench.spec import NetworkSpec
 from workbench.training.probes import UnitInputGradients, gradient_norm  # noqa: F401  (gradient_norm re-exported for the bench)
 
 
-def gradient_profile(model: ResNet, images: torch.Tensor, labels: torch.Tensor) -> list[float | None]:
+def gradient_profile(model: Network, images: torch.Tensor, labels: torch.Tensor) -> list[float | None]:
     """Per-unit input gradient norms for one training-mode batch, computed on a copy of the model."""
     probe = copy.deepcopy(model).train()
     recorder = UnitInputGradients(probe)
@@ -51,8 +51,8 @@ def unit_gradient_matrix(rows: Iterable[Any]) -> tuple[list[int], list[int], lis
 
 
 def initial_gradient_profile(
-    net: NetSpec, images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0
+    net: NetworkSpec, images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0
 ) -> list[float | None]:
     """Per-unit input gradient norms of `net` freshly initialised with `seed` (as `fit` does), on one batch."""
     torch.manual_seed(seed)
-    return gradient_profile(ResNet(net), images, labels)
+    return gradient_profile(build_network(net), images, labels)

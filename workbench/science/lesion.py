@@ -23,6 +23,10 @@ a unit that changes the shape (stride 2, more channels) by option A's subsample 
 same parameter-free path a residual option-A net keeps, so the two nets lose the same thing.
 
 Unit numbers in results are 1-based in forward order, as in the `unit_grad/<k>` metrics.
+
+The study applies to the residual families built from residual units: ResNets (and their plain
+twins), wide ResNets and ResNeXts. DenseNets, FractalNets and ResNet in ResNet are refused with
+the reason (`check_lesionable`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,28 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_DRAWS = 3
 DEFAULT_MAX_K = 10
+LESION_KINDS = ("resnet", "wide_resnet", "resnext")
+_NO_LESION_REASONS = {
+    "densenet": "a DenseNet has no shortcut around its layers: each dense layer's output is concatenated to its "
+                "input and read by every later layer, so a deleted layer leaves no path of its own to keep",
+    "fractalnet": "a FractalNet has no residual units: its columns are joined by averaging, not added to a "
+                  "shortcut (its own ablation is drop-path: evaluate single columns with eval_column)",
+    "rir": "the transient stream of a ResNet in ResNet block has no shortcut, so a deleted block would leave that "
+           "stream without any path",
+}
+
+
+def check_lesionable(net: Any) -> None:
+    """Raise WorkbenchError with the reason when the lesion study has no meaning for this network (or spec)."""
+    spec = getattr(net, "spec", net)
+    kind = getattr(spec, "kind", "resnet")
+    if kind in LESION_KINDS and (not isinstance(net, nn.Module) or isinstance(net, ResNet)):
+        return
+    reason = _NO_LESION_REASONS.get(kind, f"{kind} networks are not built from residual units")
+    raise WorkbenchError(
+        f"the lesion study (Veit et al. 2016) deletes residual units and keeps their shortcuts; {reason}. "
+        f"It applies to {', '.join(LESION_KINDS)} networks."
+    )
 
 
 def _unit_stride(unit: ResidualUnit) -> int:
@@ -253,6 +279,7 @@ def lesion_study(
     on_progress: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
     """Error of the intact net, with each unit deleted alone, and with k random units deleted (k = 1..max_k)."""
+    check_lesionable(model)
     if draws < 1:
         raise WorkbenchError(f"draws must be at least 1; got {draws}")
     units = len(model.units())
@@ -280,23 +307,14 @@ def lesion_study(
         entry["std"] = math.sqrt(sum((v - entry["mean"]) ** 2 for v in values) / len(values))
     return {
         "net": model.spec.name,
-        "residual": model.spec.shortcut != "none",
-        "placement": model.spec.placement,
+        "residual": model.layout.shortcut != "none",
+        "placement": model.layout.placement,
         "units": units,
         "images": len(labels),
         "baseline_error": errors[0],
         "single": single,
         "random": [by_k[k] for k in sorted(by_k)],
     }
-
-
-def lesion_supported(model: nn.Module) -> None:
-    """WorkbenchError unless deleting units means something for this network (a ResNet or its plain twin)."""
-    if not isinstance(model, ResNet):
-        raise WorkbenchError(
-            f"a lesion study deletes residual units, and {type(model).__name__} has none in the ResNet sense; "
-            "pick a ResNet or plain run"
-        )
 
 
 def limit_test_split(

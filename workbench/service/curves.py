@@ -12,10 +12,12 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from storage.records import METRIC_FIELDS
+from workbench.jobs.system_metrics import SYSTEM_METRICS, SYSTEM_SPLIT
 from workbench.science.degradation import CurveRun
 from workbench.viz.series import RunCurves, Series
 
 CURVE_METRICS = ("error", "loss")
+CHART_METRICS = (*CURVE_METRICS, "lr", "images_per_s", *SYSTEM_METRICS)
 
 
 SeriesKey = tuple[int, str, str]
@@ -66,11 +68,12 @@ class CurveCache:
             return False
         iterations = np.asarray(columns["iteration"], dtype=np.int64)
         epochs = np.asarray(columns["epoch"], dtype=np.float64)
+        wall_times = np.asarray(columns["wall_time"], dtype=np.float64)
         for split in np.unique(splits[usable]):
             for name in np.unique(names[usable & (splits == split)]):
                 chosen = usable & (splits == split) & (names == name)
                 series = self.series.setdefault((run_id, str(split), str(name)), Series())
-                series.extend(iterations[chosen], epochs[chosen], values[chosen])
+                series.extend(iterations[chosen], epochs[chosen], values[chosen], wall_times[chosen])
         return True
 
     def get(self, run_id: int, split: str, name: str) -> Series | None:
@@ -79,10 +82,12 @@ class CurveCache:
 
 
 def curves_of(cache: CurveCache, labels: dict[int, str], metric: str = "error") -> list[RunCurves]:
-    """The cached training and test curves of `metric` for each followed run, in selection order."""
+    """The cached training and test curves of `metric` for each followed run, in selection order (a system
+    metric's samples take the training curve's place)."""
+    first = SYSTEM_SPLIT if metric in SYSTEM_METRICS else "train"
     return [
-        RunCurves(run_id, labels.get(run_id, f"#{run_id}"), cache.get(run_id, "train", metric),
-                  cache.get(run_id, "test", metric))
+        RunCurves(run_id, labels.get(run_id, f"#{run_id}"), cache.get(run_id, first, metric),
+                  cache.get(run_id, "test", metric), train_label=first)
         for run_id in cache.run_ids
     ]
 

@@ -29,10 +29,10 @@ from workbench.paths import RunFolder, imports_dir
 from workbench.presets import Preset
 from workbench.service.forms import whole_number
 from workbench.service.plans import PlannedRun, matching_preset
-from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
+from workbench.spec import DataSpec, NetSpec, NetworkSpec, RunSpec, TrainSpec, parse_spec
 from workbench.weights.importers import IMPORT_FORMATS, read_weights
 from workbench.weights.loader import fitting_presets, network_mismatches
-from workbench.weights.transfer import FINETUNE_MODES, Mismatches, infer_head_hidden
+from workbench.weights.transfer import FINETUNE_MODES, HEAD_PREFIXES, Mismatches, infer_head_hidden
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class SourceReport:
 
     path: Path
     format: str
-    spec: NetSpec | None
+    spec: NetworkSpec | None
     spec_from_file: bool
     preset: str | None
     guessed: bool = False
@@ -155,7 +155,8 @@ class SourceReport:
 def _head_shape(state_dict: dict[str, torch.Tensor]) -> tuple[int | None, int | None]:
     """(outputs, hidden width) of the head stored in a state_dict."""
     hidden = infer_head_hidden(state_dict)
-    last = state_dict.get("fc.2.weight" if hidden is not None else "fc.weight")
+    names = [f"{prefix}{'2.' if hidden is not None else ''}weight" for prefix in HEAD_PREFIXES]
+    last = next((state_dict[name] for name in names if name in state_dict), None)
     return (int(last.shape[0]) if last is not None else None), hidden
 
 
@@ -194,7 +195,9 @@ def inspect_source(
     return report
 
 
-def _network_line(spec: NetSpec) -> str:
+def _network_line(spec: NetworkSpec) -> str:
+    if not isinstance(spec, NetSpec):
+        return spec.outline()
     return (f"{spec.family}-style, {spec.unit} units, blocks {spec.blocks}, widths {spec.widths}, "
             f"shortcut {spec.shortcut}, placement {spec.placement}")
 
@@ -290,8 +293,8 @@ def plan_finetune(
             count = whole_number(stages, "stages to train") or 0
         except SpecError:
             count = 0  # not a whole number: the message below says what is
-        if not 1 <= count <= len(spec.blocks):
-            raise SpecError(f"stages to train: a whole number from 1 to {len(spec.blocks)} for {spec.name}")
+        if not 1 <= count <= spec.stage_count:
+            raise SpecError(f"stages to train: a whole number from 1 to {spec.stage_count} for {spec.name}")
         changes["finetune_stages"] = count
     if mode == "head" and head_hidden not in (None, "", 0):
         width = whole_number(head_hidden, "hidden width of the new head")

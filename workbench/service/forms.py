@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from workbench.errors import SpecError
-from workbench.spec import MAX_SEED, DataSpec, NetSpec, TrainSpec, parse_spec
+from workbench.spec import MAX_SEED, DataSpec, NetSpec, NetworkSpec, TrainSpec, parse_net, parse_spec
 
 
 def field_choices(model: type[BaseModel], name: str) -> list[str]:
@@ -88,15 +88,16 @@ def parse_id(value: Any, what: str = "run id") -> int:
     return number
 
 
-def net_spec_from_json(text: str | None) -> NetSpec:
-    """The NetSpec in a JSON text (the Build tab's spec, or an API caller's); SpecError when it is not one."""
+def net_spec_from_json(text: str | None) -> NetworkSpec:
+    """The network spec of any family in a JSON text (the Build tab's spec, or an API caller's); SpecError when
+    it is not one."""
     try:
         data = json.loads(text or "")
     except (json.JSONDecodeError, TypeError) as exc:
         raise SpecError(f"the network spec is not valid JSON ({exc}); build the network in the Build tab") from None
     if not isinstance(data, dict):
-        raise SpecError("the network spec must be a JSON object of NetSpec fields, as the Build tab shows it")
-    return parse_spec(NetSpec, data)
+        raise SpecError("the network spec must be a JSON object of network fields, as the Build tab shows it")
+    return parse_net(data)
 
 
 def net_spec_from_fields(
@@ -251,3 +252,116 @@ def specs_from_form(
         eval_every=eval_every,
     )
     return data, train
+
+
+# ---------------------------------------------------------------- the Build form of the other families
+
+#: Build-form fields of the non-ResNet families: form name -> (spec field, how the form holds it).
+#: "ints"/"floats" are comma-separated text (empty: the family's default), "column" is 0 for all columns.
+FAMILY_FORM_FIELDS: dict[str, tuple[str, str]] = {
+    "net_family": ("family", "choice"),
+    "family_size_by": ("", "size_by"),
+    "family_depth": ("depth", "int"),
+    "family_blocks": ("blocks", "ints"),
+    "growth_rate": ("growth_rate", "int"),
+    "bottleneck": ("bottleneck", "bool"),
+    "compression": ("compression", "float"),
+    "drop_rate": ("drop_rate", "float"),
+    "widen_factor": ("widen_factor", "int"),
+    "wrn_dropout": ("dropout", "float"),
+    "cardinality": ("cardinality", "int"),
+    "bottleneck_width": ("bottleneck_width", "int"),
+    "family_widths": ("widths", "ints"),
+    "fractal_blocks": ("blocks", "int"),
+    "columns": ("columns", "int"),
+    "fractal_dropout": ("dropout", "floats"),
+    "drop_path": ("drop_path", "bool"),
+    "local_drop_prob": ("local_drop_prob", "float"),
+    "eval_column": ("eval_column", "column"),
+    "layers_per_block": ("layers_per_block", "int"),
+}
+#: Which of FAMILY_FORM_FIELDS each family shows.
+FAMILY_FORMS: dict[str, tuple[str, ...]] = {
+    "densenet": ("net_family", "family_size_by", "family_depth", "family_blocks", "growth_rate", "bottleneck",
+                 "compression", "drop_rate"),
+    "wide_resnet": ("net_family", "family_size_by", "family_depth", "family_blocks", "widen_factor", "wrn_dropout"),
+    "resnext": ("net_family", "family_size_by", "family_depth", "family_blocks", "cardinality", "bottleneck_width",
+                "family_widths"),
+    "fractalnet": ("fractal_blocks", "columns", "family_widths", "fractal_dropout", "drop_path", "local_drop_prob",
+                   "eval_column"),
+    "rir": ("family_size_by", "family_depth", "family_blocks", "family_widths", "layers_per_block"),
+}
+
+
+def _parse_floats(text: str, what: str) -> list[float]:
+    parts = [part for part in str(text).strip().strip("[]()").replace(",", " ").split() if part]
+    try:
+        return [float(part) for part in parts]
+    except ValueError:
+        raise SpecError(f"{what}: {text!r} is not a list of numbers; write for example 0, 0.1, 0.2") from None
+
+
+def _form_value(value: Any, how: str, what: str) -> Any:
+    """A form value as the spec field takes it; None leaves the field to the family's default."""
+    if how == "bool":
+        return bool(value)
+    if how == "choice":
+        return value or None
+    if value is None or str(value).strip() == "":
+        return None
+    if how == "int":
+        return whole_number(value, what)
+    if how == "column":
+        column = whole_number(value, what)
+        return column or None
+    if how == "float":
+        return float(value)
+    if how == "ints":
+        return parse_int_list(value, what)
+    return _parse_floats(value, what)
+
+
+def family_spec_from_fields(kind: str, *, name: str, num_classes: Any, input_size: Any, in_channels: Any,
+                            **fields: Any) -> BaseModel:
+    """The network spec of family `kind` a Build form describes (fields named as in FAMILY_FORM_FIELDS)."""
+    if kind not in FAMILY_FORMS:
+        raise SpecError(f"unknown network kind {kind!r}; choose one of resnet, {', '.join(FAMILY_FORMS)}")
+    data: dict[str, Any] = {
+        "kind": kind, "name": (name or "").strip() or "custom",
+        "num_classes": whole_number(num_classes, "classes"), "input_size": whole_number(input_size, "input size"),
+        "in_channels": whole_number(in_channels, "input channels"),
+    }
+    shown = FAMILY_FORMS[kind]
+    size_by = fields.get("family_size_by") if "family_size_by" in shown else None
+    for form_name in shown:
+        field, how = FAMILY_FORM_FIELDS[form_name]
+        if how == "size_by" or (size_by == "depth" and field == "blocks") or (size_by == "blocks" and field == "depth"):
+            continue
+        data[field] = _form_value(fields.get(form_name), how, form_name.replace("_", " "))
+    if size_by == "depth" and data.get("depth") is None:
+        raise SpecError("depth: give the number of weighted layers, for example 40 or 100")
+    return parse_net({key: value for key, value in data.items() if value is not None})
+
+
+def family_form_values(spec: BaseModel) -> dict[str, Any]:
+    """The Build form's values (FAMILY_FORM_FIELDS names) that describe `spec`; sized by depth when depth alone
+    gives its blocks."""
+    values: dict[str, Any] = {}
+    for form_name in FAMILY_FORMS[spec.kind]:
+        field, how = FAMILY_FORM_FIELDS[form_name]
+        if how == "size_by":
+            continue
+        value = getattr(spec, field)
+        if how in ("ints", "floats"):
+            value = ", ".join(f"{v:g}" for v in value)
+        elif how == "column":
+            value = value or 0
+        values[form_name] = value
+    if "family_size_by" in FAMILY_FORMS[spec.kind]:
+        data = spec.model_dump(exclude={"blocks", "name"})
+        try:
+            by_depth = parse_net(data)
+            values["family_size_by"] = "depth" if by_depth.blocks == spec.blocks else "blocks"
+        except SpecError:
+            values["family_size_by"] = "blocks"
+    return values

@@ -27,7 +27,7 @@ from workbench.errors import IllegalTransition, WorkbenchError
 from workbench.jobs.analyses import GRADIENT_PROFILE, LESION
 from workbench.jobs.executor import QueueExecutor
 from workbench.jobs.worker import default_worker_id, execute_run
-from workbench.models import ResNet
+from workbench.models import build_network
 from workbench.models.analysis import count_parameters
 from workbench.paths import RunFolder
 from workbench.science.degradation import (
@@ -287,7 +287,8 @@ def reproduce(home: Path, docs_dir: Path, config: ReproductionConfig) -> Reprodu
         )
         heat_panels = [(name, *unit_gradient_matrix(gradient_rows[run_ids[name]].rows))
                        for name in reversed(lesion_names)]
-        parameters = {run.preset: count_parameters(ResNet(RunSpec.model_validate(run.spec).net))[0] for run in runs}
+        parameters = {run.preset: count_parameters(build_network(RunSpec.model_validate(run.spec).net))[0]
+                      for run in runs}
         loss_rows = store.fetch_metrics_since({run.id: 0 for run in runs}, names=["loss"])
         peak_losses = {run.preset: max((row.value for row in loss_rows[run.id].rows
                                         if row.split == "train" and row.value is not None), default=None)
@@ -421,7 +422,7 @@ def render_report(*, home: Path, config: ReproductionConfig, runs: list, finals:
         "paper test error (%) | peak training loss (logged mean) | train time |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for run in sorted(runs, key=lambda r: (RunSpec.model_validate(r.spec).net.shortcut != "none",
+    for run in sorted(runs, key=lambda r: (RunSpec.model_validate(r.spec).net.residual,
                                            RunSpec.model_validate(r.spec).net.depth)):
         final = by_name[run.preset]
         depth = final["depth"]

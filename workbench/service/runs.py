@@ -18,21 +18,26 @@ from storage import AnalysisRecord, RunRecord, RunStore
 from storage.status import COMPLETED, QUEUED, RUNNING
 from workbench.data import check_source
 from workbench.errors import IllegalTransition, WorkbenchError
-from workbench.jobs.analyses import ANALYSIS_KINDS, execute_analysis
+from workbench.jobs.analyses import ANALYSIS_KINDS, FRACTAL_COLUMNS, LESION, execute_analysis
 from workbench.jobs.executor import Executor
 from workbench.jobs.worker import default_worker_id
 from workbench.paths import RunFolder, exports_dir
 from workbench.presets import Preset, list_presets
+from workbench.science.fractal import check_fractal
+from workbench.science.lesion import check_lesionable
 from workbench.service.checks import check_run
 from workbench.service.files import clean_old_files
 from workbench.service.finetune import with_copied_source
 from workbench.service.forms import FORM_FIELDS, parse_id, specs_from_form
 from workbench.service.plans import PlannedRun, default_group_name, unique_group_name
-from workbench.spec import DataSpec, TrainSpec
+from workbench.service.results import write_metrics_csv, write_tensorboard
+from workbench.spec import DataSpec, TrainSpec, parse_net
 from workbench.weights.export import EXPORT_FORMATS, export_model
 from workbench.weights.loader import load_model_file
 
 logger = logging.getLogger(__name__)
+
+CURVE_FORMATS = ("csv", "tensorboard")
 
 
 def export_file_name(run: RunRecord, which: str, fmt: str) -> str:
@@ -111,6 +116,11 @@ class Workbench:
         logger.info("queued runs %s (%s)", ids, plan[0].group_name or "no group")
         return ids
 
+    def latest_values(self, run_id: int, names: Sequence[str]) -> dict[str, float]:
+        """The last stored value of each of these metrics that the run has logged."""
+        batch = self.store.fetch_metrics_since({run_id: 0}, names=list(names)).get(run_id)
+        return {row.name: row.value for row in batch.rows if row.value is not None} if batch else {}
+
     # -- the life of a run ---------------------------------------------------------------------
 
     def cancel(self, run_id: int) -> str:
@@ -166,6 +176,17 @@ class Workbench:
         self.store.rename_run(run_id, name)
         return f"Run #{run_id} renamed to {name.strip()!r}."
 
+    def tag(self, run_id: int, tags: str, remove: bool = False) -> str:
+        """Add (or remove) comma-separated tags of a run."""
+        run_id = parse_id(run_id)
+        wanted = [tag.strip() for tag in tags.split(",") if tag.strip()]
+        if not wanted:
+            raise WorkbenchError("type one or more tags, separated by commas")
+        current = self.store.get_run(run_id).tags
+        kept = [tag for tag in current if tag not in wanted] if remove else [*current, *wanted]
+        self.store.set_tags(run_id, kept)
+        return f"Tags of run #{run_id}: {', '.join(dict.fromkeys(kept)) or 'none'}."
+
     def annotate(self, run_id: int, notes: str) -> str:
         run_id = parse_id(run_id)
         self.store.set_notes(run_id, notes)
@@ -209,13 +230,31 @@ class Workbench:
         in_use = [Path(run.spec["init_from"]) for run in self.store.list_runs() if run.spec.get("init_from")]
         return clean_old_files(self.home, max_age_hours * 3600, in_use)
 
+    def export_curves(self, run_ids: Sequence[int], fmt: str, out_path: Path | None = None,
+                      names: Sequence[str] | None = None) -> Path:
+        """The runs' stored curves (metrics `names`, or all) as a long CSV file or a folder of TensorBoard event
+        files (one subfolder per run); by default in the exports folder."""
+        if fmt not in CURVE_FORMATS:
+            raise WorkbenchError(f"unknown curve format {fmt!r}; choose one of {', '.join(CURVE_FORMATS)}")
+        stem = "curves-" + "-".join(f"run{run_id}" for run_id in list(run_ids)[:8])
+        if fmt == "csv":
+            return write_metrics_csv(self.store, run_ids, out_path or exports_dir(self.home) / f"{stem}.csv", names)
+        folder = Path(out_path or exports_dir(self.home) / f"{stem}-tensorboard")
+        write_tensorboard(self.store, run_ids, folder, names)
+        return folder
+
     # -- analyses ------------------------------------------------------------------------------
 
     def queue_analysis(self, run_id: int, kind: str, params: dict[str, Any] | None = None) -> int:
         """Queue an analysis of a run for the workers; returns its id."""
         if kind not in ANALYSIS_KINDS:
             raise WorkbenchError(f"analysis kind {kind!r} is unknown; choose one of {', '.join(ANALYSIS_KINDS)}")
-        run_id = self.get_run(run_id).id
+        run = self.get_run(run_id)
+        if kind == LESION:
+            check_lesionable(parse_net(run.spec["net"]))
+        if kind == FRACTAL_COLUMNS:
+            check_fractal(parse_net(run.spec["net"]))
+        run_id = run.id
         return self.store.create_analysis(run_id, kind, params or {})
 
     def run_analysis(self, run_id: int, kind: str, params: dict[str, Any] | None = None) -> AnalysisRecord:

@@ -20,9 +20,9 @@ from torch import nn
 
 from workbench.data import Dataset, TrainBatches, eval_batches, load_dataset
 from workbench.errors import WorkbenchError
-from workbench.models import ResNet
+from workbench.models import Network, build_network
 from workbench.paths import RunFolder
-from workbench.spec import NetSpec, RunSpec
+from workbench.spec import NetworkSpec, RunSpec
 from workbench.training.checkpoint import load_checkpoint, save_checkpoint
 from workbench.training.probes import UnitInputGradients
 from workbench.training.schedule import LearningRateSchedule
@@ -88,12 +88,12 @@ class StartingModel:
 class ModelFactory(Protocol):
     """Builds the network of a run for `net` (the spec adapted to the data); `resuming` when a checkpoint follows."""
 
-    def __call__(self, net: NetSpec, *, resuming: bool) -> StartingModel: ...
+    def __call__(self, net: NetworkSpec, *, resuming: bool) -> StartingModel: ...
 
 
-def fresh_model(net: NetSpec, *, resuming: bool) -> StartingModel:
+def fresh_model(net: NetworkSpec, *, resuming: bool) -> StartingModel:
     """A newly initialised network: the factory of every run that does not start from other weights."""
-    return StartingModel(ResNet(net))
+    return StartingModel(build_network(net))
 
 
 @dataclass
@@ -105,7 +105,7 @@ class FitResult:
     total_iterations: int
     best_error: float | None
     last_error: float | None
-    net: NetSpec
+    net: NetworkSpec
     device: str
     precision: str
     info: dict = field(default_factory=dict)
@@ -150,8 +150,8 @@ def resolve_channels_last(choice: str, device: torch.device, autocast_dtype: tor
     return choice == "on"
 
 
-def adapt_net_to_data(net: NetSpec, dataset: Dataset) -> NetSpec:
-    """The net with as many outputs as the dataset has classes, and its image size as input size."""
+def adapt_net_to_data(net: NetworkSpec, dataset: Dataset) -> NetworkSpec:
+    """The net (of any family) with as many outputs as the dataset has classes, and its image size as input size."""
     updates: dict[str, Any] = {}
     if net.num_classes != dataset.info.num_classes:
         logger.info("network output %d -> %d classes of %s",
@@ -159,7 +159,7 @@ def adapt_net_to_data(net: NetSpec, dataset: Dataset) -> NetSpec:
         updates["num_classes"] = dataset.info.num_classes
     if net.input_size != dataset.info.image_size:
         updates["input_size"] = dataset.info.image_size
-    return NetSpec.model_validate({**net.model_dump(), **updates}) if updates else net
+    return type(net).model_validate({**net.model_dump(), **updates}) if updates else net
 
 
 def evaluate(
@@ -192,12 +192,13 @@ def evaluate(
     return loss_sum.item() / count, 100.0 * wrong.item() / count
 
 
-def _stage_gradient_norms(model: ResNet) -> dict[str, float]:
+def _stage_gradient_norms(model: Network) -> dict[str, float]:
+    """`grad_norm/<stage>` for every stage of any family (layer1.., denseblock1.., block1..)."""
     norms = {}
-    for index, stage in enumerate(model.stages, start=1):
+    for name, stage in model.named_stages():
         grads = [p.grad for p in stage.parameters() if p.grad is not None]
         if grads:
-            norms[f"grad_norm/layer{index}"] = torch.linalg.vector_norm(
+            norms[f"grad_norm/{name}"] = torch.linalg.vector_norm(
                 torch.stack(torch._foreach_norm(grads))
             ).item()
     return norms

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workbench.models import ResNet
+from workbench.models import Network
 
 
 def gradient_norm(grad: torch.Tensor) -> torch.Tensor:
@@ -25,7 +25,7 @@ class UnitInputGradients:
     until `norms()` is read, so recording costs one reduction per unit and no extra sync.
     """
 
-    def __init__(self, model: ResNet) -> None:
+    def __init__(self, model: Network) -> None:
         self.units = model.units()
         self._norms: list[torch.Tensor | None] = [None] * len(self.units)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []

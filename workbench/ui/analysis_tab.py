@@ -14,10 +14,10 @@ from typing import Any
 import gradio as gr
 
 from workbench.errors import WorkbenchError
-from workbench.jobs.analyses import GRADIENT_PROFILE, LESION
+from workbench.jobs.analyses import FRACTAL_COLUMNS, GRADIENT_PROFILE, LESION
 from workbench.science.gradient_flow import UNIT_GRAD_PREFIX, unit_gradient_matrix
 from workbench.science.lesion import DEFAULT_DRAWS, DEFAULT_MAX_K
-from workbench.spec import NetSpec
+from workbench.spec import parse_net
 from workbench.ui.context import WorkbenchContext
 from workbench.viz.figures import (
     gradient_heatmaps,
@@ -38,7 +38,7 @@ def run_title(run: Any) -> str:
 
 
 def _is_residual(run: Any) -> bool:
-    return NetSpec.model_validate(run.spec["net"]).shortcut != "none"
+    return parse_net(run.spec["net"]).residual
 
 
 def job_lines(ctx: WorkbenchContext) -> str:
@@ -66,6 +66,31 @@ def start_lesion(ctx: WorkbenchContext, run_id: int, *, draws: int, max_k: int, 
     if ctx.analyses(run_id, LESION, ("queued", "running")):
         raise WorkbenchError(f"a lesion study of run #{run_id} is already queued or running")
     return ctx.queue_analysis(run_id, LESION, {"draws": draws, "max_k": max_k, "limit_images": limit_images})
+
+
+def start_columns(ctx: WorkbenchContext, run_id: int) -> int:
+    """Queue the per-column evaluation of a completed FractalNet run (Larsson et al. 2016)."""
+    run = ctx.get_run(run_id)
+    if run.status != "completed":
+        raise WorkbenchError(f"run #{run_id} is {run.status}; evaluating its columns needs a completed run")
+    return ctx.queue_analysis(run_id, FRACTAL_COLUMNS, {})
+
+
+def column_lines(ctx: WorkbenchContext, run_id: int | None) -> str:
+    """The latest per-column evaluation of a FractalNet run as Markdown."""
+    result = None if run_id is None else ctx.latest_result(int(run_id), FRACTAL_COLUMNS)
+    if result is None:
+        return "No per-column evaluation stored for this run yet." if run_id is not None else ""
+    rows = [f"- column {row['column']} alone ({row['convs']} convs deep): {row['error']:.1f}%"
+            for row in result["columns"]]
+    return "\n".join([f"All columns joined: **{result['joined']:.1f}%** test error on {result['images']} images",
+                      *rows])
+
+
+def fractal_runs(ctx: WorkbenchContext) -> list[tuple[str, int]]:
+    """(title, id) of every completed FractalNet run, newest first."""
+    return [(run_title(run), run.id) for run in ctx.list_runs(status="completed")
+            if parse_net(run.spec["net"]).kind == "fractalnet"]
 
 
 def completed_runs(ctx: WorkbenchContext) -> list[tuple[str, int]]:
@@ -105,7 +130,7 @@ def gradient_view(ctx: WorkbenchContext, run_ids: Sequence[int]) -> Any:
     runs = sorted((ctx.get_run(int(run_id)) for run_id in run_ids), key=lambda r: (_is_residual(r), r.id))
     if not runs:
         return gradient_heatmaps([])
-    units = max(NetSpec.model_validate(run.spec["net"]).units for run in runs)
+    units = max(parse_net(run.spec["net"]).units for run in runs)
     names = [f"{UNIT_GRAD_PREFIX}{k}" for k in range(1, units + 1)]
     batches = store.fetch_metrics_since({run.id: 0 for run in runs}, names=names)
     return gradient_heatmaps([(run_title(run), *unit_gradient_matrix(batches[run.id].rows)) for run in runs])
@@ -156,6 +181,14 @@ def build_analysis_tab(ctx: WorkbenchContext, demo: gr.Blocks | None = None) -> 
         heatmap = gr.Plot(gradient_heatmaps([]), label="During training", elem_id="gradient-heatmap")
         profile = gr.Plot(gradient_profile_chart([]), label="At initialization", elem_id="gradient-profile")
 
+        gr.Markdown("### FractalNet columns\nTest error of a trained FractalNet with every column joined and with "
+                    "each column alone: the columns are an ensemble of plain nets of depths 1, 2, 4, ... per block "
+                    "(Larsson et al. 2016).")
+        with gr.Row():
+            columns_run = gr.Dropdown([], label="Completed FractalNet run", elem_id="columns-run", scale=4)
+            columns_button = gr.Button("Evaluate each column", elem_id="columns-start")
+        columns_result = gr.Markdown(elem_id="columns-result")
+
         gr.Markdown("The degradation verdict of a depth ladder, with its plain and residual curves side by side "
                     "(He et al. 2015, Fig. 6), is in the Compare tab: pick the ladder's group there.")
         seen_jobs = gr.State({})
@@ -163,7 +196,8 @@ def build_analysis_tab(ctx: WorkbenchContext, demo: gr.Blocks | None = None) -> 
 
     def refresh_choices():
         completed = completed_runs(ctx)
-        return gr.update(choices=completed), gr.update(choices=completed), gr.update(choices=all_runs(ctx))
+        return (gr.update(choices=completed), gr.update(choices=completed), gr.update(choices=all_runs(ctx)),
+                gr.update(choices=fractal_runs(ctx)))
 
     def start_job(run_id, draws_value, max_k_value, limit_value, shown_ids):
         if run_id is None:
@@ -176,22 +210,34 @@ def build_analysis_tab(ctx: WorkbenchContext, demo: gr.Blocks | None = None) -> 
             return f"**Cannot start:** {exc}", gr.skip()
         return job_lines(ctx), gr.update(value=sorted({*map(int, shown_ids or []), int(run_id)}))
 
-    def poll_jobs(shown_ids, profile_ids, seen):
+    def poll_jobs(shown_ids, profile_ids, columns_id, seen):
         states = job_states(ctx)
         if states == seen:
-            return (gr.skip(),) * 6
+            return (gr.skip(),) * 7
         first, second, summary = lesion_view(ctx, shown_ids or [])
-        return job_lines(ctx), first, second, summary, profile_view(ctx, profile_ids or []), states
+        return (job_lines(ctx), first, second, summary, profile_view(ctx, profile_ids or []),
+                column_lines(ctx, columns_id), states)
+
+    def start_column_job(run_id):
+        if run_id is None:
+            return "Pick a completed FractalNet run first."
+        try:
+            start_columns(ctx, int(run_id))
+        except WorkbenchError as exc:
+            return f"**Cannot start:** {exc}"
+        return job_lines(ctx)
 
     def start_profiles(run_ids):
         return f"{queue_profiles(ctx, run_ids or [])}\n{job_lines(ctx)}"
 
     targets = [demo.load, tab.select] if demo is not None else [tab.select]
-    gr.on(targets, refresh_choices, None, [lesion_run, shown, gradient_runs], api_visibility="private")
+    gr.on(targets, refresh_choices, None, [lesion_run, shown, gradient_runs, columns_run], api_visibility="private")
     start.click(start_job, [lesion_run, draws, max_k, limit, shown], [job_status, shown], api_visibility="private")
     shown.change(bound(lesion_view, ctx), shown, [by_unit, by_k, lesion_summary], api_visibility="private")
-    timer.tick(poll_jobs, [shown, gradient_runs, seen_jobs],
-               [job_status, by_unit, by_k, lesion_summary, profile, seen_jobs],
+    timer.tick(poll_jobs, [shown, gradient_runs, columns_run, seen_jobs],
+               [job_status, by_unit, by_k, lesion_summary, profile, columns_result, seen_jobs],
                concurrency_limit=None, api_visibility="private", show_progress="hidden")
     gradient_runs.change(bound(gradient_view, ctx), gradient_runs, heatmap, api_visibility="private")
     profile_button.click(start_profiles, gradient_runs, job_status, api_visibility="private")
+    columns_button.click(start_column_job, columns_run, job_status, api_visibility="private")
+    columns_run.change(bound(column_lines, ctx), columns_run, columns_result, api_visibility="private")

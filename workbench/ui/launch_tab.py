@@ -1,4 +1,5 @@
-"""Launch tab: dataset and training settings, and buttons for one run, a plain + residual twin, or a depth ladder."""
+"""Launch tab: dataset and training settings, and buttons for one run, a plain + residual twin, a depth ladder,
+the placements, a stochastic-depth or drop-path pair, and several architectures side by side."""
 
 from __future__ import annotations
 
@@ -17,15 +18,21 @@ from workbench.service.forms import (
     parse_int_list,
 )
 from workbench.service.plans import (
+    ARCHITECTURES,
+    DEFAULT_ARCHITECTURES,
     DEFAULT_DROP_PROB,
     DEFAULT_LADDER_DEPTHS,
+    SEEDS,
+    plan_architectures,
+    plan_drop_path,
     plan_ladder,
     plan_placements,
     plan_single,
     plan_stochastic_depth,
     plan_twin,
+    with_seeds,
 )
-from workbench.spec import DataSpec, TrainSpec
+from workbench.spec import DataSpec, NetSpec, TrainSpec
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.fields import number_field
 
@@ -36,7 +43,7 @@ DATASET_LABELS = {
     "folder": "Image folder",
 }
 DATASETS = [(DATASET_LABELS.get(name, name), name) for name in field_choices(DataSpec, "name")]
-LAUNCH_KINDS = ("run", "twin", "ladder", "placements", "stochastic_depth")
+LAUNCH_KINDS = ("run", "twin", "ladder", "placements", "stochastic_depth", "drop_path")
 
 
 @dataclass
@@ -85,8 +92,12 @@ def network_line(spec_json: str):
     except WorkbenchError as exc:
         return [f"**The network in the Build tab is invalid:** {exc}"] + [gr.update(interactive=False)] * len(
             LAUNCH_KINDS)
-    text = (f"Network: **{spec.name}** ({spec.unit} units, blocks {spec.blocks}, widths {spec.widths}, "
-            f"shortcut {spec.shortcut}, placement {spec.placement}); set it in the Build tab.")
+    if isinstance(spec, NetSpec):
+        outline = (f"{spec.unit} units, blocks {spec.blocks}, widths {spec.widths}, shortcut {spec.shortcut}, "
+                   f"placement {spec.placement}")
+    else:
+        outline = spec.outline()
+    text = f"Network: **{spec.name}** ({outline}); set it in the Build tab."
     return [text] + [gr.update(interactive=True)] * len(LAUNCH_KINDS)
 
 
@@ -97,34 +108,54 @@ def dataset_visibility(name: str):
 
 
 def launch(ctx: WorkbenchContext, kind: str, spec_json: str, *values):
-    """Queue one run, a twin, a ladder, the five placements or a stochastic-depth pair; returns (message, launched).
+    """Queue one run, a twin, a ladder, the five placements, a stochastic-depth or drop-path pair, or several
+    architectures; returns (message, launched).
 
-    `values` are the launch form's FORM_FIELDS in order, then the ladder depths and the drop probability.
+    `values` are the launch form's FORM_FIELDS in order, then the ladder depths, the drop probability, how many
+    seeds each run is repeated with (several make a seed group of each run) and the presets of an architectures
+    launch. Only the architectures launch does without the Build tab's network.
     """
-    *form_values, ladder_depths, drop_prob = values
-    if not spec_json:
+    *form_values, ladder_depths, drop_prob, seeds, architectures = values
+    if not spec_json and kind != "architectures":
         return "**Nothing launched:** the network in the Build tab is invalid; fix it there first.", gr.skip()
     try:
-        net = net_spec_from_json(spec_json)
         data, train = ctx.specs_from_form(dict(zip(FORM_FIELDS, form_values, strict=True)))
         presets = ctx.presets()
         group = None
-        if kind == "run":
-            plan = plan_single(net, data, train, presets)
+        if kind == "architectures":
+            names = list(architectures or [])
+            group = ctx.group_name(ARCHITECTURES, " vs ".join(names), data)
+            plan = plan_architectures(names, data, train, group=group, home=ctx.home)
+            name = names[0] if names else ""
         else:
-            group = ctx.group_name(kind.replace("_", " "), net.name, data)
-            if kind == "twin":
-                plan = plan_twin(net, data, train, presets, group=group)
-            elif kind == "ladder":
-                plan = plan_ladder(net, parse_int_list(ladder_depths, "ladder depths"), data, train, presets,
-                                   group=group)
-            elif kind == "placements":
-                plan = plan_placements(net, data, train, presets, group=group)
+            net = net_spec_from_json(spec_json)
+            name = net.name
+            if kind == "run":
+                plan = plan_single(net, data, train, presets)
             else:
-                plan = plan_stochastic_depth(net, drop_prob, data, train, presets, group=group)
+                group = ctx.group_name(kind.replace("_", " "), net.name, data)
+                if kind == "twin":
+                    plan = plan_twin(net, data, train, presets, group=group)
+                elif kind == "ladder":
+                    plan = plan_ladder(net, parse_int_list(ladder_depths, "ladder depths"), data, train, presets,
+                                       group=group)
+                elif kind == "placements":
+                    plan = plan_placements(net, data, train, presets, group=group)
+                elif kind == "drop_path":
+                    plan = plan_drop_path(net, data, train, presets, group=group)
+                else:
+                    plan = plan_stochastic_depth(net, drop_prob, data, train, presets, group=group)
+        seeds = int(seeds or 1)
+        if seeds > 1 and group is None:
+            group = ctx.group_name(SEEDS, name, data)
+        plan = with_seeds(plan, seeds, group=group)
         run_ids = ctx.submit(plan)
     except (WorkbenchError, ValueError) as exc:
         return f"**Nothing launched:** {exc}", gr.skip()
+    return _queued(run_ids, plan, group, data)
+
+
+def _queued(run_ids: list[int], plan: list, group: str | None, data: DataSpec):
     names = ", ".join(f"#{run_id} {run.name}" for run_id, run in zip(run_ids, plan, strict=True))
     where = f" as group *{group}*" if group else ""
     message = f"Queued {names}{where} on {data.name}. Follow them in the Runs and Compare tabs."
@@ -219,12 +250,25 @@ def launch_tab(ctx: WorkbenchContext, spec_json: gr.Code) -> LaunchTab:
                 drop_prob = number_field(DEFAULT_DROP_PROB, minimum=0, maximum=1, label="Last unit's drop probability",
                                       elem_id="drop-prob")
                 launch_sd = gr.Button("Launch without and with stochastic depth", elem_id="launch-stochastic-depth")
+            launch_drop_path = gr.Button("Launch a FractalNet without and with drop-path (Larsson et al. 2016)",
+                                         elem_id="launch-drop-path")
+        seeds = gr.Number(1, minimum=1, maximum=100, precision=0, label="Seeds: repeat each run with this many seeds",
+                          info="from the seed above up; Compare draws each seed group as a mean with a band",
+                          elem_id="launch-seeds")
+        with gr.Row():
+            architectures = gr.Dropdown([p.name for p in ctx.presets()], value=list(DEFAULT_ARCHITECTURES),
+                                        multiselect=True, label="Architectures (presets of any family)",
+                                        elem_id="architectures-picker", scale=3)
+            launch_architectures = gr.Button("Launch architectures side by side (same data, order and seed)",
+                                             elem_id="launch-architectures", scale=1)
         message = gr.Markdown(elem_id="launch-message")
         launched = gr.State(None)
 
-    inputs = [spec_json, *form.components(), ladder_depths, drop_prob]
+    inputs = [spec_json, *form.components(), ladder_depths, drop_prob, seeds, architectures]
     buttons = {"run": launch_run, "twin": launch_twin, "ladder": launch_ladder, "placements": launch_placements,
-               "stochastic_depth": launch_sd}
+               "stochastic_depth": launch_sd, "drop_path": launch_drop_path}
+    launch_architectures.click(functools.partial(launch, ctx, "architectures"), inputs, [message, launched],
+                               api_name="launch_architectures")
     for kind, button in buttons.items():
         button.click(functools.partial(launch, ctx, kind), inputs, [message, launched], api_name=f"launch_{kind}")
     spec_json.change(network_line, spec_json, [network, *buttons.values()], api_visibility="private")

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import html
 import json
+from collections.abc import Sequence
 
 import gradio as gr
 import pandas as pd
 
 from workbench.errors import WorkbenchError
 from workbench.service import RunRecord
+from workbench.service.curves import SYSTEM_METRICS
+from workbench.service.run_query import (
+    ALL_STATUSES,
+    RESULT_COLUMNS,
+    RunFilter,
+    cell,
+    column_value,
+    differing,
+    filter_runs,
+    spec_columns,
+    spec_diff,
+)
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.run_table import RUN_TABLE_COLUMNS, run_label, run_rows
 
 REFRESH_SECONDS = 2.0
+DIFFERS_STYLE = ' style="background:#fff3b0;font-weight:600"'
 
 
 def run_choices(runs: list[RunRecord]) -> list[tuple[str, int]]:
@@ -20,9 +35,12 @@ def run_choices(runs: list[RunRecord]) -> list[tuple[str, int]]:
     return [(run_label(run), run.id) for run in runs]
 
 
-def run_details(run: RunRecord) -> str:
-    """Markdown with a run's status, group, progress and (for a failed or interrupted run) its message."""
+def run_details(run: RunRecord, latest: dict[str, float] | None = None) -> str:
+    """Markdown with a run's status, group, progress, latest learning rate, speed and system metrics, and (for a
+    failed or interrupted run) its message."""
     lines = [f"### #{run.id} {run.name}", f"- **Status:** {run.status}"]
+    if latest:
+        lines.append("- **Latest:** " + ", ".join(f"{name} {value:.4g}" for name, value in latest.items()))
     if run.group_name:
         lines.append(f"- **Group:** {run.group_name} ({run.group_kind})")
     if run.total_iterations:
@@ -38,6 +56,35 @@ def run_details(run: RunRecord) -> str:
     return "\n".join(lines)
 
 
+def table_view(runs: list[RunRecord], wanted: RunFilter, extra_columns: Sequence[str], hide_identical: bool):
+    """(columns, rows) of the runs table: the filtered runs, the chosen spec and result columns after the standard
+    ones, and with `hide_identical` only the columns whose values differ between the shown runs."""
+    shown = filter_runs(runs, wanted)
+    columns = [*RUN_TABLE_COLUMNS, *(column for column in extra_columns if column not in RUN_TABLE_COLUMNS)]
+    rows = [row + [cell(column_value(run, column)) for column in columns[len(RUN_TABLE_COLUMNS):]]
+            for run, row in zip(shown, run_rows(shown), strict=True)]
+    if hide_identical:
+        kept = [column for column in differing(columns, rows) if column not in ("id", "name")]
+        indices = [0, 1, *(columns.index(column) for column in kept)]
+        columns, rows = [columns[i] for i in indices], [[row[i] for i in indices] for row in rows]
+    return columns, rows
+
+
+def spec_diff_html(runs: list[RunRecord]) -> str:
+    """The runs' full specs side by side, rows that differ highlighted and listed first."""
+    if len(runs) < 2:
+        return "<p>Pick two or more runs to compare their specs.</p>"
+    table = sorted(spec_diff(runs), key=lambda row: not row[2])
+    head = "".join(f"<th>#{run.id} {html.escape(run.name)}</th>" for run in runs)
+    body = "".join(
+        f"<tr class=\"{'differs' if differs else 'same'}\"{DIFFERS_STYLE if differs else ''}>"
+        f"<td>{html.escape(path)}</td>" + "".join(f"<td>{html.escape(value)}</td>" for value in values) + "</tr>"
+        for path, values, differs in table)
+    count = sum(differs for _, _, differs in table)
+    return (f"<p>{count} of {len(table)} settings differ (highlighted, first).</p>"
+            f"<table id=\"spec-diff-table\"><tr><th>setting</th>{head}</tr>{body}</table>")
+
+
 def _traceback(run: RunRecord):
     return gr.update(value=run.traceback or "", visible=bool(run.traceback))
 
@@ -45,23 +92,36 @@ def _traceback(run: RunRecord):
 def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
     """Create the Runs tab inside the current Blocks."""
 
-    def table_frame(runs: list[RunRecord]) -> pd.DataFrame:
-        return pd.DataFrame(run_rows(runs), columns=RUN_TABLE_COLUMNS)
-
-    def list_runs():
-        """The runs table and the run picker's choices."""
+    def list_runs(*view):
+        """The runs table (filtered and with the chosen columns) and the run picker's choices."""
         runs = ctx.list_runs()
-        return table_frame(runs), gr.update(choices=run_choices(runs))
+        columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:]) if view else table_view(
+            runs, RunFilter(), (), False)
+        return pd.DataFrame(rows, columns=columns), gr.update(choices=run_choices(runs))
 
-    def refresh(shown: list | None, run_id: int | None):
+    def refresh(shown: list | None, run_id: int | None, *view):
         runs = ctx.list_runs()
-        rows = run_rows(runs)
-        if rows == shown:
+        columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:])
+        if [columns, rows] == shown:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         picked = next((run for run in runs if run.id == run_id), None)
         details = (run_details(picked), _traceback(picked)) if picked else (gr.skip(), gr.skip())
-        return (pd.DataFrame(rows, columns=RUN_TABLE_COLUMNS), rows, gr.update(choices=run_choices(runs)),
+        return (pd.DataFrame(rows, columns=columns), [columns, rows], gr.update(choices=run_choices(runs)),
                 *details)
+
+    def filter_choices():
+        """Choices of the filter pickers and the column picker, from the stored runs."""
+        runs = ctx.list_runs()
+        values = {"datasets": {run.dataset for run in runs if run.dataset},
+                  "groups": {run.group_name for run in runs if run.group_name},
+                  "tags": {tag for run in runs for tag in run.tags},
+                  "presets": {run.preset or "custom" for run in runs}}
+        return (*(gr.update(choices=sorted(found)) for found in values.values()),
+                gr.update(choices=[*RESULT_COLUMNS, *spec_columns(runs)]), gr.update(choices=run_choices(runs)))
+
+    def diff(run_ids: list | None):
+        wanted = [int(run_id) for run_id in run_ids or [] if str(run_id).isdigit()]
+        return spec_diff_html([ctx.get_run(run_id) for run_id in wanted])
 
     def show_run(run_id: int | str | None):
         if run_id in (None, ""):
@@ -70,7 +130,8 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
             run = ctx.get_run(int(run_id))
         except (ValueError, WorkbenchError) as exc:
             return str(exc), gr.update(value="", visible=False), "", "", ""
-        return run_details(run), _traceback(run), json.dumps(run.spec, indent=2), run.name, run.notes
+        latest = ctx.latest_values(run.id, ["lr", "images_per_s", *SYSTEM_METRICS])
+        return run_details(run, latest), _traceback(run), json.dumps(run.spec, indent=2), run.name, run.notes
 
     def act(action, run_id: int | str | None, *args) -> tuple:
         if run_id in (None, ""):
@@ -101,7 +162,20 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
     def pick_row(event: gr.SelectData):
         return event.row_value[0]
 
-    with gr.Tab("Runs", id="runs"):
+    with gr.Tab("Runs", id="runs") as tab:
+        with gr.Row():
+            search = gr.Textbox(label="Search", placeholder="name, preset, dataset, group, notes, tags",
+                                elem_id="runs-search", scale=2)
+            statuses = gr.Dropdown(list(ALL_STATUSES), value=[], multiselect=True, label="Status",
+                                   elem_id="filter-status")
+            datasets = gr.Dropdown([], value=[], multiselect=True, label="Dataset", elem_id="filter-dataset")
+            groups = gr.Dropdown([], value=[], multiselect=True, label="Group", elem_id="filter-group")
+            tags = gr.Dropdown([], value=[], multiselect=True, label="Tag", elem_id="filter-tag")
+            presets = gr.Dropdown([], value=[], multiselect=True, label="Preset", elem_id="filter-preset")
+        with gr.Row():
+            columns = gr.Dropdown([], value=[], multiselect=True, label="More columns (spec settings and results)",
+                                  elem_id="runs-columns", scale=4)
+            hide_identical = gr.Checkbox(False, label="Hide identical columns", elem_id="hide-identical", scale=1)
         table = gr.Dataframe(headers=RUN_TABLE_COLUMNS, interactive=False, wrap=True, elem_id="runs-table",
                              label="Runs (click a row to pick it)", max_height=420)
         with gr.Row():
@@ -122,18 +196,37 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
         with gr.Row():
             notes = gr.Textbox(label="Notes", lines=2, scale=3)
             notes_button = gr.Button("Save notes", scale=1)
+        with gr.Row():
+            tag_text = gr.Textbox(label="Tags (comma-separated)", elem_id="tag-text", scale=3)
+            add_tag = gr.Button("Add tags", elem_id="add-tags", scale=1)
+            remove_tag = gr.Button("Remove tags", elem_id="remove-tags", scale=1)
         with gr.Accordion("Full spec", open=False):
             spec = gr.Code(language="json", interactive=False)
         with gr.Accordion("Job log", open=False):
             log_button = gr.Button("Show the job log", elem_id="show-job-log")
             job_log = gr.Code(language=None, interactive=False, elem_id="job-log")
+        with gr.Accordion("Compare specs", open=False):
+            diff_runs = gr.Dropdown([], value=[], multiselect=True, label="Runs to compare", elem_id="diff-runs")
+            diff_table = gr.HTML(elem_id="spec-diff")
         shown = gr.State(None)
         timer = gr.Timer(REFRESH_SECONDS)
 
     refreshed = [table, picker]
-    timer.tick(refresh, [shown, picker], [table, shown, picker, details, trace], concurrency_limit=None,
+    view = [search, statuses, datasets, groups, tags, presets, columns, hide_identical]
+    timer.tick(refresh, [shown, picker, *view], [table, shown, picker, details, trace], concurrency_limit=None,
                api_visibility="private", show_progress="hidden")
     demo.load(list_runs, None, refreshed, api_name="list_runs")
+    gr.on([search.input, statuses.change, datasets.change, groups.change, tags.change, presets.change,
+           columns.change, hide_identical.input], refresh, [gr.State(None), picker, *view],
+          [table, shown, picker, details, trace], trigger_mode="always_last", api_name="filter_runs",
+          show_progress="hidden")
+    gr.on([demo.load, tab.select], filter_choices, None, [datasets, groups, tags, presets, columns, diff_runs],
+          api_visibility="private")
+    diff_runs.change(diff, diff_runs, diff_table, api_name="spec_diff")
+    add_tag.click(lambda run_id, text: act(ctx.tag, run_id, text), [picker, tag_text], [message, *refreshed],
+                  api_name="add_tags")
+    remove_tag.click(lambda run_id, text: act(ctx.tag, run_id, text, True), [picker, tag_text],
+                     [message, *refreshed], api_name="remove_tags")
     table.select(pick_row, None, picker, api_visibility="private")
     picker.change(show_run, picker, [details, trace, spec, new_name, notes], api_name="run_details")
     cancel_button.click(lambda run_id: act(cancel, run_id), picker, [message, *refreshed], api_name="cancel_run")

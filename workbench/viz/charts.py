@@ -10,21 +10,46 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
+import plotly.io as pio
+from plotly.colors import hex_to_rgb, qualitative
 
 from workbench.models.blocks import _unit_recipe
+from workbench.science.statistics import Summary, t_quantile
 from workbench.spec import CONVS_PER_UNIT, NetSpec
-from workbench.viz.series import RunCurves, Series
+from workbench.viz.series import RunCurves, SeedGroup, Series
 
 CURVE_HEIGHT = 480
 SMALL_CHART_HEIGHT = 260
 MAX_POINTS_PER_TRACE = 800
 RUN_COLOURS = qualitative.D3 + qualitative.Dark24
-METRIC_AXIS_TITLES = {"error": "error (%)", "loss": "cross-entropy loss"}
+WHITE_TEMPLATE = pio.templates["plotly_white"]
+METRIC_AXIS_TITLES = {"error": "error (%)", "loss": "cross-entropy loss", "lr": "learning rate",
+                      "images_per_s": "images/s", "system/cpu_percent": "CPU load (%)",
+                      "system/rss_mb": "worker memory (MiB)", "system/gpu_util": "GPU load (%)",
+                      "system/gpu_mem_mb": "GPU memory (MiB)"}
+X_AXES = ("iterations", "epochs", "wall time")
+X_AXIS_TITLES = {"wall time": "wall time since the run's first point (min)"}
+EMA, RUNNING_MEAN = "EMA (debiased)", "running mean"
+SMOOTHING_KINDS = (EMA, RUNNING_MEAN)
+STD, MIN_MAX, CI95 = "mean ± std", "min-max", "95% CI"
+BANDS = (STD, MIN_MAX, CI95)
+FINAL, BEST, AT_ITERATION = "final", "best", "at iteration"
+SUMMARIES = (FINAL, BEST, AT_ITERATION)
 OP_COLOURS = {"conv": "#4C78A8", "bn": "#54A24B", "relu": "#F58518", "add": "#7F7F7F", "io": "#FFFFFF"}
+
+
+def unvalidated_figure(traces: Sequence[dict], layout: dict) -> go.Figure:
+    """A figure of trace and layout dicts built by our own code, on the white template.
+
+    Plotly's property validation costs about 100x the JSON encoding for charts of many long traces;
+    these dicts are ours, so a live update skips it (`_validate=False`), naming the template object
+    itself since unvalidated layouts do not resolve template names.
+    """
+    return go.Figure(data=list(traces), layout={**layout, "template": WHITE_TEMPLATE}, _validate=False)
 
 
 def run_colour(index: int) -> str:
@@ -32,14 +57,12 @@ def run_colour(index: int) -> str:
     return RUN_COLOURS[index % len(RUN_COLOURS)]
 
 
-def downsample_minmax(
-    x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS_PER_TRACE
-) -> tuple[np.ndarray, np.ndarray]:
-    """At most about `max_points` points: the first, the last, and each bucket's minimum and maximum, in order."""
+def minmax_indices(y: np.ndarray, max_points: int = MAX_POINTS_PER_TRACE) -> np.ndarray:
+    """Indices of at most about `max_points` points: the first, the last, and each bucket's minimum and maximum."""
     n = len(y)
     buckets = max(1, max_points // 2)
     if n <= max_points or n <= 2:
-        return x, y
+        return np.arange(n)
     size = math.ceil(n / buckets)
     padded = size * buckets
     low = np.full(padded, np.inf)
@@ -52,83 +75,229 @@ def downsample_minmax(
         starts + high.reshape(buckets, size).argmax(axis=1),
         [0, n - 1],
     ])
-    picks = np.unique(picks[picks < n])
+    return np.unique(picks[picks < n])
+
+
+def downsample_minmax(
+    x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS_PER_TRACE
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most about `max_points` points: the first, the last, and each bucket's minimum and maximum, in order."""
+    if len(y) <= max_points:
+        return x, y
+    picks = minmax_indices(y, max_points)
     return x[picks], y[picks]
 
 
-def smooth(values: np.ndarray, weight: float) -> np.ndarray:
-    """Exponential moving average (TensorBoard's smoothing); weight 0 returns the values unchanged."""
+def smooth(values: np.ndarray, weight: float, kind: str = EMA) -> np.ndarray:
+    """Smoothed values of every stored point; weight 0 returns them unchanged.
+
+    EMA: TensorBoard's debiased exponential moving average (the average starts at 0 and is divided
+    by 1 - weight**n, so early points are not pulled towards the first one). Running mean: the
+    mean of the last 1 / (1 - weight) points, the window an EMA of that weight effectively averages.
+    """
     if weight <= 0 or len(values) < 2:
         return values
+    if kind == RUNNING_MEAN:
+        window = max(1, round(1.0 / (1.0 - weight)))
+        sums = np.concatenate([[0.0], np.cumsum(values)])
+        ends = np.arange(1, len(values) + 1)
+        starts = np.maximum(0, ends - window)
+        return (sums[ends] - sums[starts]) / (ends - starts)
     keep = 1.0 - weight
-    return np.fromiter(
-        itertools.accumulate(values, lambda average, value: weight * average + keep * value),
-        dtype=np.float64, count=len(values),
-    )
+    biased = np.fromiter(
+        itertools.accumulate(values, lambda average, value: weight * average + keep * value, initial=0.0),
+        dtype=np.float64, count=len(values) + 1,
+    )[1:]
+    return biased / (1.0 - weight ** np.arange(1, len(values) + 1))
 
 
-def _final_text(metric: str, value: float) -> str:
+def _value_text(metric: str, value: float) -> str:
     return f"{value:.2f}%" if metric == "error" else f"{value:.3f}"
 
 
-def _curve_trace(
-    series: Series, *, label: str, split: str, colour: str, group: int, metric: str, x_axis: str,
-    smoothing: float, max_points: int,
-) -> dict:
-    values = smooth(series.values, smoothing) if split == "train" else series.values
-    x, y = downsample_minmax(series.x(x_axis), values, max_points)
+def summary_value(series: Series, summary: str = FINAL, at: int | None = None) -> float:
+    """A run's summary of one curve: its final value, its best (lowest) or its last value at or before `at`."""
+    if summary == BEST:
+        return float(series.values.min())
+    if summary == AT_ITERATION and at is not None:
+        index = int(np.searchsorted(series.iterations, at, side="right")) - 1
+        return float(series.values[max(index, 0)])
+    return float(series.values[-1])
+
+
+def _summary_text(metric: str, values: Sequence[float], summary: str, at: int | None) -> str:
+    what = f"at {at}" if summary == AT_ITERATION and at is not None else summary
+    stats = Summary.of(values)
+    if stats.n == 1:
+        return _value_text(metric, stats.mean) if summary == FINAL else f"{what} {_value_text(metric, stats.mean)}"
+    unit = "%" if metric == "error" else ""
+    return f"n={stats.n}, {what} {stats.mean:.{2 if unit else 3}f} ± {stats.std:.{2 if unit else 3}f}{unit}"
+
+
+@dataclass(frozen=True)
+class CurveStyle:
+    """How curves are drawn: metric, x axis, smoothing of training curves, seed bands and the legend's summary."""
+
+    metric: str = "error"
+    x_axis: str = "iterations"
+    smoothing: float = 0.0
+    smoothing_kind: str = EMA
+    band: str = STD
+    show_runs: bool = False
+    summary: str = FINAL
+    summary_at: int | None = None
+    max_points: int = MAX_POINTS_PER_TRACE
+
+    def values(self, series: Series, split: str) -> np.ndarray:
+        """The values drawn: training curves smoothed, test curves as logged."""
+        return smooth(series.values, self.smoothing, self.smoothing_kind) if split == "train" else series.values
+
+
+def _line(split: str, colour: str, width_scale: float = 1.0) -> dict:
     test = split == "test"
+    return {"color": colour, "width": (2.6 if test else 1.2) * width_scale, "dash": "solid" if test else "dash"}
+
+
+def _curve_trace(series: Series, run: RunCurves, split: str, colour: str, style: CurveStyle) -> dict:
+    x, y = downsample_minmax(series.x(style.x_axis, run.start), style.values(series, split), style.max_points)
+    test = split == "test"
+    summary = _summary_text(style.metric, [summary_value(series, style.summary, style.summary_at)], style.summary,
+                            style.summary_at)
+    shown = split if test else run.train_label
     return {
         "type": "scatter", "x": x, "y": np.round(y, 4), "mode": "lines+markers" if test and len(x) <= 60 else "lines",
-        "name": f"{label} {split} {_final_text(metric, float(series.values[-1]))}",
-        "legendgroup": str(group),
-        "line": {"color": colour, "width": 2.6 if test else 1.2, "dash": "solid" if test else "dash"},
-        "marker": {"size": 5},
-        "hovertemplate": f"{label} {split}<br>%{{x}}: %{{y:.3f}}<extra></extra>",
+        "name": f"{run.label} {shown} {summary}",
+        "legendgroup": str(run.run_id), "uid": f"{run.run_id}-{split}",
+        "line": _line(split, colour), "marker": {"size": 5},
+        "hovertemplate": f"{run.label} {shown}: %{{y:.4g}}<extra></extra>",
     }
 
 
+def pointwise(members: Sequence[tuple[RunCurves, Series]], style: CurveStyle, split: str, band: str):
+    """(x, mean, lower, upper, n) of runs' curves over every stored iteration any of them logged.
+
+    Each column is the runs that logged that iteration; x is their mean position on the chosen axis.
+    Bands: mean ± std, min to max, or the 95% confidence interval of the mean (Student's t).
+    """
+    longest = max((series.iterations for _, series in members), key=len)
+    if all(np.array_equal(series.iterations, longest[:len(series)]) for _, series in members):
+        grid = longest  # runs of one config log at the same iterations: no sort needed
+    else:
+        grid = np.unique(np.concatenate([series.iterations for _, series in members]))
+    values = np.full((len(members), len(grid)), np.nan)
+    xs = np.full((len(members), len(grid)), np.nan)
+    for row, (run, series) in enumerate(members):
+        columns = np.searchsorted(grid, series.iterations)
+        values[row, columns] = style.values(series, split)
+        xs[row, columns] = series.x(style.x_axis, run.start)
+    count = np.sum(~np.isnan(values), axis=0)
+    mean = np.nanmean(values, axis=0)
+    if band == MIN_MAX:
+        return np.nanmean(xs, axis=0), mean, np.nanmin(values, axis=0), np.nanmax(values, axis=0), count
+    deviation = np.sqrt(np.nansum((values - mean) ** 2, axis=0) / np.maximum(count - 1, 1))
+    if band == CI95:
+        quantiles = {n: t_quantile(0.975, n - 1) for n in np.unique(count) if n > 1}
+        deviation = deviation / np.sqrt(count) * np.array([quantiles.get(n, 0.0) for n in count])
+    return np.nanmean(xs, axis=0), mean, mean - deviation, mean + deviation, count
+
+
+def _fill_colour(colour: str, alpha: float = 0.18) -> str:
+    red, green, blue = hex_to_rgb(colour)
+    return f"rgba({red}, {green}, {blue}, {alpha})"
+
+
+def _seed_group_traces(group: SeedGroup, colour: str, style: CurveStyle) -> list[dict]:
+    traces = []
+    for split in ("train", "test"):
+        members = [(run, getattr(run, split)) for run in group.runs
+                   if getattr(run, split) is not None and len(getattr(run, split))]
+        if not members:
+            continue
+        x, mean, lower, upper, _ = pointwise(members, style, split, style.band)
+        picks = np.unique(np.concatenate([minmax_indices(lower, style.max_points),
+                                          minmax_indices(upper, style.max_points)]))
+        x, mean, lower, upper = x[picks], mean[picks], lower[picks], upper[picks]
+        uid = f"{group.key}-{split}"
+        traces.append({
+            "type": "scatter", "x": np.concatenate([x, x[::-1]]),
+            "y": np.round(np.concatenate([upper, lower[::-1]]), 4), "fill": "toself", "fillcolor": _fill_colour(colour),
+            "mode": "lines", "line": {"width": 0}, "hoverinfo": "skip", "legendgroup": uid, "showlegend": False,
+            "uid": f"{uid}-band",
+            "name": f"{group.label} {split} {style.band}",
+        })
+        if style.show_runs:
+            traces += [{
+                "type": "scatter", "x": series.x(style.x_axis, run.start)[idx], "y": np.round(values[idx], 4),
+                "mode": "lines", "line": _line(split, colour, 0.4), "opacity": 0.5, "legendgroup": uid,
+                "showlegend": False, "uid": f"{uid}-{run.run_id}", "hoverinfo": "skip",
+            } for run, series in members
+                for values in [style.values(series, split)]
+                for idx in [minmax_indices(values, style.max_points)]]
+        summaries = [summary_value(series, style.summary, style.summary_at) for _, series in members]
+        traces.append({
+            "type": "scatter", "x": x, "y": np.round(mean, 4), "mode": "lines", "line": _line(split, colour),
+            "name": f"{group.label} {split} {_summary_text(style.metric, summaries, style.summary, style.summary_at)}",
+            "legendgroup": uid, "uid": uid,
+            "hovertemplate": f"{group.label} {split} mean: %{{y:.3f}}<extra></extra>",
+        })
+    return traces
+
+
 def training_curves_figure(
-    runs: Sequence[RunCurves],
+    runs: Sequence[RunCurves | SeedGroup],
     *,
     metric: str = "error",
     x_axis: str = "iterations",
     smoothing: float = 0.0,
+    smoothing_kind: str = EMA,
     log_y: bool = False,
     max_points: int = MAX_POINTS_PER_TRACE,
     height: int = CURVE_HEIGHT,
+    revision: str = "curves",
+    style: CurveStyle | None = None,
 ) -> go.Figure:
-    """Training (dashed) and test (bold) curves of several runs, one colour per run, final values in the legend."""
+    """Training (dashed) and test (bold) curves of runs and seed groups, one colour each, summaries in the legend.
+
+    A seed group of several runs is drawn as its mean with a band (`style.band`), its runs thin
+    underneath when `style.show_runs`. `style` replaces the keyword options when given. `revision`
+    is the layout's uirevision: a chart updated with the same revision keeps the user's zoom.
+    """
+    style = style or CurveStyle(metric=metric, x_axis=x_axis, smoothing=smoothing, smoothing_kind=smoothing_kind,
+                                max_points=max_points)
     traces = []
-    for index, run in enumerate(runs):
-        for split, series in (("train", run.train), ("test", run.test)):
-            if series is not None and len(series):
-                traces.append(_curve_trace(
-                    series, label=run.label, split=split, colour=run_colour(index), group=run.run_id,
-                    metric=metric, x_axis=x_axis, smoothing=smoothing, max_points=max_points,
-                ))
-    figure = go.Figure(data=traces, layout={
+    for index, entry in enumerate(runs):
+        colour = run_colour(index)
+        if isinstance(entry, SeedGroup) and len(entry.runs) > 1:
+            traces += _seed_group_traces(entry, colour, style)
+            continue
+        run = entry.runs[0] if isinstance(entry, SeedGroup) else entry
+        traces += [_curve_trace(series, run, split, colour, style)
+                   for split, series in (("train", run.train), ("test", run.test))
+                   if series is not None and len(series)]
+    figure = unvalidated_figure(traces, {
         "height": height,
         "margin": {"l": 60, "r": 20, "t": 30, "b": 50},
-        "template": "plotly_white",
-        "xaxis": {"title": {"text": x_axis}},
-        "yaxis": {"title": {"text": METRIC_AXIS_TITLES.get(metric, metric)}, "type": "log" if log_y else "linear"},
+        "xaxis": {"title": {"text": X_AXIS_TITLES.get(style.x_axis, style.x_axis)}},
+        "yaxis": {"title": {"text": METRIC_AXIS_TITLES.get(style.metric, style.metric)},
+                  "type": "log" if log_y else "linear"},
         "legend": {"x": 1.02, "y": 1},
-        "hovermode": "closest",
-        "uirevision": "curves",
+        "hovermode": "x unified",
+        "uirevision": revision,
     })
     if not traces:
         _add_note(figure, "No curves yet: pick runs or a group; curves appear after the first logged iterations.")
     return figure
 
 
-def path_length_figure(distribution: Sequence[float], *, height: int = SMALL_CHART_HEIGHT) -> go.Figure:
-    """Share of paths through the network by how many residual branches they cross (Veit et al. 2016)."""
+def path_length_figure(distribution: Sequence[float], *, x_title: str = "residual branches on a path",
+                       height: int = SMALL_CHART_HEIGHT) -> go.Figure:
+    """Share of paths through the network by how many residual branches (or other units) they cross
+    (Veit et al. 2016)."""
     figure = go.Figure(go.Bar(x=list(range(len(distribution))), y=list(distribution), marker_color=OP_COLOURS["conv"]))
     figure.update_layout(
         height=height, template="plotly_white", margin={"l": 50, "r": 10, "t": 30, "b": 40},
         title={"text": "path lengths", "font": {"size": 13}},
-        xaxis_title="residual branches on a path", yaxis_title="share of paths",
+        xaxis_title=x_title, yaxis_title="share of paths",
     )
     return figure
 

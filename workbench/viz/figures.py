@@ -7,6 +7,7 @@ test error), error against depth with the paper's numbers as markers, lesion plo
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from workbench.science.degradation import CurveRun, smoothed_at
-from workbench.viz.charts import MAX_POINTS_PER_TRACE, downsample_minmax
+from workbench.viz.charts import MAX_POINTS_PER_TRACE, downsample_minmax, unvalidated_figure
 
 PALETTE = qualitative.Plotly
 HEIGHT = 420
@@ -26,6 +27,19 @@ TRAIN_DASH = "dash"
 TRAIN_WIDTH = 1.5
 TEST_WIDTH = 3.5
 SHOW_MARKERS_BELOW = 30
+
+
+def _figure6_layout() -> dict:
+    """Two panels sharing the y axis: plain nets left, residual nets right."""
+    figure = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                           subplot_titles=("plain networks", "residual networks"))
+    figure.update_xaxes(title_text="iteration")
+    figure.update_yaxes(title_text="error (%)", row=1, col=1)
+    figure.update_layout(legend={"orientation": "h", "y": -0.2}, margin={"t": 60, "b": 40})
+    return figure.layout.to_plotly_json()
+
+
+FIGURE6_LAYOUT = _figure6_layout()
 
 
 def _depth_colors(runs: Sequence[CurveRun]) -> dict[int, str]:
@@ -42,11 +56,9 @@ def _empty(message: str, height: int = HEIGHT) -> go.Figure:
 def figure6(runs: Sequence[CurveRun], *, title: str | None = None, max_points: int = MAX_POINTS_PER_TRACE,
             height: int = HEIGHT) -> go.Figure:
     """Training (dashed) and test (bold) error against iteration: plain nets left, residual nets right."""
-    figure = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
-                           subplot_titles=("plain networks", "residual networks"))
     colors = _depth_colors(runs)
+    traces = []
     for run in sorted(runs, key=lambda r: (r.residual, r.depth)):
-        column = 2 if run.residual else 1
         for split, dash, width in (("train", TRAIN_DASH, TRAIN_WIDTH), ("test", "solid", TEST_WIDTH)):
             points = run.train if split == "train" else run.test
             if not len(points):
@@ -54,38 +66,32 @@ def figure6(runs: Sequence[CurveRun], *, title: str | None = None, max_points: i
             iterations, errors = np.asarray(points, dtype=np.float64).T
             x, y = downsample_minmax(iterations, errors, max_points)
             few = len(x) <= SHOW_MARKERS_BELOW
-            figure.add_trace(
-                go.Scatter(
-                    x=x, y=y, mode="lines+markers" if few else "lines",
-                    marker={"size": 6 if split == "test" else 3},
-                    name=f"{run.name} {split} ({errors[-1]:.1f}%)", legendgroup=run.name,
-                    line={"color": colors[run.depth], "dash": dash, "width": width},
-                    hovertemplate=f"{run.name} {split}<br>iteration %{{x}}<br>error %{{y:.2f}}%<extra></extra>",
-                ),
-                row=1, col=column,
-            )
-    figure.update_xaxes(title_text="iteration")
-    figure.update_yaxes(title_text="error (%)", row=1, col=1)
-    figure.update_layout(template=TEMPLATE, height=height, title=title,
-                         legend={"orientation": "h", "y": -0.2}, margin={"t": 60, "b": 40})
-    return figure
+            traces.append({
+                "type": "scatter", "x": x, "y": y, "mode": "lines+markers" if few else "lines",
+                "marker": {"size": 6 if split == "test" else 3},
+                "name": f"{run.name} {split} ({errors[-1]:.1f}%)", "legendgroup": run.name,
+                "line": {"color": colors[run.depth], "dash": dash, "width": width},
+                "hovertemplate": f"{run.name} {split}<br>iteration %{{x}}<br>error %{{y:.2f}}%<extra></extra>",
+                "xaxis": "x2" if run.residual else "x", "yaxis": "y2" if run.residual else "y",
+            })
+    return unvalidated_figure(traces, {**copy.deepcopy(FIGURE6_LAYOUT), "height": height, "title": title})
 
 
 def final_errors(run: CurveRun, window: int | None = None) -> dict[str, Any]:
     """The run's last test error and its training error smoothed over the last tenth of its iterations."""
     train, test = run.train, run.test
     train_error = None
-    if train:
-        last = train[-1][0]
+    if len(train):
+        last = int(train[-1][0])
         train_error = smoothed_at(train, last, window or max(1, last // 10))
     return {"name": run.name, "depth": run.depth, "residual": run.residual, "train_error": train_error,
-            "test_error": test[-1][1] if test else None}
+            "test_error": float(test[-1][1]) if len(test) else None}
 
 
 def error_vs_depth(finals: Sequence[Mapping[str, Any]], references: Mapping[int, float] | None = None, *,
                    reference_label: str = "ResNet, He et al. 2015 Table 6", height: int = HEIGHT) -> go.Figure:
     """Final error against depth for plain and residual nets, with the paper's numbers as star markers."""
-    figure = go.Figure()
+    traces = []
     families = (("plain", False, PALETTE[1]), ("ResNet", True, PALETTE[0]))
     for label, residual, color in families:
         entries = sorted((f for f in finals if bool(f["residual"]) == residual), key=lambda f: f["depth"])
@@ -93,23 +99,24 @@ def error_vs_depth(finals: Sequence[Mapping[str, Any]], references: Mapping[int,
             shown = [f for f in entries if f.get(f"{split}_error") is not None]
             if not shown:
                 continue
-            figure.add_trace(go.Scatter(
-                x=[f["depth"] for f in shown], y=[f[f"{split}_error"] for f in shown], mode="lines+markers",
-                name=f"{label} {split}", line={"color": color, "dash": dash, "width": width},
-                text=[f["name"] for f in shown],
-                hovertemplate="%{text} " + split + "<br>depth %{x}<br>error %{y:.2f}%<extra></extra>",
-            ))
+            traces.append({
+                "type": "scatter", "x": [f["depth"] for f in shown], "y": [f[f"{split}_error"] for f in shown],
+                "mode": "lines+markers", "name": f"{label} {split}", "line": {"color": color, "dash": dash,
+                                                                            "width": width},
+                "text": [f["name"] for f in shown],
+                "hovertemplate": "%{text} " + split + "<br>depth %{x}<br>error %{y:.2f}%<extra></extra>",
+            })
     if references:
         depths = sorted(references)
-        figure.add_trace(go.Scatter(
-            x=depths, y=[references[d] for d in depths], mode="markers", name=reference_label,
-            marker={"symbol": "star", "size": 13, "color": "black"},
-            hovertemplate="paper: depth %{x}, test error %{y:.2f}%<extra></extra>",
-        ))
+        traces.append({
+            "type": "scatter", "x": depths, "y": [references[d] for d in depths], "mode": "markers",
+            "name": reference_label, "marker": {"symbol": "star", "size": 13, "color": "black"},
+            "hovertemplate": "paper: depth %{x}, test error %{y:.2f}%<extra></extra>",
+        })
     depths_shown = sorted({f["depth"] for f in finals} | set(references or {}))
-    figure.update_layout(template=TEMPLATE, height=height, xaxis={"title": "depth (layers)", "tickvals": depths_shown},
-                         yaxis={"title": "error (%)", "rangemode": "tozero"}, legend={"orientation": "h", "y": -0.2})
-    return figure
+    return unvalidated_figure(traces, {
+        "height": height, "xaxis": {"title": {"text": "depth (layers)"}, "tickvals": depths_shown},
+        "yaxis": {"title": {"text": "error (%)"}, "rangemode": "tozero"}, "legend": {"orientation": "h", "y": -0.2}})
 
 
 def _lesion_color(index: int) -> str:
@@ -222,4 +229,44 @@ def gradient_profile_chart(profiles: Sequence[tuple[str, Sequence[float | None]]
                          title=title or "Gradient norm at each unit's input at initialization",
                          xaxis={"title": "unit (forward order)"}, yaxis={"title": "||dL/dx||", "type": "log"},
                          legend={"orientation": "h", "y": -0.2})
+    return figure
+
+
+COSTS = (("params", "parameters"), ("macs", "multiply-adds per image"))
+
+
+def error_vs_cost(finals: Sequence[Mapping[str, Any]], papers: Sequence[Mapping[str, Any]] = (), *,
+                  reference_label: str = "paper (CIFAR-10+)", height: int = HEIGHT) -> go.Figure:
+    """Final error of each run against its parameters (left) and multiply-adds (right), log scales, with the
+    papers' numbers as star markers. `finals` carry name, train/test error, params and macs."""
+    figure = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                           subplot_titles=[label for _, label in COSTS])
+    for column, (cost, label) in enumerate(COSTS, start=1):
+        for split, symbol, size in (("train", "circle-open", 9), ("test", "circle", 12)):
+            shown = [f for f in finals if f.get(f"{split}_error") is not None]
+            if not shown:
+                continue
+            figure.add_trace(go.Scatter(
+                x=[f[cost] for f in shown], y=[f[f"{split}_error"] for f in shown], mode="markers+text",
+                text=[f["name"] if split == "test" else "" for f in shown], textposition="top center",
+                cliponaxis=False,
+                marker={"symbol": symbol, "size": size,
+                        "color": [PALETTE[i % len(PALETTE)] for i in range(len(shown))]},
+                name=f"runs, {split} error", legendgroup=split, showlegend=column == 1,
+                customdata=[f["name"] for f in shown],
+                hovertemplate="%{customdata} " + split + f"<br>{label} %{{x:,}}<br>error %{{y:.2f}}%<extra></extra>",
+            ), row=1, col=column)
+        if papers:
+            figure.add_trace(go.Scatter(
+                x=[p[cost] for p in papers], y=[p["error"] for p in papers], mode="markers", name=reference_label,
+                marker={"symbol": "star", "size": 13, "color": "black"}, legendgroup="paper",
+                showlegend=column == 1, customdata=[p["name"] for p in papers],
+                hovertemplate="paper: %{customdata}<br>" + label + " %{x:,}<br>test error %{y:.2f}%<extra></extra>",
+            ), row=1, col=column)
+        figure.update_xaxes(title_text=label, type="log", row=1, col=column)
+    figure.update_yaxes(title_text="error (%)", rangemode="tozero", row=1, col=1)
+    figure.update_layout(template=TEMPLATE, height=height, legend={"orientation": "h", "y": -0.25},
+                         margin={"t": 40, "b": 40})
+    if not finals and not papers:
+        return _empty("No finished evaluations yet: points appear after each run's first test evaluation.", height)
     return figure

@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 
 from workbench.errors import WorkbenchError
-from workbench.spec import NetSpec, parse_spec
+from workbench.spec import NetworkSpec, parse_net
 from workbench.weights.limits import check_zip
 
 BUNDLE_FORMAT = "workbench-bundle/1"
@@ -33,8 +33,8 @@ def is_bundle(path: Path) -> bool:
     return {WEIGHTS_MEMBER, SPEC_MEMBER} <= names
 
 
-def read_bundle(path: Path) -> tuple[dict[str, torch.Tensor], NetSpec, dict]:
-    """The state_dict, NetSpec and metadata stored in a bundle, without building a model.
+def read_bundle(path: Path) -> tuple[dict[str, torch.Tensor], NetworkSpec, dict]:
+    """The state_dict, network spec and metadata stored in a bundle, without building a model.
 
     Member sizes and compression ratios are checked (see `weights.limits`) before any member is read.
     """
@@ -52,8 +52,8 @@ def read_bundle(path: Path) -> tuple[dict[str, torch.Tensor], NetSpec, dict]:
             metadata = json.loads(archive.read(METADATA_MEMBER)) if METADATA_MEMBER in names else {}
     except (zipfile.BadZipFile, json.JSONDecodeError, OSError, ValueError, SafetensorError) as exc:
         raise WorkbenchError(f"bundle {path} is damaged: {exc}; {WEIGHTS_MEMBER} must be a safetensors file and "
-                             f"{SPEC_MEMBER} a JSON NetSpec") from None
+                             f"{SPEC_MEMBER} a JSON network spec") from None
     if not isinstance(spec_data, dict):
-        raise WorkbenchError(f"bundle {path} is damaged: {SPEC_MEMBER} must hold a JSON object of NetSpec fields")
-    spec = parse_spec(NetSpec, spec_data)
+        raise WorkbenchError(f"bundle {path} is damaged: {SPEC_MEMBER} must hold a JSON object of network fields")
+    spec = parse_net(spec_data)
     return weights, spec, metadata

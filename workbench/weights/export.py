@@ -2,13 +2,14 @@
 
 Formats (see EXPORT_FORMATS):
 
-- bundle (.zip): `weights.safetensors`, `spec.json` (the exact NetSpec), `metadata.json`
+- bundle (.zip): `weights.safetensors`, `spec.json` (the exact network spec), `metadata.json`
   (class names, normalization, training settings, metrics; `head_hidden` when the head has a
   hidden layer) and `MODEL_CARD.md`. `load_model` / `load_bundle` rebuild the exact model.
 - onnx (.onnx): dynamic batch dimension, checked with onnxruntime against PyTorch before the
   file appears.
 - pt2 (.pt2): a torch.export program with a dynamic batch dimension, for `torch.export.load`.
-- torchvision (.pth): a state_dict for `torchvision.models.resnetXX`, for nets in its layout.
+- torchvision (.pth): a state_dict for the matching `torchvision.models` builder (resnetXX,
+  wide_resnetXX_2, resnextXX_CxDd, densenetXXX), for nets in its layout.
 
 Every writer works on a CPU, fp32, eval-mode copy of the model and writes atomically (temp file
 in the target folder, then rename), so a failed export never leaves a partial file.
@@ -36,7 +37,15 @@ from torch import nn
 
 from workbench.errors import WorkbenchError
 from workbench.models import summarize as summarize_model
-from workbench.spec import IMAGENET_DEPTHS, NetSpec
+from workbench.spec import (
+    DENSENET_IMAGENET,
+    IMAGENET_DEPTHS,
+    DenseNetSpec,
+    NetSpec,
+    NetworkSpec,
+    ResNeXtSpec,
+    WideResNetSpec,
+)
 from workbench.weights.bundle import BUNDLE_FORMAT, CARD_MEMBER, METADATA_MEMBER, SPEC_MEMBER, WEIGHTS_MEMBER
 from workbench.weights.transfer import head_hidden
 
@@ -90,7 +99,7 @@ def _atomic_target(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _example_input(spec: NetSpec, batch_size: int, seed: int = 0) -> torch.Tensor:
+def _example_input(spec: NetworkSpec, batch_size: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch_size, spec.in_channels, spec.input_size, spec.input_size, generator=generator)
 
@@ -141,15 +150,15 @@ def _table(rows: dict[str, Any]) -> list[str]:
     return ["| setting | value |", "| --- | --- |", *(f"| {key} | {_fmt(value)} |" for key, value in rows.items()), ""]
 
 
-def model_card(spec: NetSpec, metadata: dict, summary: dict) -> str:
+def model_card(spec: NetworkSpec, metadata: dict, summary: dict) -> str:
     """The bundle's MODEL_CARD.md: what the model is, what it was trained on, how to load it."""
     title = metadata.get("preset") or spec.name
     class_names = metadata.get("class_names")
+    head = "fc" if not isinstance(spec, DenseNetSpec) else "classifier"
     lines = [
         f"# {title}",
         "",
-        f"A {spec.depth}-layer {spec.family}-style network ({spec.unit} units, shortcut {spec.shortcut}, "
-        f"placement {spec.placement}) exported by ResNet Workbench.",
+        f"{spec.description()} exported by ResNet Workbench.",
         "",
         "## Network",
         "",
@@ -159,7 +168,8 @@ def model_card(spec: NetSpec, metadata: dict, summary: dict) -> str:
         f"- classes: {spec.num_classes}",
     ]
     if metadata.get("head_hidden"):
-        lines.append(f"- head: Linear-ReLU-Linear with {metadata['head_hidden']} hidden units (keys fc.0, fc.2)")
+        lines.append(f"- head: Linear-ReLU-Linear with {metadata['head_hidden']} hidden units "
+                     f"(keys {head}.0, {head}.2)")
     lines += [
         "",
         "Spec (`spec.json`):",
@@ -212,7 +222,7 @@ def model_card(spec: NetSpec, metadata: dict, summary: dict) -> str:
     return "\n".join(lines)
 
 
-def export_bundle(model: nn.Module, spec: NetSpec, metadata: dict | None, path: Path) -> Path:
+def export_bundle(model: nn.Module, spec: NetworkSpec, metadata: dict | None, path: Path) -> Path:
     """Write a bundle zip (weights, spec, metadata, model card) to `path` atomically."""
     path = Path(path)
     network = export_copy(model)
@@ -244,7 +254,7 @@ def _onnx_session(path: Path) -> Any:
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(model: nn.Module, spec: NetSpec, path: Path, metadata: dict | None = None) -> Path:
+def export_onnx(model: nn.Module, spec: NetworkSpec, path: Path, metadata: dict | None = None) -> Path:
     """Write an ONNX file with a dynamic batch dimension, after checking it with onnxruntime.
 
     The check runs the file and the PyTorch model on random inputs at two batch sizes; if they
@@ -292,7 +302,7 @@ def export_onnx(model: nn.Module, spec: NetSpec, path: Path, metadata: dict | No
 # ---------------------------------------------------------------- torch.export
 
 
-def export_torch_program(model: nn.Module, spec: NetSpec, path: Path, metadata: dict | None = None) -> Path:
+def export_torch_program(model: nn.Module, spec: NetworkSpec, path: Path, metadata: dict | None = None) -> Path:
     """Write a torch.export program (.pt2) with a dynamic batch dimension, for `torch.export.load`.
 
     The spec (and `metadata`, if given) travel as extra files `spec.json` / `metadata.json`.
@@ -317,8 +327,17 @@ def export_torch_program(model: nn.Module, spec: NetSpec, path: Path, metadata: 
 # ---------------------------------------------------------------- torchvision
 
 
-def torchvision_layout_differences(spec: NetSpec, model: nn.Module | None = None) -> list[str]:
-    """How `spec` (and the model's head) differ from torchvision's ResNet layout; empty when it matches."""
+#: torchvision builders of the other families: (depth, cardinality, bottleneck width) and (depth, widen factor).
+TORCHVISION_RESNEXTS: dict[tuple[int, int, int], str] = {
+    (50, 32, 4): "resnext50_32x4d",
+    (101, 32, 8): "resnext101_32x8d",
+    (101, 64, 4): "resnext101_64x4d",
+}
+TORCHVISION_WIDE_RESNETS: dict[tuple[int, int], str] = {(50, 2): "wide_resnet50_2", (101, 2): "wide_resnet101_2"}
+TORCHVISION_LABELS = {"resnet": "ResNet", "densenet": "DenseNet", "wide_resnet": "wide ResNet", "resnext": "ResNeXt"}
+
+
+def _resnet_differences(spec: NetSpec) -> list[str]:
     differences = []
     expected = {
         "family": "imagenet",
@@ -338,20 +357,75 @@ def torchvision_layout_differences(spec: NetSpec, model: nn.Module | None = None
     if (spec.unit, spec.blocks) not in IMAGENET_DEPTHS.values():
         known = "; ".join(f"resnet{d}: {u} {b}" for d, (u, b) in IMAGENET_DEPTHS.items())
         differences.append(f"unit {spec.unit!r} with blocks {spec.blocks} is not a torchvision depth ({known})")
-    if model is not None and head_hidden(_unwrap(model)) is not None:
-        differences.append("the head has a hidden layer (torchvision: a single Linear fc)")
     return differences
 
 
-def torchvision_builder(spec: NetSpec) -> Callable[..., nn.Module]:
-    """The `torchvision.models.resnetXX` constructor matching `spec` (which must fit its layout)."""
+def _family_differences(spec: NetworkSpec) -> list[str]:
+    """How a non-ResNet spec differs from its torchvision counterpart; empty when one matches."""
+    if isinstance(spec, NetSpec):
+        return _resnet_differences(spec)
+    differences = []
+    if getattr(spec, "family", "cifar") != "imagenet":
+        differences.append(f"family is {spec.family!r} (torchvision: 'imagenet')")
+    if spec.in_channels != 3:
+        differences.append(f"in_channels is {spec.in_channels} (torchvision: 3)")
+    if isinstance(spec, DenseNetSpec):
+        wanted = {depth: (growth, blocks, 2 * growth) for depth, (growth, blocks) in DENSENET_IMAGENET.items()}
+        actual = (spec.growth_rate, spec.blocks, spec.init_features)
+        if actual not in wanted.values():
+            known = "; ".join(f"densenet{d}: k={g}, blocks {b}" for d, (g, b, _) in wanted.items())
+            differences.append(f"growth rate {spec.growth_rate} with blocks {spec.blocks} is not a torchvision "
+                               f"DenseNet ({known})")
+        for field, value in (("bottleneck", True), ("compression", 0.5), ("bn_size", 4)):
+            if getattr(spec, field) != value:
+                differences.append(f"{field} is {getattr(spec, field)!r} (torchvision: {value!r})")
+    elif isinstance(spec, ResNeXtSpec):
+        if (spec.depth, spec.cardinality, spec.bottleneck_width) not in TORCHVISION_RESNEXTS or \
+                spec.widths != [64, 128, 256, 512]:
+            known = ", ".join(TORCHVISION_RESNEXTS.values())
+            differences.append(f"ResNeXt-{spec.depth} {spec.cardinality}x{spec.bottleneck_width}d is not a torchvision "
+                               f"ResNeXt ({known})")
+    elif isinstance(spec, WideResNetSpec):
+        if (spec.depth, spec.widen_factor) not in TORCHVISION_WIDE_RESNETS:
+            known = ", ".join(TORCHVISION_WIDE_RESNETS.values())
+            differences.append(f"WRN-{spec.depth}-{spec.widen_factor} is not a torchvision wide ResNet ({known})")
+    else:
+        differences.append(f"torchvision has no {spec.kind} networks")
+    return differences
+
+
+def torchvision_layout_differences(spec: NetworkSpec, model: nn.Module | None = None) -> list[str]:
+    """How `spec` (and the model's head) differ from torchvision's layout; empty when it matches."""
+    differences = _family_differences(spec)
+    if model is not None and head_hidden(_unwrap(model)) is not None:
+        head = getattr(_unwrap(model), "head_name", "fc")
+        differences.append(f"the head has a hidden layer (torchvision: a single Linear {head})")
+    return differences
+
+
+def torchvision_name(spec: NetworkSpec) -> str:
+    """The `torchvision.models` builder name of `spec` (which must fit its layout), such as 'densenet121'."""
+    if isinstance(spec, DenseNetSpec):
+        return next(f"densenet{d}" for d, (g, b) in DENSENET_IMAGENET.items()
+                    if (g, b) == (spec.growth_rate, spec.blocks))
+    if isinstance(spec, ResNeXtSpec):
+        return TORCHVISION_RESNEXTS[(spec.depth, spec.cardinality, spec.bottleneck_width)]
+    if isinstance(spec, WideResNetSpec):
+        return TORCHVISION_WIDE_RESNETS[(spec.depth, spec.widen_factor)]
+    return f"resnet{spec.depth}"
+
+
+def torchvision_builder(spec: NetworkSpec) -> Callable[..., nn.Module]:
+    """The `torchvision.models` constructor matching `spec` (which must fit its layout)."""
     import torchvision
 
-    return getattr(torchvision.models, f"resnet{spec.depth}")
+    return getattr(torchvision.models, torchvision_name(spec))
 
 
-def export_torchvision_state_dict(model: nn.Module, spec: NetSpec, path: Path, metadata: dict | None = None) -> Path:
-    """Write a `.pth` state_dict that loads into `torchvision.models.resnetXX(num_classes=...)` strictly.
+def export_torchvision_state_dict(
+    model: nn.Module, spec: NetworkSpec, path: Path, metadata: dict | None = None
+) -> Path:
+    """Write a `.pth` state_dict that loads into the matching `torchvision.models` builder strictly.
 
     Raises WorkbenchError naming each field that differs from torchvision's layout. `metadata` is
     not stored (torchvision's loaders expect the bare state_dict).
@@ -359,21 +433,24 @@ def export_torchvision_state_dict(model: nn.Module, spec: NetSpec, path: Path, m
     path = Path(path)
     differences = torchvision_layout_differences(spec, model)
     if differences:
+        label = TORCHVISION_LABELS.get(spec.kind)
+        layout = f"torchvision's {label} layout" if label else "any torchvision layout"
         raise WorkbenchError(
-            "this network does not match torchvision's ResNet layout, so a torchvision state_dict cannot "
+            f"this network does not match {layout}, so a torchvision state_dict cannot "
             "hold it: " + "; ".join(differences) + ". Export a bundle, ONNX or pt2 instead."
         )
+    name = torchvision_name(spec)
     state_dict = weights_of(export_copy(model))
     target = torchvision_builder(spec)(num_classes=spec.num_classes)
     try:
         target.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
-        raise WorkbenchError(f"the weights do not load into torchvision's resnet{spec.depth}: {exc}") from None
+        raise WorkbenchError(f"the weights do not load into torchvision's {name}: {exc}") from None
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
     with _atomic_target(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
-    log.info("exported torchvision resnet%d state_dict %s", spec.depth, path)
+    log.info("exported torchvision %s state_dict %s", name, path)
     return path
 
 
@@ -395,12 +472,12 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
     "onnx": ExportFormat(export_onnx, ".onnx", "ONNX with a dynamic batch dimension, checked with onnxruntime"),
     "pt2": ExportFormat(export_torch_program, ".pt2", "torch.export program; load with torch.export.load"),
     "torchvision": ExportFormat(
-        export_torchvision_state_dict, ".pth", "state_dict for torchvision.models.resnetXX (matching layouts only)"
+        export_torchvision_state_dict, ".pth", "state_dict for torchvision.models (matching layouts only)"
     ),
 }
 
 
-def export_model(model: nn.Module, spec: NetSpec, metadata: dict | None, fmt: str, path: Path) -> Path:
+def export_model(model: nn.Module, spec: NetworkSpec, metadata: dict | None, fmt: str, path: Path) -> Path:
     """Export `model` in format `fmt` (a key of EXPORT_FORMATS) to `path`."""
     if fmt not in EXPORT_FORMATS:
         raise WorkbenchError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")

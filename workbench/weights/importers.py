@@ -24,16 +24,20 @@ from safetensors.torch import load_file as safetensors_load_file
 from torch import nn
 
 from workbench.errors import UnsafeFileError, WorkbenchError
-from workbench.spec import NetSpec, parse_spec
+from workbench.models import head_prefix, state_dict_layout
+from workbench.spec import NetworkSpec, parse_net
 from workbench.training.checkpoint import CHECKPOINT_FORMAT
 from workbench.weights.bundle import is_bundle, read_bundle
 from workbench.weights.limits import check_file_size, check_zip
+from workbench.weights.transfer import is_head_key
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_STEM_SHAPE = (64, 3, 7, 7)
+#: Where torchvision's ImageNet nets keep their 7x7 stem: ResNets, wide ResNets, ResNeXts; DenseNets.
+IMAGENET_STEM_KEYS = ("conv1.weight", "features.conv0.weight")
 IMPORT_FORMATS: dict[str, str] = {
     "bundle": "workbench bundle (.zip with weights.safetensors and spec.json)",
     "workbench-checkpoint": "workbench training checkpoint (best.pt or last.pt of a run)",
@@ -52,7 +56,7 @@ class ImportedWeights:
 
     format: str
     state_dict: dict[str, torch.Tensor]
-    spec: NetSpec | None = None
+    spec: NetworkSpec | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,7 +144,7 @@ def _from_torch_object(obj: Any, path: Path) -> ImportedWeights:
         return ImportedWeights(
             "workbench-checkpoint",
             _normalise_keys(obj["model"]),
-            parse_spec(NetSpec, run_spec["net"]),
+            parse_net(run_spec["net"]),
             _checkpoint_metadata(obj),
         )
     if isinstance(obj, dict) and _is_state_dict(obj.get("state_dict")):
@@ -181,8 +185,8 @@ def read_weights(path: Path) -> ImportedWeights:
     """
     imported = _read_weights(Path(path))
     if imported.format in BARE_FORMATS and "mean" not in imported.metadata:
-        stem = imported.state_dict.get("conv1.weight")
-        if stem is not None and tuple(stem.shape) == IMAGENET_STEM_SHAPE:
+        stem = next((imported.state_dict[k] for k in IMAGENET_STEM_KEYS if k in imported.state_dict), None)
+        if stem is not None and tuple(stem.shape[1:]) == IMAGENET_STEM_SHAPE[1:]:
             imported.metadata.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), normalization_assumed=True)
     return imported
 
@@ -228,12 +232,27 @@ def detect_format(path: Path) -> str:
 
 
 def adapt_head(state_dict: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Drop the file's head (`fc.*`) when it does not fit `model`'s head; returns (weights, dropped keys)."""
-    expected = {k: v for k, v in model.state_dict().items() if k.startswith("fc.")}
-    head = {k: v for k, v in state_dict.items() if k.startswith("fc.")}
+    """Drop the file's head (`fc.*`, `classifier.*`) when it does not fit `model`'s; returns (weights, dropped keys)."""
+    prefix = head_prefix(model)
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    head = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
     fits = head.keys() == expected.keys() and all(head[k].shape == expected[k].shape for k in head)
     if fits:
         return dict(state_dict), []
     dropped = sorted(head)
     log.info("replacing the head: dropped %s from the imported weights", ", ".join(dropped) or "nothing")
-    return {k: v for k, v in state_dict.items() if not k.startswith("fc.")}, dropped
+    return {k: v for k, v in state_dict.items() if not k.startswith(prefix)}, dropped
+
+
+def backbone_fits(state_dict: dict[str, torch.Tensor], spec: NetworkSpec) -> bool:
+    """Whether the weights fit `spec`'s network key by key and shape by shape, the head aside (no model is built).
+
+    This is how a bare state_dict is matched to a network of any family: the keys name the family
+    (`layer1.0.conv1` for residual nets, `features.denseblock1` for DenseNets, `block1.column3` for
+    FractalNets, `layer1.0.layers.0.transient_to_residual` for RiR) and the shapes fix depth and widths.
+    """
+    expected = {k: v for k, v in state_dict_layout(spec).items()
+                if not is_head_key(k) and not k.endswith("num_batches_tracked")}
+    given = {k: tuple(v.shape) for k, v in state_dict.items()
+             if not is_head_key(k) and not k.endswith("num_batches_tracked")}
+    return given == expected

@@ -16,16 +16,18 @@ import torch
 from torch import nn
 
 from workbench.errors import WorkbenchError
+from workbench.models import head_prefix
 from workbench.presets import Preset, get_preset
-from workbench.spec import NetSpec, RunSpec
+from workbench.spec import NETWORK_SPEC_TYPES, NetSpec, NetworkSpec, RunSpec
 from workbench.training import ModelFactory, StartingModel, fresh_model
-from workbench.weights.importers import IMPORT_FORMATS, ImportedWeights, adapt_head, read_weights
+from workbench.weights.importers import IMPORT_FORMATS, ImportedWeights, adapt_head, backbone_fits, read_weights
 from workbench.weights.transfer import (
     Mismatches,
     apply_finetune_mode,
     build_with_head,
     fill_batch_counters,
     infer_head_hidden,
+    is_head_key,
     load_checked,
     replace_head,
     state_dict_mismatches,
@@ -50,8 +52,10 @@ def stage_blocks(state_dict: dict[str, torch.Tensor]) -> list[int]:
     return [counts[stage] for stage in sorted(counts)]
 
 
-def _same_outline(spec: NetSpec, state_dict: dict[str, torch.Tensor], blocks: list[int]) -> bool:
+def _same_outline(spec: NetworkSpec, state_dict: dict[str, torch.Tensor], blocks: list[int]) -> bool:
     """A cheap first test (stem, units per stage, unit kind) before building the network."""
+    if not isinstance(spec, NetSpec):
+        return backbone_fits(state_dict, spec)
     stem = state_dict.get("conv1.weight")
     kernel = 7 if spec.family == "imagenet" else 3
     bottleneck = any(".conv3." in key for key in state_dict)
@@ -63,16 +67,16 @@ def _same_outline(spec: NetSpec, state_dict: dict[str, torch.Tensor], blocks: li
     )
 
 
-def network_mismatches(state_dict: dict[str, torch.Tensor], spec: NetSpec) -> tuple[Mismatches, Mismatches]:
-    """How the weights differ from `spec`'s network: (backbone mismatches, head `fc.*` mismatches)."""
+def network_mismatches(state_dict: dict[str, torch.Tensor], spec: NetworkSpec) -> tuple[Mismatches, Mismatches]:
+    """How the weights differ from `spec`'s network: (backbone mismatches, head `fc.*`/`classifier.*` mismatches)."""
     model = build_with_head(spec, infer_head_hidden(state_dict))
     found = state_dict_mismatches(fill_batch_counters(state_dict, model), model)
 
     def part(head: bool) -> Mismatches:
         return Mismatches(
-            missing=[name for name in found.missing if name.startswith("fc.") == head],
-            unexpected=[name for name in found.unexpected if name.startswith("fc.") == head],
-            shapes=[entry for entry in found.shapes if entry[0].startswith("fc.") == head],
+            missing=[name for name in found.missing if is_head_key(name) == head],
+            unexpected=[name for name in found.unexpected if is_head_key(name) == head],
+            shapes=[entry for entry in found.shapes if is_head_key(entry[0]) == head],
         )
 
     return part(head=False), part(head=True)
@@ -88,9 +92,9 @@ def fitting_presets(state_dict: dict[str, torch.Tensor], presets: Sequence[Prese
     return fits
 
 
-def _network_of(imported: ImportedWeights, path: Path, net: NetSpec | str | None,
-                presets: Sequence[Preset]) -> NetSpec:
-    if isinstance(net, NetSpec):
+def _network_of(imported: ImportedWeights, path: Path, net: NetworkSpec | str | None,
+                presets: Sequence[Preset]) -> NetworkSpec:
+    if isinstance(net, NETWORK_SPEC_TYPES):
         return net
     if isinstance(net, str):
         return get_preset(net).spec
@@ -111,12 +115,12 @@ def _network_of(imported: ImportedWeights, path: Path, net: NetSpec | str | None
 
 
 def load_model_file(
-    path: str | Path, net: NetSpec | str | None = None, *, presets: Sequence[Preset] | None = None,
+    path: str | Path, net: NetworkSpec | str | None = None, *, presets: Sequence[Preset] | None = None,
     new_head: bool = False,
 ) -> nn.Module:
     """The network stored in `path`, weights loaded and checked key by key, in eval mode.
 
-    `net` (a NetSpec or preset name) overrides the file's own spec; without either, the first of
+    `net` (a network spec of any family or a preset name) overrides the file's own spec; without either, the first of
     `presets` (default: the built-in ones) that takes the weights is used. With `new_head`, a head
     that does not fit is replaced by a fresh one. `model.metadata` is what the file says (class names,
     normalization; `run_spec` for a workbench checkpoint); `model.source` where it came from
@@ -134,7 +138,8 @@ def load_model_file(
     metadata = dict(imported.metadata)
     if dropped:
         replace_head(model, spec.num_classes)
-        state_dict = {**state_dict, **{k: v for k, v in model.state_dict().items() if k.startswith("fc.")}}
+        head = head_prefix(model)
+        state_dict = {**state_dict, **{k: v for k, v in model.state_dict().items() if k.startswith(head)}}
         metadata.pop("class_names", None)
         metadata.pop("head_hidden", None)
     load_checked(model, state_dict, source=str(path))
@@ -145,7 +150,7 @@ def load_model_file(
     return model
 
 
-def import_weights(path: str | Path, spec: NetSpec) -> dict[str, torch.Tensor]:
+def import_weights(path: str | Path, spec: NetworkSpec) -> dict[str, torch.Tensor]:
     """The weights in `path` as a state_dict for `spec`'s model, every key and shape checked."""
     return load_model_file(path, spec).state_dict()
 
@@ -175,7 +180,7 @@ class FinetuneStart:
             raise WorkbenchError("a fine-tune needs init_from: the model to start from")
         self.run = run
 
-    def __call__(self, net: NetSpec, *, resuming: bool) -> StartingModel:
+    def __call__(self, net: NetworkSpec, *, resuming: bool) -> StartingModel:
         run = self.run
         imported = read_weights(Path(run.init_from))
         mode = run.finetune or "all"
@@ -185,8 +190,9 @@ class FinetuneStart:
         if not resuming:
             state_dict, dropped = adapt_head(imported.state_dict, model)
             if dropped or new_head:
-                state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-                state_dict.update({k: v for k, v in model.state_dict().items() if k.startswith("fc.")})
+                head = head_prefix(model)
+                state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head)}
+                state_dict.update({k: v for k, v in model.state_dict().items() if k.startswith(head)})
             load_checked(model, state_dict, source=run.init_from)
         model = apply_finetune_mode(model, mode, hidden=run.head_hidden, stages=run.finetune_stages,
                                     num_classes=net.num_classes)

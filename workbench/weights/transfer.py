@@ -2,7 +2,8 @@
 
 `load_checked` compares a state_dict with a model key by key and shape by shape and names
 every mismatch. A head with one hidden layer turns `fc` into `Sequential(Linear, ReLU, Linear)`, so its
-state_dict keys become `fc.0.*` and `fc.2.*`. The NetSpec does not describe that head: loaders
+state_dict keys become `fc.0.*` and `fc.2.*` (DenseNets name their head `classifier`, as torchvision
+does: `classifier.0.*`, `classifier.2.*`). The network spec does not describe that head: loaders
 read the hidden width from the weights (`infer_head_hidden`) and `build_with_head` rebuilds it;
 bundles also record it as `head_hidden` in their metadata.
 
@@ -19,8 +20,8 @@ import torch
 from torch import nn
 
 from workbench.errors import WorkbenchError
-from workbench.models import ResNet
-from workbench.spec import NetSpec
+from workbench.models import Network, build_network, head_of, head_prefix, set_head
+from workbench.spec import NetworkSpec
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ FINETUNE_MODES: dict[str, str] = {
 }
 _FROZEN_BN_HOOK = "_workbench_frozen_bn_hook"
 _LISTED_NAMES = 12
+#: State_dict prefixes of classifier heads: `fc` (ResNets and most families), `classifier` (DenseNets).
+HEAD_PREFIXES = ("fc.", "classifier.")
 
 
 @dataclass
@@ -96,7 +99,12 @@ def _describe(model: nn.Module) -> str:
     spec = getattr(model, "spec", None)
     if spec is None:
         return type(model).__name__
-    return f"{spec.name} ({spec.family}, {spec.unit} units, blocks {spec.blocks}, {spec.num_classes} classes)"
+    return f"{spec.name} ({spec.outline()}, {spec.num_classes} classes)"
+
+
+def is_head_key(key: str) -> bool:
+    """Whether a state_dict key belongs to a classifier head (`fc.*` or `classifier.*`)."""
+    return key.startswith(HEAD_PREFIXES)
 
 
 def load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> nn.Module:
@@ -108,7 +116,7 @@ def load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     state_dict = fill_batch_counters(state_dict, model)
     mismatches = state_dict_mismatches(state_dict, model)
     if mismatches:
-        if all(name.startswith("fc.") for name in mismatches.names()):
+        if all(name.startswith(head_prefix(model)) for name in mismatches.names()):
             advice = "only the head differs: replace the head or set num_classes to the file's"
         else:
             advice = "choose the network spec these weights were trained with"
@@ -126,34 +134,39 @@ def make_head(in_features: int, num_classes: int, hidden: int | None = None) -> 
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
 
 
-def head_in_features(model: ResNet) -> int:
+def head_in_features(model: Network) -> int:
     """Width of the pooled feature vector the head reads."""
-    first = model.fc[0] if isinstance(model.fc, nn.Sequential) else model.fc
+    head = head_of(model)
+    first = head[0] if isinstance(head, nn.Sequential) else head
     return first.in_features
 
 
-def head_hidden(model: ResNet) -> int | None:
+def head_hidden(model: Network) -> int | None:
     """Hidden width of the model's head, or None for a single linear layer."""
-    return model.fc[0].out_features if isinstance(model.fc, nn.Sequential) else None
+    head = head_of(model)
+    return head[0].out_features if isinstance(head, nn.Sequential) else None
 
 
 def infer_head_hidden(state_dict: dict) -> int | None:
-    """Hidden width of the head stored in a state_dict (keys `fc.0.*`), or None for a plain `fc`."""
-    weight = state_dict.get("fc.0.weight")
-    return int(weight.shape[0]) if weight is not None else None
+    """Hidden width of the head stored in a state_dict (keys `fc.0.*` or `classifier.0.*`), or None."""
+    for prefix in HEAD_PREFIXES:
+        weight = state_dict.get(f"{prefix}0.weight")
+        if weight is not None:
+            return int(weight.shape[0])
+    return None
 
 
-def replace_head(model: ResNet, num_classes: int | None = None, hidden: int | None = None) -> ResNet:
+def replace_head(model: Network, num_classes: int | None = None, hidden: int | None = None) -> Network:
     """Give `model` a freshly initialised head; `model.spec.num_classes` follows the new head."""
     num_classes = num_classes or model.spec.num_classes
-    model.fc = make_head(head_in_features(model), num_classes, hidden).to(next(model.parameters()).device)
+    set_head(model, make_head(head_in_features(model), num_classes, hidden).to(next(model.parameters()).device))
     model.spec = model.spec.model_copy(update={"num_classes": num_classes})
     return model
 
 
-def build_with_head(spec: NetSpec, hidden: int | None = None) -> ResNet:
-    """Build the network for `spec`, with a hidden-layer head when `hidden` is given."""
-    model = ResNet(spec)
+def build_with_head(spec: NetworkSpec, hidden: int | None = None) -> Network:
+    """Build the network for `spec` (any family), with a hidden-layer head when `hidden` is given."""
+    model = build_network(spec)
     return replace_head(model, spec.num_classes, hidden) if hidden is not None else model
 
 
@@ -180,13 +193,13 @@ def _unfreeze(module: nn.Module) -> None:
 
 
 def apply_finetune_mode(
-    model: ResNet,
+    model: Network,
     mode: str,
     *,
     hidden: int | None = None,
     stages: int = 1,
     num_classes: int | None = None,
-) -> ResNet:
+) -> Network:
     """Set which parameters train for a fine-tuning mode (see FINETUNE_MODES); returns `model`.
 
     'head' always installs a new head (`num_classes` outputs, default the spec's; one hidden
@@ -203,19 +216,35 @@ def apply_finetune_mode(
     if mode == "head":
         _freeze(model)
         replace_head(model, num_classes, hidden)
-        log.info("fine-tuning: froze the network, new head %s", model.fc)
+        log.info("fine-tuning: froze the network, new head %s", head_of(model))
         return model
     all_stages = model.stages
     if not 1 <= stages <= len(all_stages):
         raise WorkbenchError(f"stages must be between 1 and {len(all_stages)} for this network; got {stages}")
-    trainable = {id(stage) for stage in all_stages[-stages:]} | {id(model.fc)}
-    if model.final_bn is not None:
-        trainable.add(id(model.final_bn))
-    for name, child in model.named_children():
-        if id(child) not in trainable:
-            _freeze(child)
-            log.debug("fine-tuning: froze %s", name)
+    trainable = [*all_stages[-stages:], *model.after_stages(), head_of(model)]
+    _freeze_all_but(model, trainable)
     return model
+
+
+def _freeze_all_but(model: nn.Module, trainable: list[nn.Module]) -> None:
+    """Freeze every module of `model` outside the `trainable` subtrees (they may sit deep inside a container)."""
+    keep = {id(sub) for module in trainable for sub in module.modules()}
+    inside_kept = {id(p) for module in trainable for p in module.parameters()}
+
+    def visit(name: str, module: nn.Module) -> None:
+        if id(module) in keep:
+            return
+        if all(id(sub) not in keep for sub in module.modules()):
+            _freeze(module)
+            log.debug("fine-tuning: froze %s", name or type(module).__name__)
+            return
+        for parameter in module.parameters(recurse=False):
+            if id(parameter) not in inside_kept:
+                parameter.requires_grad_(False)
+        for child_name, child in module.named_children():
+            visit(f"{name}.{child_name}" if name else child_name, child)
+
+    visit("", model)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
