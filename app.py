@@ -1,7 +1,8 @@
 """Start the ResNet Workbench in the browser: `python app.py [--host H] [--port P] [--home DIR] ...`.
 
-Opens (and migrates) the run store, starts the local worker processes, builds the UI and serves it
-until interrupted; the workers then checkpoint and stop, and their runs can be resumed later.
+Opens (and migrates) the run store, starts the executor (local worker processes, or Ray jobs with
+`--executor ray --ray-address URL`), builds the UI and serves it until interrupted; local workers then
+checkpoint and stop, and their runs can be resumed later; Ray jobs go on and are reattached next time.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="require this login")
     parser.add_argument("--no-auth", action="store_true",
                         help="allow a non-loopback --host without --auth (only on a trusted network)")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="where runs execute: local worker processes (default) or one Ray job per run")
+    parser.add_argument("--ray-address", default=None, metavar="URL",
+                        help="the Ray head's dashboard address (http://HOST:8265), for --executor ray")
     parser.add_argument("--file-max-age", type=float, default=None, metavar="HOURS",
                         help="delete uploads and exports older than this (default $WORKBENCH_FILE_MAX_AGE_HOURS or "
                              "168, a week); checked at start and every hour")

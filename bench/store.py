@@ -1,6 +1,9 @@
-"""Run store speed next to plain sqlite3 (same schema, same PRAGMAs, same batches).
+"""Run store speed next to the bare driver: sqlite3 (same schema, same PRAGMAs) or psycopg 3 with --db.
 
-    python bench/store.py [--rows 200000] [--batch 1000] [--runs 8] [--points 20000]
+    python bench/store.py [--rows 200000] [--batch 1000] [--runs 8] [--points 20000] [--db URL]
+
+With `--db postgresql+psycopg://...` the same figures are measured on that PostgreSQL database (new
+runs are added to it) beside raw psycopg executemany and selects.
 
 Measures (1) rows/s appending metric rows in batches, one transaction per
 batch, and (2) the time to fetch the new rows of several runs: first the whole
@@ -19,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -68,14 +72,32 @@ def as_tuples(run_id: int, rows: list[dict]) -> list[tuple]:
     ]
 
 
-def new_store(folder: Path) -> tuple[RunStore, Path]:
-    store = open_store(folder)
-    return store, folder / "workbench.db"
+DB_URL: str | None = None
+
+
+def new_store(folder: Path) -> RunStore:
+    """A store in a fresh home folder: a fresh SQLite file, or the --db database."""
+    return open_store(folder, DB_URL)
+
+
+def raw_connect(store: RunStore) -> tuple[Any, str]:
+    """The bare driver's connection to the store's database and how it begins a write transaction."""
+    url = store.engine.url
+    if url.get_backend_name() == "sqlite":
+        return raw_connection(Path(url.database)), "BEGIN IMMEDIATE"
+    import psycopg
+
+    plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return psycopg.connect(plain, autocommit=True), "BEGIN"
+
+
+def driver_sql(connection: Any, sql: str) -> str:
+    return sql if isinstance(connection, sqlite3.Connection) else sql.replace("?", "%s")
 
 
 def append_ours(folder: Path, batches: list[list[dict]]) -> float:
     """Seconds for RunStore.append_metrics to store every batch into a fresh database."""
-    store, _ = new_store(folder)
+    store = new_store(folder)
     run_id = store.create_run({"bench": "append"}, name="append")
     started = time.perf_counter()
     for batch in batches:
@@ -86,16 +108,17 @@ def append_ours(folder: Path, batches: list[list[dict]]) -> float:
 
 
 def append_reference(folder: Path, batches: list[list[dict]]) -> float:
-    """Seconds for plain sqlite3 executemany (rows already tuples) into a fresh database of the same schema."""
-    store, path = new_store(folder)
+    """Seconds for the bare driver's executemany (rows already tuples) into a database of the same schema."""
+    store = new_store(folder)
     run_id = store.create_run({"bench": "append"}, name="append")
+    connection, begin = raw_connect(store)
     store.close()
     tuple_batches = [as_tuples(run_id, batch) for batch in batches]
-    connection = raw_connection(path)
+    insert = driver_sql(connection, INSERT_SQL)
     started = time.perf_counter()
     for batch in tuple_batches:
-        connection.execute("BEGIN IMMEDIATE")
-        connection.executemany(INSERT_SQL, batch)
+        connection.execute(begin)
+        connection.cursor().executemany(insert, batch)
         connection.execute("COMMIT")
     elapsed = time.perf_counter() - started
     connection.close()
@@ -113,9 +136,10 @@ def bench_append(folder: Path, total_rows: int, batch_size: int, rounds: int) ->
     return total_rows / min(ours), total_rows / min(reference)
 
 
-def raw_fetch(connection: sqlite3.Connection, cursors: dict[int, int]) -> dict[int, list[tuple]]:
+def raw_fetch(connection: Any, cursors: dict[int, int]) -> dict[int, list[tuple]]:
+    select = driver_sql(connection, SELECT_SQL)
     connection.execute("BEGIN")
-    fetched = {run_id: connection.execute(SELECT_SQL, (run_id, after)).fetchall() for run_id, after in cursors.items()}
+    fetched = {run_id: connection.execute(select, (run_id, after)).fetchall() for run_id, after in cursors.items()}
     connection.execute("COMMIT")
     return fetched
 
@@ -133,12 +157,12 @@ def median_ms_pair(ours: Callable[[], object], reference: Callable[[], object], 
 
 def bench_fetch(folder: Path, run_count: int, points: int, repeats: int) -> dict[str, tuple[float, float]]:
     """Milliseconds to fetch all rows of `run_count` runs, then only the rows added since."""
-    store, path = new_store(folder / "fetch")
+    store = new_store(folder / "fetch")
     run_ids = [store.create_run({"bench": "fetch"}, name=f"run {index}") for index in range(run_count)]
     for run_id in run_ids:
         for start in range(0, points, 1000):
             store.append_metrics(run_id, metric_rows(min(1000, points - start), start))
-    connection = raw_connection(path)
+    connection, _ = raw_connect(store)
     from_start = dict.fromkeys(run_ids, 0)
 
     expected = sum(len(rows) for rows in raw_fetch(connection, from_start).values())
@@ -169,7 +193,12 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=20_000, help="metric rows per fetched run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved append rounds (best of)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per fetch (median)")
+    parser.add_argument("--db", default=None, metavar="URL",
+                        help="measure on this database (postgresql+psycopg://...) instead of fresh SQLite files")
     args = parser.parse_args()
+    global DB_URL
+    DB_URL = args.db
+    driver = "sqlite3" if args.db is None else "psycopg"
 
     with tempfile.TemporaryDirectory(prefix="bench-store-") as scratch:
         folder = Path(scratch)
@@ -197,7 +226,7 @@ def main() -> None:
             "unit": "ms",
         },
     ]
-    print(f"{'benchmark':<60} {'ours':>12} {'sqlite3':>12} {'ratio':>7}  unit")
+    print(f"{'benchmark':<60} {'ours':>12} {driver:>12} {'ratio':>7}  unit")
     for result in results:
         result["ratio"] = result["ours"] / result["reference"]
         print(
@@ -205,8 +234,8 @@ def main() -> None:
             f"{result['ratio']:>7.2f}  {result['unit']}"
         )
     print(
-        "targets: append >= 0.5x raw sqlite3; fetching the new rows of the runs (a chart poll) < 50 ms.\n"
-        "The whole-history fetch (a chart opening) is shown for scale next to raw sqlite3."
+        f"targets: append >= 0.5x raw {driver}; fetching the new rows of the runs (a chart poll) < 50 ms.\n"
+        f"The whole-history fetch (a chart opening) is shown for scale next to raw {driver}."
     )
     print(
         json.dumps(

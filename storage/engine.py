@@ -9,7 +9,7 @@ For SQLite this module
   when a read lock cannot be upgraded) and reads use a plain deferred BEGIN
   (in WAL mode a reader never waits for a writer).
 
-Any other URL gets a plain engine.
+Any other URL (PostgreSQL through psycopg 3) gets a plain engine; migrations there take an advisory lock.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 30_000
+# Any constant shared by all workbench processes: the key of the PostgreSQL advisory lock migrations hold.
+MIGRATION_LOCK_KEY = 0x776F726B62656E63
 WRITE_OPTION = "workbench_write"
 PASS_ANOTHER_DB = "move it away or pass --db (or WORKBENCH_DATABASE_URL) with another path"
 
@@ -153,6 +155,15 @@ def driver_executemany_sql(engine: Engine, statement: Insert, keys: Sequence[str
     if not compiled.positional or tuple(compiled.positiontup) != tuple(keys):
         return None
     return compiled.string
+
+
+def lock_for_migration(connection: Connection) -> None:
+    """In a write transaction: make processes that migrate at once take turns.
+
+    SQLite's BEGIN IMMEDIATE already does; PostgreSQL gets a transaction-scoped advisory lock.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
 
 
 def foreign_key_violations(connection: Connection) -> list[tuple]:

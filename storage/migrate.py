@@ -19,7 +19,13 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
-from storage.engine import create_store_engine, describe_url, foreign_key_violations, writer_engine
+from storage.engine import (
+    create_store_engine,
+    describe_url,
+    foreign_key_violations,
+    lock_for_migration,
+    writer_engine,
+)
 from storage.schema import VERSION_TABLE, Base
 from workbench.errors import StoreError
 
@@ -72,6 +78,7 @@ def _upgrade(engine: Engine, scripts: ScriptDirectory, target: str) -> None:
         if current_revision(connection) == target:
             return
     with writer_engine(engine).begin() as connection:
+        lock_for_migration(connection)
         found = current_revision(connection)
         if found is not None:
             _check_known(scripts, found, url)

@@ -42,6 +42,7 @@ class RunRecord:
     notes: str
     tags: list[str]
     parent_run_id: int | None
+    job_id: str | None
 
 
 METRIC_FIELDS = ("id", "run_id", "iteration", "epoch", "split", "name", "value", "wall_time")

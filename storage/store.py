@@ -1,7 +1,9 @@
 """RunStore: the one API the UI, the CLI and the workers use to read and change runs.
 
 Every method runs in its own short transaction and returns plain records
-(`storage.records`), never ORM objects tied to a session. Changes of status are
+(`storage.records`), never ORM objects tied to a session. File paths inside the home
+folder are stored relative to it (a home mounted elsewhere still works) and returned
+absolute. Changes of status are
 single conditional UPDATEs, so they stay correct when several processes act on
 the same run at once. Open one store per process (connections do not survive
 a fork).
@@ -204,7 +206,7 @@ class RunStore:
             )
         query = query.order_by(runs.c.id.desc()).limit(limit).offset(offset)
         with self._read() as conn:
-            return [RunRecord(**row._mapping) for row in conn.execute(query)]
+            return [self._run_record(row) for row in conn.execute(query)]
 
     def list_groups(self) -> list[tuple[str, str | None]]:
         """Distinct (group name, group kind) pairs of stored runs, by name."""
@@ -256,7 +258,10 @@ class RunStore:
                     self._mark_stale(conn, stale_after_s)
                 if requeue_interrupted:
                     self._requeue_interrupted(conn)
-                candidate = conn.scalar(select(runs.c.id).where(runs.c.status == QUEUED).order_by(runs.c.id).limit(1))
+                # SKIP LOCKED (PostgreSQL; SQLite's write lock already serializes claims): workers racing for
+                # the queue each take a different row instead of queueing behind one.
+                candidate = conn.scalar(select(runs.c.id).where(runs.c.status == QUEUED).order_by(runs.c.id)
+                                        .limit(1).with_for_update(skip_locked=True))
                 if candidate is None:
                     return None
                 if self._start(conn, candidate, worker_id, device):
@@ -294,6 +299,8 @@ class RunStore:
                 raise StoreError(f"run {run_id} needs a worker id to start running; use claim_run")
             return self.claim_run(run_id, worker_id, fields.get("device"))
         values = {**_storable_numbers(fields), "status": new_status, **_entry_values(new_status)}
+        if "checkpoint_path" in values:
+            values["checkpoint_path"] = self._relative(values["checkpoint_path"])
         conditions = [runs.c.id == run_id, runs.c.status.in_(sources_of(new_status))]
         if worker_id is not None:
             conditions.append(or_(runs.c.status != RUNNING, runs.c.worker_id == worker_id))
@@ -387,11 +394,35 @@ class RunStore:
             raise _not_found(run_id)
         return bool(flag)
 
+    def assign_job(self, run_id: int, job_id: str) -> bool:
+        """Record the cluster job about to execute a queued run; False when the run is no longer queued or
+        already has a job (another dispatcher took it), so a run is submitted once."""
+        with self._write() as conn:
+            return conn.execute(
+                update(runs).where(runs.c.id == run_id, runs.c.status == QUEUED, runs.c.job_id.is_(None))
+                .values(job_id=job_id)
+            ).rowcount == 1
+
+    def release_job(self, run_id: int, job_id: str, message: str | None = None) -> bool:
+        """Forget the job of a still queued run (it was never submitted, or the cluster lost it) so it is
+        submitted again; `message` says why. False when the run moved on meanwhile."""
+        with self._write() as conn:
+            return conn.execute(
+                update(runs).where(runs.c.id == run_id, runs.c.status == QUEUED, runs.c.job_id == job_id)
+                .values(job_id=None, error_message=message)
+            ).rowcount == 1
+
+    def note_waiting(self, run_id: int, message: str | None) -> None:
+        """Say why a queued run has not started yet (e.g. no node has the GPUs it asks for); cleared when it starts."""
+        with self._write() as conn:
+            conn.execute(update(runs).where(runs.c.id == run_id, runs.c.status == QUEUED)
+                         .values(error_message=message))
+
     def find_stale_runs(self, older_than_s: float) -> list[RunRecord]:
         """Running runs whose last heartbeat is older than `older_than_s` seconds."""
         with self._read() as conn:
             rows = conn.execute(select(*RUN_COLUMNS).where(_stale_condition(older_than_s)).order_by(runs.c.id))
-            return [RunRecord(**row._mapping) for row in rows]
+            return [self._run_record(row) for row in rows]
 
     def mark_stale_interrupted(self, older_than_s: float) -> list[int]:
         """Move running runs with no heartbeat for `older_than_s` seconds to `interrupted`; return their ids.
@@ -431,7 +462,8 @@ class RunStore:
         the home folder are left in place.
         """
         with self._write() as conn:
-            paths = list(conn.scalars(select(artifacts.c.path).where(artifacts.c.run_id == run_id)))
+            paths = [self._absolute(path) for path in conn.scalars(select(artifacts.c.path)
+                                                                   .where(artifacts.c.run_id == run_id))]
             deleted = conn.execute(delete(runs).where(runs.c.id == run_id, runs.c.status != RUNNING)).rowcount
             if not deleted:
                 status = conn.scalar(select(runs.c.status).where(runs.c.id == run_id))
@@ -533,10 +565,11 @@ class RunStore:
                 raise StoreError(f"artifact file {file_path} does not exist; write it before recording it")
             size = file_path.stat().st_size if size is None else size
             sha256 = _sha256_of(file_path) if sha256 is None else sha256
+        stored_path = self._relative(file_path)
         values = {
             "run_id": run_id,
             "kind": kind,
-            "path": str(file_path),
+            "path": stored_path,
             "size": size,
             "sha256": sha256,
             "created_at": utc_now(),
@@ -546,14 +579,14 @@ class RunStore:
         try:
             with self._write() as conn:
                 artifact_id = conn.scalar(
-                    select(artifacts.c.id).where(artifacts.c.run_id == run_id, artifacts.c.path == str(file_path))
+                    select(artifacts.c.id).where(artifacts.c.run_id == run_id, artifacts.c.path == stored_path)
                 )
                 if artifact_id is None:
                     artifact_id = conn.execute(insert(artifacts).values(values)).inserted_primary_key[0]
                 else:
                     conn.execute(update(artifacts).where(artifacts.c.id == artifact_id).values(values))
                 if resumable:
-                    conn.execute(update(runs).where(runs.c.id == run_id).values(checkpoint_path=str(file_path)))
+                    conn.execute(update(runs).where(runs.c.id == run_id).values(checkpoint_path=stored_path))
                 return artifact_id
         except IntegrityError as exc:
             raise _not_found(run_id) from exc
@@ -564,7 +597,8 @@ class RunStore:
         if kind is not None:
             query = query.where(artifacts.c.kind == kind)
         with self._read() as conn:
-            return [ArtifactRecord(**row._mapping) for row in conn.execute(query.order_by(artifacts.c.id))]
+            return [ArtifactRecord(**{**row._mapping, "path": self._absolute(row.path)})
+                    for row in conn.execute(query.order_by(artifacts.c.id))]
 
     def add_analysis(self, run_id: int, kind: str, params: Mapping[str, Any], result: Any) -> int:
         """Store a finished analysis (computed outside the job queue) and return its id."""
@@ -608,6 +642,7 @@ class RunStore:
             with self._write() as conn:
                 candidate = conn.scalar(
                     select(analyses.c.id).where(analyses.c.status == QUEUED).order_by(analyses.c.id).limit(1)
+                    .with_for_update(skip_locked=True)
                 )
                 if candidate is None:
                     return None
@@ -748,7 +783,24 @@ class RunStore:
         row = conn.execute(select(*RUN_COLUMNS).where(runs.c.id == run_id)).first()
         if row is None:
             raise _not_found(run_id)
-        return RunRecord(**row._mapping)
+        return self._run_record(row)
+
+    def _run_record(self, row: Any) -> RunRecord:
+        values = dict(row._mapping)
+        values["checkpoint_path"] = self._absolute(values["checkpoint_path"])
+        return RunRecord(**values)
+
+    def _relative(self, path: str | Path | None) -> str | None:
+        """How a path is stored: relative to the home folder when inside it, else absolute."""
+        if path is None:
+            return None
+        resolved = Path(path).resolve()
+        home = self.home.resolve()
+        return resolved.relative_to(home).as_posix() if resolved.is_relative_to(home) else str(resolved)
+
+    def _absolute(self, stored: str | None) -> str | None:
+        """A stored path as an absolute path under this store's home."""
+        return None if stored is None else str(self.home / stored)
 
     def _update_run(self, run_id: int, **values: Any) -> None:
         with self._write() as conn:
@@ -858,6 +910,7 @@ def _entry_values(status: str) -> dict[str, Any]:
     if status == QUEUED:
         return {
             "worker_id": None,
+            "job_id": None,
             "heartbeat_at": None,
             "started_at": None,
             "finished_at": None,

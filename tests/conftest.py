@@ -1,13 +1,15 @@
-"""Shared fixtures: a real workbench server on a free port, and Debian's Chromium driven by Playwright."""
+"""Shared fixtures: a real workbench server on a free port, Debian's Chromium driven by Playwright, a
+throw-away PostgreSQL server for the store tests and a loopback Ray head for the cluster tests."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import clusters
 import pytest
+from clusters import free_port, new_postgres_database
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -15,13 +17,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+DATABASES = ("sqlite", "postgresql")
 
 
 @dataclass
@@ -90,3 +86,33 @@ def artifacts_dir() -> Path:
     """Where tests leave screenshots and other files worth looking at (gitignored)."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server for this test session; yields its base URL. Skipped, saying what to install, when
+    the server binaries are missing."""
+    try:
+        with clusters.postgres_server() as url:
+            yield url
+    except clusters.Unavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request) -> str | None:
+    """Each store test runs twice: on the home's SQLite file (None) and on a fresh PostgreSQL database (its URL)."""
+    if request.param == "sqlite":
+        return None
+    return new_postgres_database(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[str]:
+    """A one-node Ray cluster on 127.0.0.1 (2 CPUs, no GPU) for this test session; yields its dashboard URL.
+    Skipped, saying what to install, when the `ray` command is missing."""
+    try:
+        with clusters.ray_head() as address:
+            yield address
+    except clusters.Unavailable as exc:
+        pytest.skip(str(exc))

@@ -1,4 +1,5 @@
-"""RunStore API on a real SQLite file: runs, statuses, metrics, artifacts, analyses, deletion."""
+"""RunStore API on a real SQLite file and a real PostgreSQL database: runs, statuses, metrics, artifacts, analyses,
+deletion."""
 
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ SPEC = {"net": {"preset": "resnet20", "depth": 20}, "data": {"name": "cifar10"},
 
 
 @pytest.fixture
-def store(tmp_path) -> RunStore:
-    opened = open_store(tmp_path / "home")
+def store(tmp_path, db_url) -> RunStore:
+    opened = open_store(tmp_path / "home", db=db_url)
     yield opened
     opened.close()
 
@@ -554,6 +555,49 @@ def test_artifacts_record_size_hash_and_checkpoint(store):
         store.add_artifact(999, "checkpoint", checkpoint)
 
 
+def test_a_queued_run_gets_one_cluster_job_and_loses_it_when_queued_again(store):
+    run_id = store.create_run(SPEC, name="clustered")
+    assert store.assign_job(run_id, "workbench-run-1")
+    assert not store.assign_job(run_id, "workbench-run-1"), "a second dispatcher must not submit it again"
+    store.note_waiting(run_id, "waiting for a node with 1 GPU")
+    assert store.get_run(run_id).error_message == "waiting for a node with 1 GPU"
+    assert not store.release_job(run_id, "another job")
+    assert store.release_job(run_id, "workbench-run-1", "the cluster lost it")
+    assert (store.get_run(run_id).job_id, store.get_run(run_id).error_message) == (None, "the cluster lost it")
+    assert store.assign_job(run_id, "workbench-run-1")
+    running = store.claim_run(run_id, "workbench-run-1@node:1")
+    assert (running.job_id, running.error_message) == ("workbench-run-1", None)
+    store.note_waiting(run_id, "ignored: the run is running")
+    assert not store.assign_job(run_id, "workbench-run-1") and store.get_run(run_id).error_message is None
+    store.transition(run_id, INTERRUPTED, worker_id="workbench-run-1@node:1")
+    assert store.resume_run(run_id).job_id is None, "a resumed run is submitted as a new job"
+
+
+def test_paths_in_the_home_are_stored_relative_so_a_home_mounted_elsewhere_still_works(tmp_path, db_url):
+    first_home, outside = tmp_path / "mounted-here", tmp_path / "outside.bin"
+    outside.write_bytes(b"x")
+    with open_store(first_home, db=db_url) as store:
+        run_id = store.create_run(SPEC, name="moved")
+        checkpoint = runs_dir(store.home) / str(run_id) / "last.pt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(b"weights")
+        store.add_artifact(run_id, "checkpoint", checkpoint)
+        store.add_artifact(run_id, "export", outside)
+        store.claim_run(run_id, "w")
+        store.transition(run_id, INTERRUPTED, worker_id="w", checkpoint_path=str(checkpoint))
+        with store.engine.connect() as conn:
+            assert conn.scalar(text("SELECT checkpoint_path FROM runs")) == f"runs/{run_id}/last.pt"
+            assert sorted(conn.scalars(text("SELECT path FROM artifacts"))) == sorted(
+                [f"runs/{run_id}/last.pt", str(outside)])
+    second_home = first_home.rename(tmp_path / "mounted-there")
+    with open_store(second_home, db=db_url) as store:
+        moved = second_home / "runs" / str(run_id) / "last.pt"
+        assert store.get_run(run_id).checkpoint_path == str(moved)
+        assert [artifact.path for artifact in store.list_artifacts(run_id)] == [str(moved), str(outside)]
+        store.delete_run(run_id)
+        assert not moved.exists() and outside.exists()
+
+
 def test_rewriting_a_checkpoint_updates_its_artifact_and_best_snapshots_are_not_resume_points(store):
     run_id = store.create_run(SPEC, name="epochs")
     folder = store.run_dir(run_id)
@@ -605,10 +649,10 @@ def test_naive_timestamps_are_refused(store):
         conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=naive))
 
 
-def test_store_works_as_a_context_manager(tmp_path):
-    with RunStore.open(tmp_path) as store:
+def test_store_works_as_a_context_manager(tmp_path, db_url):
+    with RunStore.open(tmp_path, db=db_url) as store:
         run_id = store.create_run(SPEC, name="ctx")
-    with open_store(tmp_path) as reopened:
+    with open_store(tmp_path, db=db_url) as reopened:
         assert reopened.get_run(run_id).name == "ctx"
 
 

@@ -1,11 +1,11 @@
-"""The store under several real processes: claiming, reading while writing, and SIGKILL mid-write."""
+"""The store under several real processes, on SQLite and PostgreSQL: claiming, reading while writing, and SIGKILL
+mid-write."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
 import random
-import sqlite3
 import threading
 import time
 from multiprocessing.sharedctypes import Synchronized
@@ -13,8 +13,9 @@ from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
-from storage import COMPLETED, RUNNING, open_store
+from storage import COMPLETED, RUNNING, RunStore, open_store
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,10 +32,10 @@ def metric_batch(batch_index: int, size: int) -> list[dict]:
 # -- several workers claim from one queue -----------------------------------------------------------
 
 
-def claim_until_empty(home: str, worker_id: str, start: Barrier, report: str) -> None:
+def claim_until_empty(home: str, db: str | None, worker_id: str, start: Barrier, report: str) -> None:
     """Worker process: claim runs until the queue is empty, finishing each one."""
     claimed = []
-    with open_store(home) as store:
+    with open_store(home, db=db) as store:
         start.wait()
         while (run := store.claim_next_run(worker_id, device="cpu")) is not None:
             claimed.append(run.id)
@@ -44,14 +45,14 @@ def claim_until_empty(home: str, worker_id: str, start: Barrier, report: str) ->
     Path(report).write_text(json.dumps(claimed))
 
 
-def test_worker_processes_claim_each_run_exactly_once(tmp_path):
+def test_worker_processes_claim_each_run_exactly_once(tmp_path, db_url):
     run_count, worker_count = 60, 4
-    with open_store(tmp_path) as store:
+    with open_store(tmp_path, db=db_url) as store:
         run_ids = [store.create_run({"index": i}, name=f"run {i}") for i in range(run_count)]
     start = PROCESSES.Barrier(worker_count)
     reports = [tmp_path / f"worker{i}.json" for i in range(worker_count)]
     workers = [
-        PROCESSES.Process(target=claim_until_empty, args=(str(tmp_path), f"worker-{i}", start, str(reports[i])))
+        PROCESSES.Process(target=claim_until_empty, args=(str(tmp_path), db_url, f"worker-{i}", start, str(reports[i])))
         for i in range(worker_count)
     ]
     for worker in workers:
@@ -64,7 +65,7 @@ def test_worker_processes_claim_each_run_exactly_once(tmp_path):
     assert sum(1 for worker_claims in claimed if worker_claims) >= 2, "the workers did not compete"
     every_claim = [run_id for worker_claims in claimed for run_id in worker_claims]
     assert sorted(every_claim) == run_ids
-    with open_store(tmp_path) as store:
+    with open_store(tmp_path, db=db_url) as store:
         runs = store.list_runs()
         assert {run.status for run in runs} == {COMPLETED}
         for index, worker_claims in enumerate(claimed):
@@ -75,8 +76,8 @@ def test_worker_processes_claim_each_run_exactly_once(tmp_path):
         assert set(counts.values()) == {5}
 
 
-def test_threads_sharing_one_store_claim_each_run_exactly_once(tmp_path):
-    with open_store(tmp_path) as store:
+def test_threads_sharing_one_store_claim_each_run_exactly_once(tmp_path, db_url):
+    with open_store(tmp_path, db=db_url) as store:
         run_ids = [store.create_run({}, name=f"run {i}") for i in range(40)]
         claims: dict[str, list[int]] = {f"thread-{i}": [] for i in range(6)}
         start = threading.Barrier(len(claims))
@@ -98,17 +99,17 @@ def test_threads_sharing_one_store_claim_each_run_exactly_once(tmp_path):
 # -- reading while another process writes hard ------------------------------------------------------
 
 
-def write_batches(home: str, run_id: int, batches: int, size: int, start: Event) -> None:
+def write_batches(home: str, db: str | None, run_id: int, batches: int, size: int, start: Event) -> None:
     """Writer process: append metric batches as fast as it can."""
-    with open_store(home) as store:
+    with open_store(home, db=db) as store:
         start.wait()
         for batch_index in range(batches):
             store.append_metrics(run_id, metric_batch(batch_index, size))
 
 
-def beat_and_cancel(home: str, run_id: int, worker_id: str, start: Event, stop: Event) -> None:
+def beat_and_cancel(home: str, db: str | None, run_id: int, worker_id: str, start: Event, stop: Event) -> None:
     """Second writer process: heartbeats and status writes on the same database until told to stop."""
-    with open_store(home) as store:
+    with open_store(home, db=db) as store:
         start.wait()
         beat = 0
         while not stop.is_set():
@@ -118,20 +119,20 @@ def beat_and_cancel(home: str, run_id: int, worker_id: str, start: Event, stop: 
             store.request_cancel(scratch)
 
 
-def test_readers_never_fail_while_processes_write(tmp_path):
+def test_readers_never_fail_while_processes_write(tmp_path, db_url):
     batches, size = 150, 1000
-    with open_store(tmp_path) as store:
+    with open_store(tmp_path, db=db_url) as store:
         run_id = store.create_run({}, name="written")
         beating = store.create_run({}, name="beating")
         store.claim_run(beating, "worker-b")
     start, stop = PROCESSES.Event(), PROCESSES.Event()
-    writer = PROCESSES.Process(target=write_batches, args=(str(tmp_path), run_id, batches, size, start))
-    beater = PROCESSES.Process(target=beat_and_cancel, args=(str(tmp_path), beating, "worker-b", start, stop))
+    writer = PROCESSES.Process(target=write_batches, args=(str(tmp_path), db_url, run_id, batches, size, start))
+    beater = PROCESSES.Process(target=beat_and_cancel, args=(str(tmp_path), db_url, beating, "worker-b", start, stop))
     writer.start()
     beater.start()
 
     seen_counts = []
-    with open_store(tmp_path) as reader:
+    with open_store(tmp_path, db=db_url) as reader:
         cursor, rows_seen, polls = 0, 0, 0
         start.set()
         while writer.is_alive() or polls == 0:
@@ -157,9 +158,9 @@ def test_readers_never_fail_while_processes_write(tmp_path):
 # -- SIGKILL in the middle of writing ---------------------------------------------------------------
 
 
-def write_forever(home: str, run_id: int, size: int, first_batch: int, appending: Synchronized) -> None:
+def write_forever(home: str, db: str | None, run_id: int, size: int, first_batch: int, appending: Synchronized) -> None:
     """Writer process that only stops when killed; `appending` is 1 while a batch is being stored."""
-    with open_store(home) as store:
+    with open_store(home, db=db) as store:
         batch_index = first_batch
         while True:
             appending.value = 1
@@ -169,29 +170,26 @@ def write_forever(home: str, run_id: int, size: int, first_batch: int, appending
             batch_index += 1
 
 
-def committed_rows(database: Path, run_id: int) -> int:
-    connection = sqlite3.connect(database)
-    try:
-        return connection.execute("SELECT count(*) FROM metrics WHERE run_id = ?", (run_id,)).fetchone()[0]
-    finally:
-        connection.close()
+def committed_rows(store: RunStore, run_id: int) -> int:
+    with store.engine.connect() as connection:
+        return connection.scalar(text("SELECT count(*) FROM metrics WHERE run_id = :run"), {"run": run_id})
 
 
-def test_a_writer_killed_mid_batch_leaves_a_consistent_database(tmp_path):
+def test_a_writer_killed_mid_batch_leaves_a_consistent_database(tmp_path, db_url):
     size = 5000
-    database = tmp_path / "workbench.db"
-    with open_store(tmp_path) as store:
-        run_id = store.create_run({}, name="killed")
-        store.claim_run(run_id, "worker-k")
+    observer = open_store(tmp_path, db=db_url)
+    run_id = observer.create_run({}, name="killed")
+    observer.claim_run(run_id, "worker-k")
     rng = random.Random(3)
     killed_while_appending = []
     for cycle in range(3):
         appending = PROCESSES.Value("i", 0)
-        writer = PROCESSES.Process(target=write_forever, args=(str(tmp_path), run_id, size, cycle * 1000, appending))
+        writer = PROCESSES.Process(target=write_forever,
+                                   args=(str(tmp_path), db_url, run_id, size, cycle * 1000, appending))
         writer.start()
-        already = committed_rows(database, run_id)
+        already = committed_rows(observer, run_id)
         deadline = time.time() + 30
-        while committed_rows(database, run_id) < already + 2 * size and time.time() < deadline:
+        while committed_rows(observer, run_id) < already + 2 * size and time.time() < deadline:
             time.sleep(0.02)
         while not appending.value and time.time() < deadline:
             time.sleep(0.001)
@@ -202,16 +200,17 @@ def test_a_writer_killed_mid_batch_leaves_a_consistent_database(tmp_path):
         assert writer.exitcode == -9
     assert any(killed_while_appending), "no kill landed inside a batch"
 
-    connection = sqlite3.connect(database)
-    assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
-    torn = connection.execute(
-        "SELECT iteration, count(*) FROM metrics GROUP BY iteration HAVING count(*) != ?", (size,)
-    ).fetchall()
+    with observer.engine.connect() as connection:
+        if db_url is None:
+            assert connection.exec_driver_sql("PRAGMA integrity_check").fetchall() == [("ok",)]
+            assert connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
+        torn = connection.execute(
+            text("SELECT iteration, count(*) FROM metrics GROUP BY iteration HAVING count(*) != :size"), {"size": size}
+        ).fetchall()
+    observer.close()
     assert torn == []
-    connection.close()
 
-    with open_store(tmp_path) as store:
+    with open_store(tmp_path, db=db_url) as store:
         total = len(store.fetch_metrics_since({run_id: 0})[run_id].rows)
         assert total >= 6 * size and total % size == 0
         store.append_metrics(run_id, metric_batch(10_000, 10))

@@ -1,4 +1,5 @@
-"""Opening a store: engine settings, files that are not ours, and migrations between schema revisions."""
+"""Opening a store: engine settings, files that are not ours, and migrations between schema revisions (on SQLite
+and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from storage import QUEUED, open_store
+from storage.engine import create_store_engine
 from storage.migrate import current_revision, head_revision, upgrade_database
 from storage.schema import VERSION_TABLE, Base
 from workbench.errors import StoreError
@@ -148,84 +150,73 @@ def test_an_empty_file_becomes_a_new_database(tmp_path):
         assert store.list_runs() == []
 
 
-def test_a_database_from_a_newer_release_is_refused(tmp_path):
-    with open_store(tmp_path):
-        pass
-    database = tmp_path / "workbench.db"
-    newer = sqlite3.connect(database)
-    newer.execute(f"UPDATE {VERSION_TABLE} SET version_num = '0099_from_the_future'")
-    newer.commit()
-    newer.close()
+def test_a_database_from_a_newer_release_is_refused(tmp_path, db_url):
+    with open_store(tmp_path, db=db_url) as store, store.engine.begin() as conn:
+        conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '0099_from_the_future'"))
     with pytest.raises(StoreError, match="schema revision '0099_from_the_future'.*does not know.*upgrade workbench"):
-        open_store(tmp_path)
+        open_store(tmp_path, db=db_url)
 
 
 # -- migrations ---------------------------------------------------------------------------------
 
 
-def test_models_match_the_newest_migration(tmp_path):
+def test_models_match_the_newest_migration(tmp_path, db_url):
     """The ORM classes and the migration scripts describe the same schema."""
-    with open_store(tmp_path) as store, store.engine.connect() as conn:
+    with open_store(tmp_path, db=db_url) as store, store.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         assert compare_metadata(context, Base.metadata) == []
         assert current_revision(conn) == head_revision()
 
 
-def fill_first_revision(database: Path) -> dict[str, list[tuple]]:
+def fill_first_revision(engine: Engine) -> dict[str, list[tuple]]:
     """Write runs, metrics and artifacts the way the first schema revision stores them."""
-    connection = sqlite3.connect(database)
-    connection.execute("PRAGMA foreign_keys = ON")
-    connection.executemany(
-        "INSERT INTO runs (name, group_name, group_kind, status, spec, created_at, iteration, best_test_error, "
-        "cancel_requested) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            ("resnet20", "fig6", "twin", "completed", '{"depth": 20}', "2025-01-02 03:04:05.000000", 64000, 0.0875, 0),
-            (
-                "plain20",
-                "fig6",
-                "twin",
-                "interrupted",
-                '{"depth": 20, "plain": true}',
-                "2025-01-02 03:04:06.000000",
-                3000,
-                None,
-                1,
-            ),
-            ("resnet110", None, None, "queued", '{"depth": 110}', "2025-01-03 00:00:00.000000", 0, None, 0),
-        ],
-    )
-    connection.executemany(
-        "INSERT INTO metrics (run_id, iteration, epoch, split, name, value, wall_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(run_id, i, i / 391, "train", "loss", 1 / (i + 1), 1.7e9 + i) for run_id in (1, 2) for i in range(500)],
-    )
-    connection.execute(
-        "INSERT INTO artifacts (run_id, kind, path, size, sha256, created_at) VALUES "
-        "(1, 'checkpoint', '/runs/1/last.pt', 123, 'ab', '2025-01-02 04:00:00.000000')"
-    )
-    connection.commit()
-    rows = {
-        table: connection.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
-        for table in ("runs", "metrics", "artifacts")
-    }
-    connection.close()
-    return rows
+    run_rows = [
+        ("resnet20", "fig6", "twin", "completed", '{"depth": 20}', "2025-01-02 03:04:05.000000", 64000, 0.0875, False),
+        ("plain20", "fig6", "twin", "interrupted", '{"depth": 20, "plain": true}', "2025-01-02 03:04:06.000000",
+         3000, None, True),
+        ("resnet110", None, None, "queued", '{"depth": 110}', "2025-01-03 00:00:00.000000", 0, None, False),
+    ]
+    run_keys = ("name", "group_name", "group_kind", "status", "spec", "created_at", "iteration", "best_test_error",
+                "cancel_requested")
+    metric_keys = ("run_id", "iteration", "epoch", "split", "name", "value", "wall_time")
+    metric_rows = [(run_id, i, i / 391, "train", "loss", 1 / (i + 1), 1.7e9 + i)
+                   for run_id in (1, 2) for i in range(500)]
+    with engine.begin() as connection:
+        for table, keys, rows in (("runs", run_keys, run_rows), ("metrics", metric_keys, metric_rows)):
+            connection.execute(
+                text(f"INSERT INTO {table} ({', '.join(keys)}) VALUES ({', '.join(':' + key for key in keys)})"),
+                [dict(zip(keys, row, strict=True)) for row in rows],
+            )
+        connection.execute(text(
+            "INSERT INTO artifacts (run_id, kind, path, size, sha256, created_at) VALUES "
+            "(1, 'checkpoint', '/runs/1/last.pt', 123, 'ab', '2025-01-02 04:00:00.000000')"
+        ))
+    return table_rows(engine)
 
 
-def test_a_first_revision_database_with_data_upgrades_keeping_every_row(tmp_path):
-    database = tmp_path / "workbench.db"
-    upgrade_database(sqlite_url(database), FIRST_REVISION)
-    before = fill_first_revision(database)
+def table_rows(engine: Engine) -> dict[str, list[tuple]]:
+    with engine.connect() as connection:
+        return {table: [tuple(row) for row in connection.execute(text(f"SELECT * FROM {table} ORDER BY id"))]
+                for table in ("runs", "metrics", "artifacts")}
 
-    with open_store(tmp_path) as store:
-        connection = sqlite3.connect(database)
+
+def test_a_first_revision_database_with_data_upgrades_keeping_every_row(tmp_path, db_url):
+    url = db_url or sqlite_url(tmp_path / "workbench.db")
+    upgrade_database(url, FIRST_REVISION)
+    engine = create_store_engine(url)
+    before = fill_first_revision(engine)
+
+    with open_store(tmp_path, db=db_url) as store:
+        after = table_rows(engine)
         for table, rows in before.items():
-            after = connection.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
             width = len(rows[0])
-            assert [row[:width] for row in after] == rows, table
-        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
-        assert connection.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone() == (head_revision(),)
-        connection.close()
+            assert [row[:width] for row in after[table]] == rows, table
+        with engine.connect() as connection:
+            if db_url is None:
+                assert connection.exec_driver_sql("PRAGMA integrity_check").fetchone() == ("ok",)
+                assert connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
+            assert connection.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}")) == head_revision()
+        engine.dispose()
 
         runs = {run.name: run for run in store.list_runs()}
         assert runs["resnet20"].best_test_error == 0.0875 and runs["resnet20"].spec == {"depth": 20}
@@ -239,6 +230,7 @@ def test_a_first_revision_database_with_data_upgrades_keeping_every_row(tmp_path
         store.add_analysis(1, "lesion", {}, {"ok": True})
         assert store.claim_next_run("worker").name == "resnet110"
         assert store.create_run({}, name="new", parent_run_id=1) == 4
+        store.append_metrics(4, [{"iteration": 0, "split": "train", "name": "loss", "value": 1.0}])
         store.delete_run(2)
         assert len(store.fetch_metrics_since({1: 0})[1].rows) == 500
 
@@ -256,21 +248,21 @@ def test_reopening_an_up_to_date_database_changes_nothing(tmp_path):
     assert database.read_bytes() == content
 
 
-def open_and_create(home: str, name: str) -> None:
-    with open_store(home) as store:
+def open_and_create(home: str, db: str | None, name: str) -> None:
+    with open_store(home, db=db) as store:
         store.create_run({}, name=name)
 
 
 @pytest.mark.timeout(60)
-def test_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path):
+def test_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path, db_url):
     context = multiprocessing.get_context("fork")
-    processes = [context.Process(target=open_and_create, args=(str(tmp_path), f"p{i}")) for i in range(3)]
+    processes = [context.Process(target=open_and_create, args=(str(tmp_path), db_url, f"p{i}")) for i in range(3)]
     for process in processes:
         process.start()
     for process in processes:
         process.join(50)
     assert [process.exitcode for process in processes] == [0, 0, 0]
-    with open_store(tmp_path) as store:
+    with open_store(tmp_path, db=db_url) as store:
         assert sorted(run.name for run in store.list_runs()) == ["p0", "p1", "p2"]
         with store.engine.connect() as conn:
             assert conn.scalar(text(f"SELECT count(*) FROM {VERSION_TABLE}")) == 1

@@ -166,6 +166,8 @@ def test_run_actions_cancel_resume_rename_notes_delete(client, served):
     details, _, spec_json, name, notes = client.predict(run_id, api_name="/run_details")
     assert "Status:** queued" in details and (name, notes) == ("tiny again", "lr too high?")
     assert json.loads(spec_json)["net"]["blocks"] == [1, 1, 1]
+    assert client.predict(run_id, api_name="/job_log") == f"Run #{run_id} has no cluster job; it runs (or ran) on " \
+                                                          "a local worker."
     assert "deleted" in client.predict(run_id, api_name="/delete_run")[0]
     assert "Not done" in client.predict(run_id, api_name="/cancel_run")[0]
     assert all(run.id != run_id for run in served.store.list_runs())
@@ -225,3 +227,6 @@ def test_app_flags():
     args = parse_args(["--data-root", "/a", "--data-root", "/b", "--workers", "0", "--auto-resume"])
     assert args.data_root == ["/a", "/b"] and args.workers == 0 and args.auto_resume
     assert (args.host, args.port, args.auth, args.no_auth) == ("127.0.0.1", 7860, None, False)
+    assert (args.executor, args.ray_address) == ("local", None)
+    args = parse_args(["--executor", "ray", "--ray-address", "http://head:8265"])
+    assert (args.executor, args.ray_address) == ("ray", "http://head:8265")

@@ -203,18 +203,58 @@ def cmd_architectures_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def _stop_event():
+    """An event set by SIGTERM or SIGINT (the worker then checkpoints its run and stops)."""
     import signal
     import threading
-
-    from workbench.jobs.worker import run_worker
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workbench.jobs.worker import run_worker
+
+    stop = _stop_event()
+    if args.run is not None:
+        return _work_on_one_run(args, stop)
     store = _open_store(args)
     run_worker(store, args.worker_id, exit_when_idle=args.exit_when_idle, allowed_roots=args.data_root or None,
                stop=stop, stale_after_s=args.stale_after, auto_resume=args.auto_resume, parent_pid=args.parent_pid)
+    return 0
+
+
+def _work_on_one_run(args: argparse.Namespace, stop) -> int:
+    """`worker --run ID`: a cluster job's worker. Fails (naming the path) when this node does not see the home
+    folder the dispatcher marked, before anything is written there."""
+    import os
+
+    from workbench.jobs.worker import default_worker_id, run_one
+    from workbench.paths import check_shared_home
+
+    # The job's log is where a cluster user looks: say what the worker does even though the CLI is quiet.
+    logging.getLogger("workbench").setLevel(logging.INFO)
+    expected_home = os.environ.get("WORKBENCH_HOME_ID")
+    if expected_home:
+        check_shared_home(args.home, expected_home)
+    store = _open_store(args)
+    worker_id = f"{args.job_id}@{default_worker_id()}" if args.job_id else None
+    status = run_one(store, args.run, worker_id, allowed_roots=args.data_root or None, stop=stop)
+    return 1 if status == "failed" else 0
+
+
+def cmd_dispatch(args: argparse.Namespace) -> int:
+    from workbench.jobs.dispatch import dispatch, make_executor
+    from workbench.paths import database_url
+
+    stop = _stop_event()
+    store = _open_store(args)
+    executor = make_executor(args.executor, store, db_url=database_url(store.home, args.db),
+                             ray_address=args.ray_address, workers=args.workers, auto_resume=args.auto_resume,
+                             data_roots=args.data_root, stale_after_s=args.stale_after)
+    dispatch(executor, store, stop, exit_when_idle=args.exit_when_idle)
     return 0
 
 
@@ -484,9 +524,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="queue interrupted runs again (they continue from their checkpoints)")
     worker.add_argument("--parent-pid", type=int, default=None,
                         help="stop (checkpoint, leave the run interrupted) when this process, its parent, dies")
+    worker.add_argument("--run", type=int, default=None, help="execute only this queued run, then exit "
+                        "(what a cluster job runs)")
+    worker.add_argument("--job-id", default=None, help="the cluster job this worker runs in (shown on the run)")
     _add_stale_option(worker)
     _add_threads_option(worker)
     worker.set_defaults(handler=cmd_worker)
+
+    dispatch = commands.add_parser("dispatch", help="serve the queue without the UI: local workers or Ray jobs")
+    dispatch.add_argument("--executor", choices=["local", "ray"], default="local")
+    dispatch.add_argument("--ray-address", default=None, metavar="URL",
+                          help="the Ray head's dashboard address (http://HOST:8265), for --executor ray")
+    dispatch.add_argument("--workers", type=int, default=None, help="local worker processes (default one per GPU)")
+    dispatch.add_argument("--auto-resume", action="store_true",
+                          help="queue interrupted runs again (they continue from their checkpoints)")
+    dispatch.add_argument("--exit-when-idle", action="store_true", help="exit once no run is queued or running")
+    _add_stale_option(dispatch)
+    dispatch.set_defaults(handler=cmd_dispatch)
 
     runs = commands.add_parser("runs", help="list runs")
     runs.add_argument("--status", default=None)

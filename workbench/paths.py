@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
 
 DEFAULT_HOME = ".workbench"
 DEFAULT_FILE_MAX_AGE_HOURS = 168.0
+# Written by the dispatcher; a worker on another node that finds the same id sees the same (shared) home folder.
+HOME_MARKER = ".workbench-home"
+
+
+def home_path(home: str | os.PathLike | None = None) -> Path:
+    """The home folder: argument, then $WORKBENCH_HOME, then ./.workbench (resolved, not created)."""
+    return Path(home or os.environ.get("WORKBENCH_HOME") or DEFAULT_HOME).expanduser().resolve()
 
 
 def home_dir(home: str | os.PathLike | None = None) -> Path:
-    """Resolve the home folder: argument, then $WORKBENCH_HOME, then ./.workbench; created if missing."""
-    chosen = home or os.environ.get("WORKBENCH_HOME") or DEFAULT_HOME
-    path = Path(chosen).expanduser().resolve()
+    """Resolve the home folder (see `home_path`); created if missing."""
+    path = home_path(home)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -108,6 +116,46 @@ def cache_dir(home: Path) -> Path:
 def exports_dir(home: Path) -> Path:
     """Folder where exported model files are written for download."""
     return home / "exports"
+
+
+class SharedHomeError(WorkbenchError):
+    """A node cannot see the home folder that the dispatcher uses (the shared file system is not mounted there)."""
+
+
+def mark_shared_home(home: Path) -> str:
+    """The id in the home folder's marker file, written first if missing; workers on other nodes check it."""
+    marker = Path(home) / HOME_MARKER
+    if not marker.is_file():
+        draft = marker.with_name(f"{HOME_MARKER}.{uuid.uuid4().hex}.tmp")
+        try:
+            draft.write_text(uuid.uuid4().hex)
+            draft.replace(marker)
+        except OSError as exc:
+            raise SharedHomeError(f"cannot write {marker} ({exc.strerror}); the home folder must be writable by "
+                                  "the dispatcher and every node") from exc
+    return marker.read_text().strip()
+
+
+def check_shared_home(home: str | os.PathLike | None, expected_id: str) -> Path:
+    """The home folder, when this node sees the one the dispatcher marked; else SharedHomeError naming the path.
+
+    Never creates the folder: an empty one on a node without the shared file system would hide the problem.
+    """
+    path = home_path(home)
+    marker = path / HOME_MARKER
+    where = f"on node {socket.gethostname()}"
+    advice = "mount the shared home folder at the same path on every node (see the README, \"Scaling out\")"
+    if not path.is_dir():
+        raise SharedHomeError(f"the home folder {path} does not exist {where}; {advice}")
+    try:
+        found = marker.read_text().strip()
+    except OSError as exc:
+        raise SharedHomeError(f"the home folder {path} {where} has no readable {HOME_MARKER} ({exc.strerror}): it "
+                              f"is not the dispatcher's home; {advice}") from exc
+    if found != expected_id:
+        raise SharedHomeError(f"the home folder {path} {where} is another folder than the dispatcher's (its "
+                              f"{HOME_MARKER} differs); {advice}")
+    return path
 
 
 def file_max_age_hours(hours: float | None = None) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from storage import RunStore
+from storage import RunRecord, RunStore
 from storage.status import CANCELLED, INTERRUPTED, QUEUED, RUNNING
 from storage.store import DEFAULT_STALE_AFTER_S
 from workbench.errors import IllegalTransition
@@ -67,6 +67,10 @@ class Executor(ABC):
 
     def status(self, run_id: int) -> str:
         return self.store.get_run(run_id).status
+
+    def job_log(self, run: RunRecord) -> str | None:
+        """The log of the cluster job executing the run; None for executors without jobs."""
+        return None
 
     @abstractmethod
     def start(self) -> None: ...

@@ -270,7 +270,7 @@ def execute_run(
         return LOST
     if result.status == "completed":
         status = COMPLETED
-    elif sink.shutdown.is_set() and not sink.cancel_requested:
+    elif sink.shutdown.is_set() and not sink.cancel_requested and not _cancel_flagged(store, run_id):
         status = INTERRUPTED
     else:
         status = CANCELLED
@@ -284,6 +284,33 @@ def execute_run(
     final = _record_end(store, run_id, status, worker_id, sink.shutdown, **fields)
     logger.info("run %d %s at iteration %d", run_id, final, result.iteration)
     return final
+
+
+def _cancel_flagged(store: RunStore, run_id: int) -> bool:
+    """Whether the user asked to cancel: a cluster's cancel (flag, then SIGTERM) can stop the worker before its
+    heartbeat read the flag."""
+    try:
+        return store.is_cancel_requested(run_id)
+    except Exception:
+        logger.warning("could not read the cancel flag of run %d; recording it as interrupted", run_id)
+        return False
+
+
+def run_one(store: RunStore, run_id: int, worker_id: str | None = None, *, allowed_roots: list[Path] | None = None,
+            stop: threading.Event | None = None) -> str | None:
+    """Claim one given queued run and execute it (the worker of a cluster job: `worker --run ID`).
+
+    Returns the run's final status, or None when it was no longer queued (cancelled while its job waited
+    for a node, or taken by another worker).
+    """
+    worker_id = worker_id or default_worker_id()
+    try:
+        store.claim_run(run_id, worker_id)
+    except IllegalTransition as exc:
+        logger.warning("%s; nothing to do", exc)
+        return None
+    logger.info("worker %s took run %d", worker_id, run_id)
+    return execute_run(store, run_id, worker_id, allowed_roots=allowed_roots, shutdown=stop)
 
 
 def device_description(device: str, precision: str) -> str:

@@ -155,6 +155,17 @@ class Workbench:
                     "or launch it again with a larger budget.")
         return f"Run #{run.id} is {run.status} and cannot be resumed."
 
+    def job_log(self, run_id: int) -> str:
+        """The log of the cluster job executing the run, or a sentence saying why there is none."""
+        run = self.store.get_run(run_id)
+        if run.job_id is None:
+            return f"Run #{run_id} has no cluster job; it runs (or ran) on a local worker."
+        log = self.executor.job_log(run)
+        if log is None:
+            return (f"Run #{run_id} ran as cluster job {run.job_id}; start the workbench with --executor ray "
+                    "to read its log.")
+        return log
+
     def delete(self, run_id: int) -> str:
         run_id = parse_id(run_id)
         self.store.delete_run(run_id)

@@ -16,7 +16,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from workbench.errors import WorkbenchError  # noqa: E402
-from workbench.jobs import LocalExecutor  # noqa: E402
+from workbench.jobs import Executor  # noqa: E402
+from workbench.jobs.dispatch import make_executor  # noqa: E402
 from workbench.paths import (  # noqa: E402
     cache_dir,
     database_file,
@@ -54,7 +55,7 @@ class WorkbenchApp:
     """A built app and the services it runs on; `close` stops the workers and the store."""
 
     demo: gr.Blocks
-    executor: LocalExecutor
+    executor: Executor
     store: RunStore
     context: WorkbenchContext
     stop_cleaning: threading.Event = field(default_factory=threading.Event)
@@ -129,16 +130,20 @@ def build_ui(ctx: WorkbenchContext, file_max_age_hours: float) -> gr.Blocks:
 
 
 def create_app(args: argparse.Namespace) -> WorkbenchApp:
-    """Open (and migrate) the store, start the local workers, and build the UI, as `python app.py` does."""
+    """Open (and migrate) the store, start the executor, and build the UI, as `python app.py` does."""
     home = home_dir(args.home)
     max_age = file_max_age_hours(args.file_max_age)
     datasets = home / "datasets"
     datasets.mkdir(exist_ok=True)
     data_roots = [datasets, *(Path(root).expanduser().resolve() for root in args.data_root or [])]
     store = open_store(home, args.db)
-    executor = LocalExecutor(store, db_url=database_url(home, args.db), workers=args.workers,
-                             auto_resume=args.auto_resume, data_roots=data_roots)
-    executor.start()
+    try:
+        executor = make_executor(args.executor, store, db_url=database_url(home, args.db), ray_address=args.ray_address,
+                                 workers=args.workers, auto_resume=args.auto_resume, data_roots=data_roots)
+        executor.start()
+    except BaseException:
+        store.close()
+        raise
     context = WorkbenchContext(store, executor, data_roots)
     try:
         demo = build_ui(context, max_age)

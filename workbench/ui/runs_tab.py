@@ -45,6 +45,10 @@ def run_details(run: RunRecord, latest: dict[str, float] | None = None) -> str:
         lines.append(f"- **Group:** {run.group_name} ({run.group_kind})")
     if run.total_iterations:
         lines.append(f"- **Iterations:** {run.iteration} of {run.total_iterations}")
+    if run.worker_id:
+        lines.append(f"- **Executes on:** `{run.worker_id}`" + (f" (device {run.device})" if run.device else ""))
+    if run.job_id:
+        lines.append(f"- **Cluster job:** `{run.job_id}`")
     if run.checkpoint_path:
         lines.append(f"- **Checkpoint:** `{run.checkpoint_path}`")
     if run.error_message:
@@ -142,6 +146,14 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
 
     cancel, resume, delete, rename, save_notes = ctx.cancel, ctx.resume, ctx.delete, ctx.rename, ctx.annotate
 
+    def show_log(run_id: int | str | None) -> str:
+        if run_id in (None, ""):
+            return "Pick a run first."
+        try:
+            return ctx.job_log(int(run_id))
+        except (ValueError, WorkbenchError) as exc:
+            return str(exc)
+
     def ask_delete(run_id: int | None):
         if run_id is None:
             return gr.update(visible=False), "Pick a run first."
@@ -190,6 +202,9 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
             remove_tag = gr.Button("Remove tags", elem_id="remove-tags", scale=1)
         with gr.Accordion("Full spec", open=False):
             spec = gr.Code(language="json", interactive=False)
+        with gr.Accordion("Job log", open=False):
+            log_button = gr.Button("Show the job log", elem_id="show-job-log")
+            job_log = gr.Code(language=None, interactive=False, elem_id="job-log")
         with gr.Accordion("Compare specs", open=False):
             diff_runs = gr.Dropdown([], value=[], multiselect=True, label="Runs to compare", elem_id="diff-runs")
             diff_table = gr.HTML(elem_id="spec-diff")
@@ -216,6 +231,7 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
     picker.change(show_run, picker, [details, trace, spec, new_name, notes], api_name="run_details")
     cancel_button.click(lambda run_id: act(cancel, run_id), picker, [message, *refreshed], api_name="cancel_run")
     resume_button.click(lambda run_id: act(resume, run_id), picker, [message, *refreshed], api_name="resume_run")
+    log_button.click(show_log, picker, job_log, api_name="job_log")
     delete_button.click(ask_delete, picker, [confirm_row, confirm_text], api_visibility="private")
     keep_button.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private")
     confirm_button.click(lambda run_id: act(delete, run_id), picker, [message, *refreshed],
