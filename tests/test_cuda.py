@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.sinks import StopAt
 from workbench.data import TrainBatches, load_dataset
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 from workbench.training import MemorySink, fit, load_checkpoint
@@ -17,15 +18,6 @@ pytestmark = [
 ]
 
 TINY_NET = NetSpec(name="tiny", blocks=[1, 1, 1], widths=[8, 16, 32])
-
-
-class StopAt(MemorySink):
-    def __init__(self, iteration: int) -> None:
-        super().__init__()
-        self.stop_at = iteration
-
-    def should_stop(self) -> bool:
-        return bool(self.last_progress) and self.last_progress["iteration"] >= self.stop_at
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
+from tests.sinks import StopAt
 from workbench import build_model, list_presets, load_preset, summarize
 from workbench.data import load_dataset
 from workbench.errors import SpecError, WorkbenchError
@@ -383,15 +384,6 @@ def test_imports_detect_the_family_from_state_dict_keys(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     return load_dataset(DataSpec(synthetic_train=64, synthetic_test=32), home=tmp_path_factory.mktemp("home"))
-
-
-class StopAt(MemorySink):
-    def __init__(self, iteration: int) -> None:
-        super().__init__()
-        self.stop_at = iteration
-
-    def should_stop(self) -> bool:
-        return bool(self.last_progress) and self.last_progress["iteration"] >= self.stop_at
 
 
 @pytest.mark.parametrize("kind", TINY)

@@ -31,31 +31,31 @@ def python(code: str, **env: str) -> str:
     return done.stdout.strip()
 
 
+def worker_environments(home: Path) -> list[dict[str, str]]:
+    """The environments an app's LocalExecutor gives its two workers."""
+    with open_store(home) as store:
+        executor = LocalExecutor(store, db_url=database_url(home), workers=2)
+        executor.start()
+        try:
+            return [environment_of(pid) for pid in executor.worker_pids().values()]
+        finally:
+            executor.shutdown()
+
+
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads a process's environment from /proc")
 def test_local_workers_share_the_cores_and_wait_passively(tmp_path, monkeypatch):
     for key in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "WORKBENCH_THREADS"):
         monkeypatch.delenv(key, raising=False)
-    with open_store(tmp_path) as store:
-        executor = LocalExecutor(store, db_url=database_url(tmp_path), workers=2)
-        executor.start()
-        try:
-            environments = [environment_of(pid) for pid in executor.worker_pids().values()]
-        finally:
-            executor.shutdown()
+    environments = worker_environments(tmp_path)
     share = str(max(1, available_cores() // 2))
     assert [(env["OMP_NUM_THREADS"], env["OMP_WAIT_POLICY"]) for env in environments] == [(share, "PASSIVE")] * 2
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads a process's environment from /proc")
 def test_an_explicit_wait_policy_and_thread_count_win(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     monkeypatch.setenv("WORKBENCH_THREADS", "3")
-    with open_store(tmp_path) as store:
-        executor = LocalExecutor(store, db_url=database_url(tmp_path), workers=2)
-        executor.start()
-        try:
-            environments = [environment_of(pid) for pid in executor.worker_pids().values()]
-        finally:
-            executor.shutdown()
+    environments = worker_environments(tmp_path)
     assert {(env["OMP_NUM_THREADS"], env["OMP_WAIT_POLICY"]) for env in environments} == {("3", "ACTIVE")}
 
 

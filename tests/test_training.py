@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from tests.sinks import StopAt
 from workbench.data import load_dataset
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 from workbench.training import LearningRateSchedule, MemorySink, TrainingDiverged, fit, load_checkpoint
@@ -22,17 +23,6 @@ def tiny_data(tmp_path_factory):
 def tiny_run(**train) -> RunSpec:
     recipe = {"epochs": 2, "batch_size": 64, "log_every": 2, "precision": "fp32", **train}
     return RunSpec(net=TINY_NET, train=TrainSpec(**recipe))
-
-
-class StopAt(MemorySink):
-    """Asks the loop to stop once it reaches an iteration, as a user's cancel would."""
-
-    def __init__(self, iteration: int) -> None:
-        super().__init__()
-        self.stop_at = iteration
-
-    def should_stop(self) -> bool:
-        return bool(self.last_progress) and self.last_progress["iteration"] >= self.stop_at
 
 
 def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
