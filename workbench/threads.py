@@ -52,7 +52,10 @@ def cli_threads(given: int | None) -> int:
         if given < 1:
             raise WorkbenchError(f"--threads {given}: give a whole number of threads, 1 or more")
         return given
-    return _from_env(WORKER_THREADS_ENV) or _from_env("OMP_NUM_THREADS") or available_cores()
+    inherited = os.environ.get("OMP_NUM_THREADS", "").strip()
+    # OpenMP also accepts nested lists ("4,2"); only a plain count is taken over.
+    return _from_env(WORKER_THREADS_ENV) or (int(inherited) if inherited.isdigit() and int(inherited) else
+                                             available_cores())
 
 
 def server_threads() -> int:
