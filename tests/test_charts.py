@@ -129,7 +129,9 @@ def test_unit_diagram_follows_the_placement_recipe():
     preact = unit_diagram_figure(NetSpec(depth=20, placement="full_preact", shortcut="B"))
     assert diagram_labels(preact) == ["x", "BN1", "ReLU", "conv 3x3", "BN2", "ReLU", "conv 3x3", "+", "out"]
     texts = " ".join(a.text for a in preact.layout.annotations)
-    assert "1x1 conv + BN where the shape changes" in texts
+    assert "(1x1 conv where the shape changes)" in texts, "full pre-activation projections have no BN"
+    post_b = unit_diagram_figure(NetSpec(depth=20, shortcut="B"))
+    assert "1x1 conv + BN where the shape changes" in " ".join(a.text for a in post_b.layout.annotations)
 
 
 def test_unit_diagram_of_bottleneck_and_plain_units():

@@ -315,10 +315,12 @@ def _op_label(op: str, spec: NetSpec) -> str:
 
 
 def _shortcut_text(spec: NetSpec) -> str:
+    # Full pre-activation projections take the already normalized input, so they have no BN of their own.
+    projection = "1x1 conv" if spec.placement == "full_preact" else "1x1 conv + BN"
     return {
         "A": "shortcut: identity (zero-pad + subsample where the shape changes)",
-        "B": "shortcut: identity (1x1 conv + BN where the shape changes)",
-        "C": "shortcut: 1x1 conv + BN projection on every unit",
+        "B": f"shortcut: identity ({projection} where the shape changes)",
+        "C": f"shortcut: {projection} projection on every unit",
     }[spec.shortcut]
 
 
