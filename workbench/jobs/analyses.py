@@ -47,21 +47,32 @@ def lesion_defaults() -> dict[str, Any]:
             "device": "auto"}
 
 
-def run_lesion(
-    store: RunStore, run: RunRecord, params: dict[str, Any], report: Report, allowed_roots: list[Path] | None,
-) -> dict[str, Any]:
-    """Lesion a run's checkpoint on its test split (Veit et al. 2016)."""
-    options = {**lesion_defaults(), **params}
+def _checkpoint_and_test_split(
+    store: RunStore, run: RunRecord, options: dict[str, Any], allowed_roots: list[Path] | None,
+    check: Callable[[Any], None],
+) -> tuple[Path, Any, Any, torch.Tensor, torch.Tensor]:
+    """(checkpoint path, model, run spec, test images, labels) of a run's `options["checkpoint"]`; `check` refuses
+    the model before its data is loaded."""
     path = RunFolder.of(store.home, run.id).existing_checkpoint(options["checkpoint"])
     if path is None:
         raise WorkbenchError(f"run {run.id} has no checkpoint yet; train it (or let it reach its first evaluation) "
                              "first")
     model = load_model_file(path)
-    check_lesionable(model)
+    check(model)
     spec = run_spec_of(model)
     dataset = load_dataset(spec.data, home=store.home, allowed_roots=allowed_roots)
     images, labels = limit_test_split(dataset.test_images, dataset.test_labels, options["limit_images"],
                                       options["seed"])
+    return path, model, spec, images, labels
+
+
+def run_lesion(
+    store: RunStore, run: RunRecord, params: dict[str, Any], report: Report, allowed_roots: list[Path] | None,
+) -> dict[str, Any]:
+    """Lesion a run's checkpoint on its test split (Veit et al. 2016)."""
+    options = {**lesion_defaults(), **params}
+    path, model, spec, images, labels = _checkpoint_and_test_split(store, run, options, allowed_roots,
+                                                                   check_lesionable)
     target = resolve_device(options["device"])
     autocast_dtype = resolve_precision(spec.train.precision, target)
     channels_last = resolve_channels_last(spec.train.channels_last, target, autocast_dtype)
@@ -87,16 +98,7 @@ def run_fractal_columns(
 ) -> dict[str, Any]:
     """Test error of a trained FractalNet with all columns joined and with each column alone."""
     options = {"checkpoint": "best", "limit_images": None, "seed": 0, "device": "auto", **params}
-    path = RunFolder.of(store.home, run.id).existing_checkpoint(options["checkpoint"])
-    if path is None:
-        raise WorkbenchError(f"run {run.id} has no checkpoint yet; train it (or let it reach its first evaluation) "
-                             "first")
-    model = load_model_file(path)
-    check_fractal(model)
-    spec = run_spec_of(model)
-    dataset = load_dataset(spec.data, home=store.home, allowed_roots=allowed_roots)
-    images, labels = limit_test_split(dataset.test_images, dataset.test_labels, options["limit_images"],
-                                      options["seed"])
+    path, model, _, images, labels = _checkpoint_and_test_split(store, run, options, allowed_roots, check_fractal)
     target = resolve_device(options["device"])
     result = column_errors(model.to(target), images, labels, mean=model.metadata["mean"], std=model.metadata["std"],
                            device=target, on_progress=report)
