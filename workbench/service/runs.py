@@ -217,6 +217,7 @@ class Workbench:
         metadata = {
             **model.metadata, "run_id": run.id, "run_name": run.name, "preset": run.preset, "checkpoint": which,
             "best_test_error": run.best_test_error, "last_test_error": run.last_test_error,
+            "best_val_error": run.best_val_error, "test_error_at_best": run.test_error_at_best,
             "last_train_error": run.last_train_error, "iterations": run.iteration,
         }
         metadata.pop("run_spec", None)

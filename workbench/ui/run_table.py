@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from workbench.service import RunRecord
+from workbench.service.run_query import best_error
 
 RUN_TABLE_COLUMNS = [
-    "id", "name", "preset", "dataset", "status", "progress", "epoch", "best test err", "last test err",
-    "images/s", "device", "started", "duration",
+    "id", "name", "preset", "dataset", "status", "progress", "epoch", "best err (split)", "test err at best",
+    "last test err", "images/s", "device", "started", "duration",
 ]
 
 
@@ -45,6 +46,12 @@ def run_status(run: RunRecord) -> str:
     return "running: compiling (the first step can take a minute)" if compiling else run.status
 
 
+def best_error_cell(run: RunRecord) -> str:
+    """"6.80% val" or "8.75% test": the best checkpoint's error and the split it was chosen on."""
+    error, split = best_error(run)
+    return "" if error is None else f"{error:.2f}% {split}"
+
+
 def run_row(run: RunRecord, now: datetime | None = None) -> list[str | int]:
     """The table cells of one run, in RUN_TABLE_COLUMNS order."""
     total = run.total_iterations
@@ -53,7 +60,7 @@ def run_row(run: RunRecord, now: datetime | None = None) -> list[str | int]:
     return [
         run.id, run.name, run.preset or "custom", run.dataset or "", run_status(run), progress,
         "" if run.epoch is None else f"{run.epoch:.1f}",
-        _percent(run.best_test_error), _percent(run.last_test_error),
+        best_error_cell(run), _percent(run.test_error_at_best), _percent(run.last_test_error),
         "" if run.images_per_s is None else f"{run.images_per_s:,.0f}",
         run.device or "", started, format_duration(run_duration(run, now)),
     ]
