@@ -172,6 +172,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    spec, _ = run_spec_from_args(args)
+    print(_service(args).estimate(spec).text())
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     _, run_ids = _submit_from_args(args)
     print(" ".join(map(str, run_ids)))
@@ -519,6 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit = commands.add_parser("submit", help="queue a run for the workers; prints its id")
     _add_run_options(submit)
     submit.set_defaults(handler=cmd_submit)
+
+    estimate = commands.add_parser("estimate", help="how long a run would take on a worker here (a few timed "
+                                   "steps, cached); the same options as submit")
+    _add_run_options(estimate)
+    estimate.set_defaults(handler=cmd_estimate)
 
     architectures = commands.add_parser(
         "compare-architectures",
