@@ -167,12 +167,22 @@ def estimate_run(spec: RunSpec, shape: DatasetShape, home: Path, threads: int) -
     return estimate
 
 
+def _evaluations(iterations: int, per_epoch: int, every: int | None) -> int:
+    """Evaluations the loop makes: at each epoch end, at the end of the budget, and every `every` iterations
+    where that is not an epoch end."""
+    count = iterations // per_epoch
+    if every:
+        count += iterations // every - iterations // math.lcm(per_epoch, every)
+    ends_on_one = iterations % per_epoch == 0 or (every and iterations % every == 0)
+    return count + (0 if ends_on_one else 1)
+
+
 def _estimate(spec: RunSpec, shape: DatasetShape, timing: StepTiming, *, cached: bool) -> RunEstimate:
     train = spec.train
     val = spec.data.validation_size
     per_epoch = max(1, (shape.train - val) // train.batch_size)
     iterations = train.total_iterations(per_epoch)
-    evaluations = math.ceil(iterations / per_epoch) + (iterations // train.eval_every if train.eval_every else 0)
+    evaluations = _evaluations(iterations, per_epoch, train.eval_every)
     eval_images = shape.test + val
     seconds_per_step = timing.step_s * train.batch_size / timing.batch_size
     seconds = iterations * seconds_per_step + evaluations * eval_images * timing.eval_image_s

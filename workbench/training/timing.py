@@ -12,7 +12,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from statistics import median
 
 import torch
 
@@ -22,6 +21,7 @@ from workbench.paths import RunFolder
 from workbench.spec import RunSpec
 from workbench.training.loop import MemorySink, _Trainer, evaluate, fresh_model
 
+WARM_UP_STEPS = 2  # the first steps allocate memory and warm caches: not timed
 MAX_TIMED_STEPS = 5
 TIMING_BUDGET_S = 1.0  # timed steps stop after this long (at least one is timed), so big nets take fewer
 
@@ -56,12 +56,15 @@ def _stand_in_data(batch_size: int, batches: int, image_size: int, classes: int,
 
 def time_steps(run: RunSpec, *, image_size: int, classes: int, augment: AugmentKind | None,
                batch_size: int | None = None) -> StepTiming:
-    """Time one warm-up step, then up to MAX_TIMED_STEPS steps (within TIMING_BUDGET_S) and one evaluation pass,
-    at `batch_size` (default the run's). torch.compile is left off: its one-off compile would swamp a few steps."""
+    """Time WARM_UP_STEPS untimed steps, then up to MAX_TIMED_STEPS steps (within TIMING_BUDGET_S) and one
+    evaluation pass, at `batch_size` (default the run's). The fastest timed step counts: on a shared machine the
+    others carry other processes' interference. torch.compile is left off: its one-off compile would swamp a few
+    steps."""
     batch_size = batch_size or run.train.batch_size
     timed = run.model_copy(update={"train": run.train.model_copy(update={"batch_size": batch_size, "compile": False}),
                                    "init_from": None, "finetune": None})
-    data = _stand_in_data(batch_size, MAX_TIMED_STEPS + 1, image_size, classes, run.net.in_channels, augment)
+    data = _stand_in_data(batch_size, WARM_UP_STEPS + MAX_TIMED_STEPS, image_size, classes, run.net.in_channels,
+                          augment)
     with tempfile.TemporaryDirectory() as folder:
         trainer = _Trainer(timed, RunFolder(folder), MemorySink(), data, fresh_model)
     synchronize = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
@@ -72,7 +75,7 @@ def time_steps(run: RunSpec, *, image_size: int, classes: int, augment: AugmentK
         trainer.step(images, labels, want_grad_norms=False)
         synchronize()
         elapsed = time.perf_counter() - start
-        if trainer.iteration > 1:  # the first step allocates and is not timed
+        if trainer.iteration > WARM_UP_STEPS:
             times.append(elapsed)
             spent += elapsed
             if spent > TIMING_BUDGET_S:
@@ -83,7 +86,7 @@ def time_steps(run: RunSpec, *, image_size: int, classes: int, augment: AugmentK
     synchronize()
     eval_s = time.perf_counter() - start
     return StepTiming(
-        step_s=median(times), eval_image_s=eval_s / batch_size, batch_size=batch_size, steps=len(times),
+        step_s=min(times), eval_image_s=eval_s / batch_size, batch_size=batch_size, steps=len(times),
         device=str(trainer.device), precision=str(trainer.autocast_dtype or "fp32").removeprefix("torch."),
         channels_last=trainer.channels_last, threads=torch.get_num_threads(),
     )

@@ -211,7 +211,8 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
                 per_class_cap = number_field(0, label="Images per class (0 = all)", precision=0,
                                           elem_id=f"{id_prefix}per-class-cap")
                 validation_size = number_field(field_default(DataSpec, "validation_size"), label="Validation images",
-                                            precision=0, info=field_help(DataSpec, "validation_size"))
+                                            precision=0, info=field_help(DataSpec, "validation_size"),
+                                            elem_id=f"{id_prefix}validation-size")
         with gr.Column():
             gr.Markdown("#### Training")
             with gr.Row():
