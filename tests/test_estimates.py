@@ -43,7 +43,7 @@ def test_estimate_matches_a_real_workers_steps_is_cached_and_the_queue_shows_exp
     again = bench.estimate(small_spec(seed=5))
     assert time.perf_counter() - start < 1.0 and again.cached and again.seconds == estimate.seconds
     assert not estimate.cached and estimate.iterations == 200 and estimate.evaluations == 10
-    assert estimate.text().startswith("about ") and f"at batch {BATCH} on cpu" in estimate.text()
+    assert estimate.text().startswith(("about ", "under a minute")) and f"at batch {BATCH} on cpu" in estimate.text()
 
     first, second = bench.submit([PlannedRun("first", small_spec(), None),
                                   PlannedRun("second", small_spec(seed=1), None)])

@@ -67,20 +67,20 @@ class RunEstimate:
         threads = f"{timing.threads} thread{'s' if timing.threads != 1 else ''}"
         scaled = (f", timed at batch {timing.batch_size} and scaled" if timing.batch_size != self.batch_size else "")
         evaluations = f"{self.evaluations:,} evaluation{'s' if self.evaluations != 1 else ''}"
-        return (f"about {duration_words(self.seconds)} (measured: {1000 * self.step_s:,.0f} ms/step at batch "
+        return (f"{duration_words(self.seconds)} (measured: {1000 * self.step_s:,.0f} ms/step at batch "
                 f"{self.batch_size} on {timing.device}, {threads}, {timing.precision}{scaled}; "
                 f"{self.iterations:,} iterations and {evaluations} of {self.eval_images:,} images"
                 f"{'; cached' if self.cached else ''})")
 
 
 def duration_words(seconds: float) -> str:
-    """"under a minute", "12 minutes", "3.5 hours"."""
+    """"under a minute", "about 12 minutes", "about 3.5 hours"."""
     minutes = seconds / 60
     if minutes < 1:
         return "under a minute"
     if minutes < 120:
-        return f"{round(minutes)} minute{'s' if round(minutes) != 1 else ''}"
-    return f"{minutes / 60:.1f} hours"
+        return f"about {round(minutes)} minute{'s' if round(minutes) != 1 else ''}"
+    return f"about {minutes / 60:.1f} hours"
 
 
 def _key(data: Mapping[str, Any]) -> str:
