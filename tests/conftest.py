@@ -3,6 +3,7 @@ throw-away PostgreSQL server for the store tests and a loopback Ray head for the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,10 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 DATABASES = ("sqlite", "postgresql")
+
+# Tests compare numbers across runs (exact resume, one process against two); a thread count that follows
+# the machine's load would make them depend on it. tests/test_threads.py turns the governor on where it is tested.
+os.environ.setdefault("WORKBENCH_ADAPT_THREADS", "0")
 
 
 @dataclass

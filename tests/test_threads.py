@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from storage import open_store
+from tests.sinks import StopAt
+from workbench.data import load_dataset
 from workbench.jobs import LocalExecutor
 from workbench.paths import database_url
-from workbench.threads import available_cores
+from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
+from workbench.threads import ThreadGovernor, available_cores
+from workbench.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {key: value for key, value in os.environ.items()
@@ -82,3 +88,76 @@ def test_a_bad_thread_count_is_refused_with_a_message(tmp_path):
                           env={**ENV, "PYTHONPATH": str(ROOT), "WORKBENCH_THREADS": "many"}, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and "WORKBENCH_THREADS='many': give a whole number of threads" in done.stderr
+
+
+def test_the_governor_drops_to_one_thread_when_steps_slow_and_returns_when_the_full_count_is_faster():
+    applied = []
+    governor = ThreadGovernor(2, window=4, slowdown=1.5, retry_after=3, apply=applied.append)
+
+    def windows(count, seconds):
+        for _ in range(count * 4):
+            governor.observe(seconds)
+
+    windows(3, 0.010)
+    windows(1, 0.014)  # slower, but within the allowed slowdown
+    assert applied == [] and governor.current == 2
+    windows(1, 0.030)
+    assert applied == [1]
+    windows(3, 0.020)  # three windows on one thread, then a try at the full count
+    assert applied == [1, 2]
+    windows(1, 0.025)  # the full count is slower than one thread now: back to one, the next try waits twice as long
+    assert applied == [1, 2, 1]
+    windows(5, 0.020)
+    assert applied == [1, 2, 1]
+    windows(1, 0.020)
+    assert applied == [1, 2, 1, 2]
+    windows(1, 0.011)  # the other process is gone: the full count stays
+    windows(4, 0.011)
+    assert applied == [1, 2, 1, 2] and governor.current == 2
+
+
+def test_there_is_nothing_to_govern_on_one_thread_or_when_turned_off(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_ADAPT_THREADS", "1")
+    assert ThreadGovernor.for_this_process(1) is None
+    assert ThreadGovernor.for_this_process(2).full == 2
+    monkeypatch.setenv("WORKBENCH_ADAPT_THREADS", "0")
+    assert ThreadGovernor.for_this_process(2) is None
+
+
+class CompetitorsFrom(StopAt):
+    """Starts CPU-bound competitors, one per core, at an iteration; records the thread count at every flush."""
+
+    def __init__(self, start_at: int, stop_at: int) -> None:
+        super().__init__(stop_at)
+        self.start_at, self.spinning, self.threads = start_at, [], []
+
+    def metrics(self, rows) -> None:
+        super().metrics(rows)
+        iteration = max(row["iteration"] for row in rows)
+        self.threads.append((iteration, torch.get_num_threads()))
+        if iteration >= self.start_at and not self.spinning:
+            self.spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                             for _ in range(available_cores())]
+
+
+@pytest.mark.skipif(available_cores() < 2, reason="needs two cores to train on two threads")
+def test_a_training_run_drops_to_one_thread_while_other_processes_hold_the_cores(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("WORKBENCH_ADAPT_THREADS", "1")
+    data = load_dataset(DataSpec(synthetic_train=2048, synthetic_test=64), home=tmp_path)
+    run = RunSpec(net=NetSpec(name="small", blocks=[1, 1, 1], widths=[8, 16, 32]),
+                  train=TrainSpec(epochs=10, batch_size=64, log_every=10, precision="fp32"))
+    sink = CompetitorsFrom(start_at=40, stop_at=100)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with caplog.at_level(logging.INFO, logger="workbench.threads"):
+            fit(run, tmp_path / "run", sink, dataset=data)
+    finally:
+        torch.set_num_threads(before)
+        for process in sink.spinning:
+            process.kill()
+            process.wait()
+    assert sink.spinning, "the competitors never started"
+    assert sink.threads[0] == (10, 2)
+    assert sink.threads[-1][1] == 1, sink.threads
+    assert "training on 1 thread" in caplog.text

@@ -23,6 +23,7 @@ from workbench.errors import WorkbenchError
 from workbench.models import Network, build_network
 from workbench.paths import RunFolder
 from workbench.spec import NetworkSpec, RunSpec
+from workbench.threads import ThreadGovernor
 from workbench.training.checkpoint import load_checkpoint, save_checkpoint
 from workbench.training.probes import UnitInputGradients
 from workbench.training.schedule import LearningRateSchedule
@@ -236,6 +237,7 @@ class _Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step_model = torch.compile(self.model) if self.train.compile else self.model
+        self.threads = ThreadGovernor.for_this_process(torch.get_num_threads()) if self.device.type == "cpu" else None
         self.batches = TrainBatches(
             dataset.train_images,
             dataset.train_labels,
@@ -461,7 +463,10 @@ class _Trainer:
         while True:
             for images, labels in self.batches:
                 want_norms = (self.iteration + 1) % log_every == 0
+                started = time.perf_counter()
                 grad_norms = self.step(images, labels, want_norms)
+                if self.threads is not None:
+                    self.threads.observe(time.perf_counter() - started)
                 if self.iteration % log_every == 0:
                     self.flush_train_metrics(grad_norms)
                 epoch_end = self.batches.position >= len(self.batches)
