@@ -197,3 +197,41 @@ def test_a_log_parameter_gets_a_log_axis_and_an_empty_sweep_says_so():
 def test_a_group_that_is_no_sweep_has_no_report(bench):
     with pytest.raises(WorkbenchError, match="group 'nothing' is not a sweep"):
         bench.sweep_report("nothing")
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workbench", "--home", str(home), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_cli_queues_a_grid_and_reports_its_best_trial(tmp_path):
+    refused = cli(tmp_path, "sweep", "--preset", "resnet20", "--grid", "momentum=0.9")
+    assert refused.returncode == 2 and "unknown sweep parameter 'momentum'" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    queued = cli(tmp_path, "sweep", "--preset", "resnet20", "--epochs", "1", "--grid", "lr=0.1,0.05",
+                 "--grid", "depth=20,32", "--name", "g")
+    assert queued.returncode == 0, queued.stderr
+    assert queued.stdout.splitlines() == ["group g (grid sweep, 4 trials)", "1 trial 1: lr=0.1, depth=20",
+                                          "2 trial 2: lr=0.1, depth=32", "3 trial 3: lr=0.05, depth=20",
+                                          "4 trial 4: lr=0.05, depth=32"]
+    with open_store(tmp_path) as store:
+        for run_id, error in ((1, 30.0), (2, 20.0), (3, 60.0)):
+            store.claim_run(run_id, "w")
+            store.append_metrics(run_id, [{"iteration": 79, "epoch": 1, "split": "test", "name": "error",
+                                           "value": error}])
+            store.transition(run_id, COMPLETED, worker_id="w")
+        assert store.get_run(2).preset is None and store.get_run(1).spec["net"]["name"] == "resnet20"
+
+    report = cli(tmp_path, "sweep-report", "g", "--json")
+    assert report.returncode == 0, report.stderr
+    data = json.loads(report.stdout)
+    assert data["best"] == {"run_id": 2, "name": "trial 2: lr=0.1, depth=32", "params": {"lr": 0.1, "depth": 32},
+                            "value": 20.0}
+    assert set(data["importance"]) == {"lr", "depth"} and not data["finished"]
+    text = cli(tmp_path, "sweep-report", "g")
+    assert "best: run 2 (trial 2: lr=0.1, depth=32), 20.00%" in text.stdout
+    assert "workbench export 2 --format bundle" in text.stdout
