@@ -20,7 +20,7 @@ from workbench.paths import home_dir
 from workbench.presets import get_preset, list_presets
 from workbench.service.forms import field_choices, field_default, field_help, parse_classes
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_net, parse_spec
-from workbench.sweep_spec import SweepSpec
+from workbench.sweep_spec import SweepSpec, build_sweep
 from workbench.threads import cli_threads, use_threads
 
 
@@ -194,22 +194,16 @@ def cmd_compare_architectures(args: argparse.Namespace) -> int:
     return 0
 
 
-def sweep_from_args(args: argparse.Namespace):
+def sweep_from_args(args: argparse.Namespace) -> SweepSpec:
     """The SweepSpec that `sweep` options describe: the run options are its base run."""
-    from workbench.sweep_spec import SweepSpec, parse_space
-
     if args.seeds > 1:
         raise WorkbenchError("a sweep varies seeds as a parameter: --grid seed=0,1,2 (or --param seed=0..9 with "
                              "--random/--tpe) instead of --seeds")
     base, preset = run_spec_from_args(args)
     method, trials = ("tpe", args.tpe) if args.tpe else ("random", args.random) if args.random else ("grid", None)
-    given = {"objective": args.objective, "prune_after": args.prune_after, "parallel": args.parallel,
-             "seed": args.sweep_seed}
-    return parse_spec(SweepSpec, {
-        "base": base.model_dump(), "space": parse_space("\n".join(args.grid + args.param)), "method": method,
-        "trials": trials, "pruning": args.prune, "base_preset": preset,
-        **{key: value for key, value in given.items() if value is not None},
-    })
+    return build_sweep(base, "\n".join(args.grid + args.param), method=method, trials=trials, pruning=args.prune,
+                       base_preset=preset, objective=args.objective, prune_after=args.prune_after,
+                       parallel=args.parallel, seed=args.sweep_seed)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -300,6 +300,13 @@ def parse_space(text: str) -> dict[str, dict[str, Any]]:
     return space
 
 
+def build_sweep(base: RunSpec, space_text: str, **settings: Any) -> SweepSpec:
+    """A sweep of `base` over a typed search space, with the SweepSpec fields in `settings` (None: the default);
+    SpecError saying what to fix."""
+    given = {name: value for name, value in settings.items() if value is not None}
+    return parse_spec(SweepSpec, {"base": base.model_dump(), "space": parse_space(space_text), **given})
+
+
 def _first_message(exc: ValueError) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):

@@ -35,6 +35,7 @@ from workbench.service.plans import (
 from workbench.spec import DataSpec, NetSpec, TrainSpec
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.fields import number_field
+from workbench.ui.sweep_section import sweep_controls, wire_sweep_launch
 
 DATASET_LABELS = {
     "synthetic": "Embedded synthetic set (no download)",
@@ -261,6 +262,7 @@ def launch_tab(ctx: WorkbenchContext, spec_json: gr.Code) -> LaunchTab:
                                         elem_id="architectures-picker", scale=3)
             launch_architectures = gr.Button("Launch architectures side by side (same data, order and seed)",
                                              elem_id="launch-architectures", scale=1)
+        sweep = sweep_controls()
         message = gr.Markdown(elem_id="launch-message")
         launched = gr.State(None)
 
@@ -272,4 +274,5 @@ def launch_tab(ctx: WorkbenchContext, spec_json: gr.Code) -> LaunchTab:
     for kind, button in buttons.items():
         button.click(functools.partial(launch, ctx, kind), inputs, [message, launched], api_name=f"launch_{kind}")
     spec_json.change(network_line, spec_json, [network, *buttons.values()], api_visibility="private")
+    wire_sweep_launch(ctx, sweep, [spec_json, *form.components()], message, launched)
     return LaunchTab(launched=launched)

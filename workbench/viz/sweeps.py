@@ -38,7 +38,7 @@ def parallel_coordinates(
     dimensions = [_axis(name, [trial["params"][name] for trial in scored], name in log_scale) for name in parameters]
     values = [trial["value"] for trial in scored]
     dimensions.append({"label": objective, "values": values})
-    line = {"color": values, "colorscale": "Viridis", "reversescale": True, "showscale": True,
+    line = {"color": values, "colorscale": "Viridis", "showscale": True,
             "colorbar": {"title": {"text": "error (%)"}}}
     figure = go.Figure(go.Parcoords(dimensions=dimensions, line=line))
     figure.update_layout(template=TEMPLATE, height=height, title=title, margin={"l": 60, "r": 60, "t": 80, "b": 40})
