@@ -769,11 +769,9 @@ class RunStore:
             row = conn.execute(select(*sweeps.c).where(sweeps.c.group_name == group_name)).first()
         return None if row is None else SweepRecord(**row._mapping)
 
-    def list_sweeps(self, *, unfinished: bool = False) -> list[SweepRecord]:
-        """Sweeps oldest first; only the ones still being stepped with `unfinished`."""
-        query = select(*sweeps.c).order_by(sweeps.c.id)
-        if unfinished:
-            query = query.where(sweeps.c.finished_at.is_(None))
+    def unfinished_sweeps(self) -> list[SweepRecord]:
+        """The sweeps still being stepped, oldest first."""
+        query = select(*sweeps.c).where(sweeps.c.finished_at.is_(None)).order_by(sweeps.c.id)
         with self._read() as conn:
             return [SweepRecord(**row._mapping) for row in conn.execute(query)]
 

@@ -182,7 +182,7 @@ def step_sweeps(store: RunStore) -> list[int]:
     so a broken sweep never keeps a worker from training."""
     added: list[int] = []
     try:
-        records = store.list_sweeps(unfinished=True)
+        records = store.unfinished_sweeps()
     except Exception as exc:
         logger.warning("could not read the unfinished sweeps: %s", exc)
         return added

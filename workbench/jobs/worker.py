@@ -218,16 +218,25 @@ class StoreSink:
             self._mark_lost(exc)
             raise RunLost(str(exc)) from exc
         if self.prune is not None and not self._stop_requested.is_set():
-            with self._lock:
-                total = self._progress.get("total_iterations")
-            reason = self.prune(rows, total)
-            if reason is not None:
-                self._cancel(reason)
+            self._prune_check(rows)
 
-    def _cancel(self, reason: str) -> None:
-        """Cancel the run as a user would, with `reason` as its message, and stop at this step."""
+    def _prune_check(self, rows: list[dict[str, Any]]) -> None:
+        """Cancel the run as a user would, the pruner's reason as its message, when the pruner says so; a pruner
+        that cannot decide (the store does not answer) lets the trial go on."""
+        with self._lock:
+            total = self._progress.get("total_iterations")
+        try:
+            reason = self.prune(rows, total)
+            if reason is None:
+                return
+            self.store.request_cancel(self.run_id, reason=reason)
+        except IllegalTransition as exc:
+            self._mark_lost(exc)
+            raise RunLost(str(exc)) from exc
+        except Exception as exc:
+            self._failures.failed(f"pruning check of run {self.run_id} failed", exc)
+            return
         logger.info("run %d: %s", self.run_id, reason)
-        self.store.request_cancel(self.run_id, reason=reason)
         self._cancel_seen.set()
         self._stop_requested.set()
 

@@ -135,10 +135,6 @@ class Workbench:
         """A sweep's trials, best trial and parameter importances."""
         return sweep_report(self.store, group)
 
-    def sweep_groups(self) -> list[str]:
-        """The groups that are sweeps, oldest first."""
-        return [record.group_name for record in self.store.list_sweeps()]
-
     def latest_values(self, run_id: int, names: Sequence[str]) -> dict[str, float]:
         """The last stored value of each of these metrics that the run has logged."""
         batch = self.store.fetch_metrics_since({run_id: 0}, names=list(names)).get(run_id)
