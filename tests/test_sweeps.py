@@ -125,8 +125,9 @@ def test_a_tpe_sweep_runs_its_trials_through_the_queue_and_reports_the_best(benc
     assert report.finished and report.best.value == min(trial.value for trial in report.trials)
     assert report.best.value == min(run.last_test_error for run in runs)
     assert all(0.001 <= trial.params["lr"] <= 0.5 for trial in report.trials)
-    assert [name for name, _ in report.importance] == ["lr", "weight_decay"][:len(report.importance)]
-    assert report.importance and sum(share for _, share in report.importance) == pytest.approx(1.0)
+    names = [name for name, _ in report.importance]
+    assert "lr" in names and set(names) <= {"lr", "weight_decay"}
+    assert sum(share for _, share in report.importance) == pytest.approx(1.0)
     # The study is re-derived from the stored runs: the same trials give the same next suggestion.
     trials = sweep_trials(bench.store, sweep, sorted(runs, key=lambda run: run.id))
     assert next_params(sweep, trials) == next_params(sweep, trials)
