@@ -70,6 +70,13 @@ def test_a_random_search_is_seeded_reproducible_and_within_its_bounds():
     assert 5 <= sum(run.spec.train.lr < 0.0173 for run in first) <= 15
 
 
+def test_the_objective_is_the_validation_error_when_the_run_holds_a_split_out():
+    assert sweep_of("lr=0.1").objective_label == "final test error (%)"
+    held_out = BASE.model_copy(update={"data": BASE.data.model_copy(update={"validation_size": 32})})
+    sweep = parse_spec(SweepSpec, {"base": held_out.model_dump(), "space": parse_space("lr=0.1"), "objective": "best"})
+    assert (sweep.objective_split, sweep.objective_label) == ("val", "best validation error (%)")
+
+
 @pytest.mark.parametrize(("fields", "message"), [
     ({"space": {"momentum": {"values": [0.9]}}}, "unknown sweep parameter 'momentum'; choose from lr, weight_decay"),
     ({"space": {"lr": {"values": []}}}, "the list of values is empty"),
