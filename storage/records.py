@@ -43,6 +43,8 @@ class RunRecord:
     tags: list[str]
     parent_run_id: int | None
     job_id: str | None
+    best_val_error: float | None
+    test_error_at_best: float | None
 
 
 METRIC_FIELDS = ("id", "run_id", "iteration", "epoch", "split", "name", "value", "wall_time")

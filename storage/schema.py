@@ -108,6 +108,10 @@ class Run(Base):
     parent_run_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("runs.id", ondelete="SET NULL"), index=True)
     # The cluster job executing the run (a Ray submission id); set while queued, cleared when queued again.
     job_id: Mapped[str | None] = mapped_column(String(200))
+    # With a validation split the best checkpoint is chosen on it: its lowest error, and the test error of that
+    # evaluation (without one, the test error of the best-on-test evaluation).
+    best_val_error: Mapped[float | None] = mapped_column(Float)
+    test_error_at_best: Mapped[float | None] = mapped_column(Float)
 
 
 class Metric(Base):

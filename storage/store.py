@@ -69,10 +69,13 @@ TRANSITION_FIELDS = PROGRESS_FIELDS | {
     "best_test_error",
     "last_test_error",
     "last_train_error",
+    "best_val_error",
+    "test_error_at_best",
 }
 NAME_MAX_LENGTH = 200
 INT_FIELDS = frozenset({"iteration", "total_iterations"})
-FLOAT_FIELDS = frozenset({"epoch", "images_per_s", "best_test_error", "last_test_error", "last_train_error"})
+FLOAT_FIELDS = frozenset({"epoch", "images_per_s", "best_test_error", "last_test_error", "last_train_error",
+                          "best_val_error", "test_error_at_best"})
 # Integer columns are 32-bit on PostgreSQL; larger progress numbers are stored at this cap.
 MAX_STORED_INT = 2**31 - 1
 # A running run whose worker sent no heartbeat for this long is taken as dead (its worker heartbeats every second).
@@ -329,8 +332,10 @@ class RunStore:
                 )
             return bool(conn.scalar(select(runs.c.cancel_requested).where(runs.c.id == run_id)))
 
-    def update_summary(self, run_id: int, *, train_error: float | None = None, test_error: float | None = None) -> None:
-        """Record the latest train/test error; the best test error keeps the lowest seen."""
+    def update_summary(self, run_id: int, *, train_error: float | None = None, test_error: float | None = None,
+                       best_val_error: float | None = None, test_error_at_best: float | None = None) -> None:
+        """Record the latest train/test error; the best test error keeps the lowest seen. `best_val_error` and
+        `test_error_at_best` describe the best checkpoint as the training loop chose it, and are written as given."""
         values: dict[str, Any] = {}
         train_error, test_error = _storable_float(train_error), _storable_float(test_error)
         if train_error is not None:
@@ -338,6 +343,9 @@ class RunStore:
         if test_error is not None:
             values["last_test_error"] = test_error
             values["best_test_error"] = _lowest(runs.c.best_test_error, test_error)
+        for key, value in (("best_val_error", best_val_error), ("test_error_at_best", test_error_at_best)):
+            if _storable_float(value) is not None:
+                values[key] = _storable_float(value)
         if values:
             self._update_run(run_id, **values)
 

@@ -124,7 +124,7 @@ def test_run_row_of_a_running_run_shows_progress_and_duration(store):
     run = store.get_run(run_id)
     cells = dict(zip(RUN_TABLE_COLUMNS, run_row(run, now=run.started_at + timedelta(seconds=75)), strict=True))
     assert cells["progress"] == "25% (50/200)" and cells["epoch"] == "1.2"
-    assert cells["best test err"] == "12.35%" and cells["images/s"] == "1,234"
+    assert cells["best err (split)"] == "12.35% test" and cells["images/s"] == "1,234"
     assert cells["duration"] == "1 min 15 s"
     assert run.started_at.tzinfo is not None and run.started_at <= datetime.now(UTC)
 

@@ -84,6 +84,28 @@ def test_validation_hold_out_is_evaluated_alongside_test(tmp_path):
     assert splits == {"train", "val", "test"}
 
 
+def test_best_checkpoint_is_chosen_on_validation_and_reports_the_test_error_there(tmp_path):
+    """Validation labels shifted by one class make validation error rise as test error falls, so the two splits
+    disagree on the best evaluation; the kept checkpoint and the reported errors follow validation."""
+    data = load_dataset(DataSpec(synthetic_train=576, synthetic_test=256, validation_size=64), home=tmp_path)
+    data = dataclasses.replace(data, val_labels=(data.val_labels + 1) % 10)
+    sink = MemorySink()
+    result = fit(tiny_run(epochs=4, eval_every=4), tmp_path / "run", sink, dataset=data)
+
+    def errors(split):
+        return {r["iteration"]: r["value"] for r in sink.rows if r["split"] == split and r["name"] == "error"}
+
+    val, test = errors("val"), errors("test")
+    val_best, test_best = min(val, key=val.get), min(test, key=test.get)
+    assert val_best != test_best, "the splits must disagree for this test to tell them apart"
+    kept = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert kept["iteration"] == val_best and kept["metadata"]["best_split"] == "val"
+    assert (result.best_split, result.best_error) == ("val", val[val_best])
+    assert result.test_error_at_best == test[val_best] != test[test_best]
+    assert result.test_error == test[max(test)]
+    assert sink.last_progress["test_error"] == test[max(test)]
+
+
 def test_stopping_and_resuming_gives_the_same_weights_and_curve_as_training_straight(tiny_data, tmp_path):
     straight_sink = MemorySink()
     fit(tiny_run(epochs=4), tmp_path / "straight", straight_sink, dataset=tiny_data)

@@ -166,12 +166,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             status = execute_run(store, run_id, worker_id, allowed_roots=args.data_root or None, on_progress=show)
         run = store.get_run(run_id)
-        best = f"{run.best_test_error:.2f}%" if run.best_test_error is not None else "-"
-        print(f"run {run_id} {status}; best test error {best}")
+        print(f"run {run_id} {status}; {_best_text(run)}")
         if run.error_message and status != "completed":
             print(f"error: {run.error_message}", file=sys.stderr)
         failed += status != "completed"
     return 1 if failed else 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    spec, _ = run_spec_from_args(args)
+    print(_service(args).estimate(spec).text())
+    return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -306,6 +311,17 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _best_text(run) -> str:
+    """"best val error 6.80% (test error there 7.90%)" or "best test error 8.75%"."""
+    from workbench.service.run_query import best_error
+
+    error, split = best_error(run)
+    if error is None:
+        return f"best {split} error -"
+    at_best = f" (test error there {run.test_error_at_best:.2f}%)" if split == "val" and run.test_error_at_best else ""
+    return f"best {split} error {error:.2f}%{at_best}"
+
+
 def run_summary(run) -> dict:
     """The JSON form of a run for `runs --json`."""
     total = run.total_iterations
@@ -314,6 +330,7 @@ def run_summary(run) -> dict:
         "group": run.group_name, "iteration": run.iteration, "total_iterations": total,
         "progress": (run.iteration / total) if total else 0.0, "epoch": run.epoch,
         "best_test_error": run.best_test_error, "last_test_error": run.last_test_error,
+        "best_val_error": run.best_val_error, "test_error_at_best": run.test_error_at_best,
         "images_per_s": run.images_per_s, "device": run.device, "error": run.error_message,
         "created_at": run.created_at.isoformat() if run.created_at else None,
     }
@@ -322,13 +339,17 @@ def run_summary(run) -> dict:
 def cmd_runs(args: argparse.Namespace) -> int:
     store = _open_store(args)
     store.mark_stale_interrupted(args.stale_after)
-    runs = [run_summary(run) for run in store.list_runs(status=args.status)]
+    from workbench.service.run_query import best_error
+
+    records = store.list_runs(status=args.status)
     if args.json:
-        print(json.dumps(runs, indent=2))
+        print(json.dumps([run_summary(run) for run in records], indent=2))
         return 0
-    for run in runs:
-        best = f"{run['best_test_error']:.2f}%" if run["best_test_error"] is not None else "-"
-        print(f"{run['id']:>5}  {run['status']:<11} {100 * run['progress']:5.1f}%  best {best:<7} {run['name']}")
+    for run in records:
+        error, split = best_error(run)
+        best = f"{error:.2f}% {split}" if error is not None else "-"
+        progress = run.iteration / run.total_iterations if run.total_iterations else 0.0
+        print(f"{run.id:>5}  {run.status:<11} {100 * progress:5.1f}%  best {best:<12} {run.name}")
     return 0
 
 
@@ -550,6 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit = commands.add_parser("submit", help="queue a run for the workers; prints its id")
     _add_run_options(submit)
     submit.set_defaults(handler=cmd_submit)
+
+    estimate = commands.add_parser("estimate", help="how long a run would take on a worker here (a few timed "
+                                   "steps, cached); the same options as submit")
+    _add_run_options(estimate)
+    estimate.set_defaults(handler=cmd_estimate)
 
     architectures = commands.add_parser(
         "compare-architectures",

@@ -113,6 +113,11 @@ def cache_dir(home: Path) -> Path:
     return home / "cache"
 
 
+def step_times_file(home: Path) -> Path:
+    """The cache of measured training-step times that run-time estimates read (JSON)."""
+    return cache_dir(Path(home)) / "step-times.json"
+
+
 def exports_dir(home: Path) -> Path:
     """Folder where exported model files are written for download."""
     return home / "exports"

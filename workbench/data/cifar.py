@@ -53,6 +53,7 @@ class CifarLayout:
     md5: str
     classes: int
     train_per_class: int
+    test_per_class: int
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -73,6 +74,7 @@ LAYOUTS: dict[str, CifarLayout] = {
         md5="c58f30108f718f92721af3b95e74349a",
         classes=10,
         train_per_class=5000,
+        test_per_class=1000,
     ),
     "cifar100": CifarLayout(
         title="CIFAR-100",
@@ -87,6 +89,7 @@ LAYOUTS: dict[str, CifarLayout] = {
         md5="eb9058c3a382ffc7106e4002c42a8d85",
         classes=100,
         train_per_class=500,
+        test_per_class=100,
     ),
 }
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.data import synthetic
 from workbench.data.base import (
+    AugmentKind,
     Dataset,
     DatasetInfo,
     Splits,
@@ -19,7 +21,7 @@ from workbench.data.base import (
     subset_tensors,
 )
 from workbench.data.cifar import LAYOUTS, cifar_class_names, locate_cifar, read_cifar
-from workbench.data.imagefolder import load_folder, locate_folder, plan_folder
+from workbench.data.imagefolder import DEFAULT_RESOLUTION, load_folder, locate_folder, plan_folder
 from workbench.errors import DataError
 from workbench.paths import cache_dir, home_dir
 from workbench.spec import DataSpec
@@ -49,17 +51,35 @@ def _roots(home: Path, allowed_roots: list[Path] | None) -> tuple[list[Path], li
     return search_roots(home, allowed_roots), permitted
 
 
-def _training_images(spec: DataSpec, home: Path, allowed_roots: list[Path] | None) -> int | None:
-    """How many training images the spec selects, checking format and classes on the way; None when unknown
-    without reading the data (a CIFAR archive asked for by class names, or one still to be downloaded)."""
+@dataclass(frozen=True)
+class DatasetShape:
+    """The sizes a DataSpec selects, counted without decoding an image (train before the validation hold-out)."""
+
+    train: int
+    test: int
+    classes: int
+    image_size: int
+    augment: AugmentKind
+
+
+def _shape(spec: DataSpec, home: Path, allowed_roots: list[Path] | None) -> DatasetShape | None:
+    """The sizes the spec selects, checking format and classes on the way; None when unknown without reading
+    the data (a CIFAR archive asked for by class names, or one still to be downloaded)."""
+    def capped(counts: list[int]) -> int:
+        return sum(min(count, spec.per_class_cap or count) for count in counts)
+
     if spec.name == "synthetic":
         synthetic.check_counts(spec.synthetic_train, spec.synthetic_test)
         keep = select_classes(synthetic.CLASS_NAMES, spec.classes, "the synthetic dataset")
-        counts = [synthetic.class_count(spec.synthetic_train, label) for label in keep]
+        return DatasetShape(capped([synthetic.class_count(spec.synthetic_train, label) for label in keep]),
+                            capped([synthetic.class_count(spec.synthetic_test, label) for label in keep]),
+                            len(keep), synthetic.IMAGE_SIZE, "cifar")
     else:
         roots, permitted = _roots(home, allowed_roots)
         if spec.name == "folder":
-            return len(plan_folder(locate_folder(spec, roots, permitted), spec, permitted).train)
+            plan = plan_folder(locate_folder(spec, roots, permitted), spec, permitted)
+            return DatasetShape(len(plan.train), len(plan.test), len(plan.class_names),
+                                spec.resolution or DEFAULT_RESOLUTION, "folder")
         if spec.path is None and spec.download:
             return None
         layout = LAYOUTS[spec.name]
@@ -74,19 +94,22 @@ def _training_images(spec: DataSpec, home: Path, allowed_roots: list[Path] | Non
                             f"{layout.classes}")
         else:
             kept = spec.classes or layout.classes
-        counts = [layout.train_per_class] * kept
-    return sum(min(count, spec.per_class_cap or count) for count in counts)
+        return DatasetShape(capped([layout.train_per_class] * kept), capped([layout.test_per_class] * kept), kept,
+                            32, "cifar")
 
 
-def check_source(spec: DataSpec, home: Path | None = None, allowed_roots: list[Path] | None = None) -> None:
+def check_source(spec: DataSpec, home: Path | None = None,
+                 allowed_roots: list[Path] | None = None) -> DatasetShape | None:
     """Raise DataError, with the loader's own message, when the spec's data is missing, not allowed, in the
-    wrong format, lacks the classes asked for, or is too small for the validation split.
+    wrong format, lacks the classes asked for, or is too small for the validation split; else its sizes
+    (None when they are unknown before the data is read).
 
     Cheap (lists folders, decodes no image): the service calls it before queueing a run.
     """
-    count = _training_images(spec, home_dir(home), allowed_roots)
-    if count is not None and spec.validation_size:
-        check_validation_size(spec.validation_size, count)
+    shape = _shape(spec, home_dir(home), allowed_roots)
+    if shape is not None and spec.validation_size:
+        check_validation_size(spec.validation_size, shape.train)
+    return shape
 
 
 def load_dataset(spec: DataSpec, home: Path | None = None, allowed_roots: list[Path] | None = None) -> Dataset:

@@ -42,6 +42,9 @@ def default_worker_count() -> int:
 class Executor(ABC):
     """What the UI and CLI need from whatever runs the jobs."""
 
+    #: Training processes that share this machine's cores (and so its threads, see workbench/threads.py).
+    worker_count = 1
+
     def __init__(self, store: RunStore, *, stale_after_s: float = STALE_AFTER_S) -> None:
         self.store = store
         self.stale_after_s = stale_after_s

@@ -73,6 +73,14 @@ class _QuietRepeats:
         self.last = None
 
 
+def _summary(progress: dict[str, Any]) -> dict[str, float | None]:
+    """The run's summary errors in a training loop's progress, as `RunStore.update_summary` takes them."""
+    validated = progress.get("best_split") == "val"
+    return {"train_error": progress.get("train_error"), "test_error": progress.get("test_error"),
+            "best_val_error": progress.get("best_error") if validated else None,
+            "test_error_at_best": progress.get("test_error_at_best")}
+
+
 class StoreSink:
     """Connects a training loop to the store: metrics in batches, progress and cancel via a heartbeat thread.
 
@@ -103,7 +111,7 @@ class StoreSink:
         self.worker_id = worker_id
         self.heartbeat_s = heartbeat_s
         self._progress: dict[str, Any] = {}
-        self._reported_errors: tuple[float | None, float | None] = (None, None)
+        self._reported_summary: dict[str, float | None] = {}
         self._lock = threading.Lock()
         self._stop_requested = threading.Event()
         self._cancel_seen = threading.Event()
@@ -131,13 +139,13 @@ class StoreSink:
     def _beat(self) -> None:
         with self._lock:
             progress = dict(self._progress)
-            errors = (progress.get("train_error"), progress.get("test_error"))
-            summary_changed = errors != self._reported_errors
+            summary = _summary(progress)
+            summary_changed = summary != self._reported_summary
         if summary_changed:
             try:
-                self.store.update_summary(self.run_id, train_error=errors[0], test_error=errors[1])
+                self.store.update_summary(self.run_id, **summary)
                 with self._lock:
-                    self._reported_errors = errors
+                    self._reported_summary = summary
             except Exception as exc:
                 self._failures.failed(f"summary of run {self.run_id} could not be written", exc)
         try:

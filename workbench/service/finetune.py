@@ -255,7 +255,8 @@ def describe_source(report: SourceReport) -> str:
         lines.append(f"- **Trained on:** {report.metadata['dataset']}")
     reported = [f"{name} {value:.2f}" for name, value in report.metadata.get("best_metrics", {}).items()]
     if report.metadata.get("best_error") is not None:
-        reported.append(f"best test error {report.metadata['best_error']:.2f}%")
+        split = report.metadata.get("best_split", "test")
+        reported.append(f"best {split} error {report.metadata['best_error']:.2f}%")
     if reported:
         lines.append(f"- **Reported:** {', '.join(reported)}")
     if spec is None:

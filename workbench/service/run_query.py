@@ -15,11 +15,18 @@ from typing import Any
 from storage import RunRecord
 from storage.status import ALL_STATUSES
 
-__all__ = ["ALL_STATUSES", "RESULT_COLUMNS", "RunFilter", "cell", "column_value", "differing", "filter_runs",
-           "flatten", "spec_columns", "spec_diff"]
+__all__ = ["ALL_STATUSES", "RESULT_COLUMNS", "RunFilter", "best_error", "cell", "column_value", "differing",
+           "filter_runs", "flatten", "spec_columns", "spec_diff"]
 
-RESULT_COLUMNS = ("status", "iteration", "best_test_error", "last_test_error", "last_train_error", "images_per_s",
-                  "device", "group_name", "tags")
+RESULT_COLUMNS = ("status", "iteration", "best_val_error", "test_error_at_best", "best_test_error", "last_test_error",
+                  "last_train_error", "images_per_s", "device", "group_name", "tags")
+
+
+def best_error(run: RunRecord) -> tuple[float | None, str]:
+    """(error, split) the run's best checkpoint was chosen by: its validation split when it has one, else test."""
+    if run.best_val_error is not None:
+        return run.best_val_error, "val"
+    return run.best_test_error, "test"
 
 
 @dataclass(frozen=True)

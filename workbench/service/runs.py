@@ -11,12 +11,13 @@ import logging
 import re
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from storage import AnalysisRecord, RunRecord, RunStore
 from storage.status import COMPLETED, QUEUED, RUNNING
-from workbench.data import check_source
+from workbench.data import DatasetShape, check_source
 from workbench.errors import IllegalTransition, WorkbenchError
 from workbench.jobs.analyses import ANALYSIS_KINDS, FRACTAL_COLUMNS, LESION, execute_analysis
 from workbench.jobs.executor import Executor
@@ -27,14 +28,16 @@ from workbench.presets import Preset, list_presets
 from workbench.science.fractal import check_fractal
 from workbench.science.lesion import check_lesionable
 from workbench.service.checks import check_run
+from workbench.service.estimates import RunEstimate, StepTimeCache, estimate_run, expected_finishes
 from workbench.service.files import clean_old_files
 from workbench.service.finetune import with_copied_source
 from workbench.service.forms import FORM_FIELDS, parse_id, specs_from_form
 from workbench.service.plans import PlannedRun, default_group_name, plan_sweep, unique_group_name
 from workbench.service.results import write_metrics_csv, write_tensorboard
 from workbench.service.sweeps import SweepReport, sweep_report
-from workbench.spec import DataSpec, TrainSpec, parse_net
+from workbench.spec import DataSpec, RunSpec, TrainSpec, parse_net
 from workbench.sweep_spec import SweepSpec
+from workbench.threads import worker_threads
 from workbench.weights.export import EXPORT_FORMATS, export_model
 from workbench.weights.loader import load_model_file
 
@@ -82,9 +85,10 @@ class Workbench:
 
     # -- planning and submitting ---------------------------------------------------------------
 
-    def check_data(self, data: DataSpec) -> None:
-        """Fail before queueing, with the loader's message, when a dataset path is outside the data roots or missing."""
-        check_source(data, self.home, self.data_roots)
+    def check_data(self, data: DataSpec) -> DatasetShape | None:
+        """Fail before queueing, with the loader's message, when a dataset path is outside the data roots or missing;
+        else the sizes it selects (None when unknown before it is read)."""
+        return check_source(data, self.home, self.data_roots)
 
     def group_name(self, kind: str, net_name: str, data: DataSpec) -> str:
         """A readable group name not used yet ("twin resnet20 on synthetic, 2026-12-01 14:03")."""
@@ -134,6 +138,28 @@ class Workbench:
     def sweep_report(self, group: str) -> SweepReport:
         """A sweep's trials, best trial and parameter importances."""
         return sweep_report(self.store, group)
+
+    # -- how long runs take --------------------------------------------------------------------
+
+    @property
+    def threads_per_worker(self) -> int:
+        """The torch threads each of the executor's workers trains with on this machine."""
+        return worker_threads(self.executor.worker_count)
+
+    def estimate(self, spec: RunSpec) -> RunEstimate:
+        """How long the run should take on a worker here, from a few timed steps; refused, like a launch, when the
+        network does not fit or the data is missing."""
+        check_run(spec)
+        shape = self.check_data(spec.data)
+        if shape is None:
+            raise WorkbenchError(f"the size of {spec.data.name} is not known before it is downloaded or read; give "
+                                 "the path of the archive to estimate the run time")
+        return estimate_run(spec, shape, self.home, self.threads_per_worker)
+
+    def expected_finishes(self, runs: Sequence[RunRecord], now: datetime | None = None) -> dict[int, datetime]:
+        """When running runs (and queued runs with a cached estimate) should finish; see `expected_finishes`."""
+        return expected_finishes(runs, StepTimeCache(self.home), self.executor.worker_count,
+                                 self.threads_per_worker, now or datetime.now(UTC))
 
     def latest_values(self, run_id: int, names: Sequence[str]) -> dict[str, float]:
         """The last stored value of each of these metrics that the run has logged."""
@@ -236,6 +262,7 @@ class Workbench:
         metadata = {
             **model.metadata, "run_id": run.id, "run_name": run.name, "preset": run.preset, "checkpoint": which,
             "best_test_error": run.best_test_error, "last_test_error": run.last_test_error,
+            "best_val_error": run.best_val_error, "test_error_at_best": run.test_error_at_best,
             "last_train_error": run.last_train_error, "iterations": run.iteration,
         }
         metadata.pop("run_spec", None)

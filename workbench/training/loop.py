@@ -41,7 +41,8 @@ class TrainingSink(Protocol):
         """Rows of {iteration, epoch, split, name, value, wall_time}."""
 
     def progress(self, state: dict[str, Any]) -> None:
-        """iteration, total_iterations, epoch, images_per_s, train_error, test_error."""
+        """iteration, total_iterations, epoch, images_per_s, train_error, test_error; after an evaluation also
+        best_split, best_error (on best_split) and test_error_at_best (the test error of the best checkpoint)."""
 
     def should_stop(self) -> bool:
         """True when the user asked to cancel; the loop checkpoints and returns."""
@@ -98,7 +99,8 @@ def fresh_model(net: NetworkSpec, *, resuming: bool) -> StartingModel:
 
 @dataclass
 class FitResult:
-    """How a call to `fit` ended."""
+    """How a call to `fit` ended. `best_error` and `last_error` are on `best_split`: the validation split when the
+    data has one (the honest choice), else the test split; `test_error_at_best` is the best checkpoint's test error."""
 
     status: str
     iteration: int
@@ -109,6 +111,9 @@ class FitResult:
     device: str
     precision: str
     info: dict = field(default_factory=dict)
+    best_split: str = "test"
+    test_error: float | None = None
+    test_error_at_best: float | None = None
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -252,9 +257,13 @@ class _Trainer:
             weight_decay=self.train.weight_decay,
         )
         self.iteration = 0
+        self.eval_splits = self._eval_splits()
+        # The split the best checkpoint is chosen on: validation when there is one, so test stays unseen.
+        self.best_split = self.eval_splits[0][0]
         self.best_error: float | None = None
         self.last_error: float | None = None
-        self.eval_splits = self._eval_splits()
+        self.test_error: float | None = None
+        self.test_error_at_best: float | None = None
         self._reset_interval()
 
     def _eval_splits(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -293,11 +302,15 @@ class _Trainer:
                 "input_size": self.net.input_size,
                 "best_error": self.best_error,
                 "last_error": self.last_error,
+                "best_split": self.best_split,
+                "test_error_at_best": self.test_error_at_best,
             },
             "model": self.model.state_dict(),
             "iteration": self.iteration,
             "best_error": self.best_error,
             "last_error": self.last_error,
+            "test_error": self.test_error,
+            "test_error_at_best": self.test_error_at_best,
         }
         if kind == "last":
             state.update(
@@ -337,6 +350,9 @@ class _Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.iteration = int(state["iteration"])
         self.best_error, self.last_error = state["best_error"], state["last_error"]
+        # Checkpoints from before validation-based selection chose on test, where both errors are the same.
+        self.test_error = state.get("test_error", self.last_error)
+        self.test_error_at_best = state.get("test_error_at_best", self.best_error)
         interval = state["interval"]
         self.interval_loss = interval["loss"].to(self.device)
         self.interval_wrong = interval["wrong"].to(self.device)
@@ -375,7 +391,7 @@ class _Trainer:
         self.sink.metrics(rows)
         self.sink.progress({
             "iteration": self.iteration, "total_iterations": self.total, "epoch": self.epoch,
-            "images_per_s": images_per_s, "train_error": error, "test_error": self.last_error,
+            "images_per_s": images_per_s, "train_error": error, "test_error": self.test_error,
         })
         self._reset_interval()
 
@@ -388,18 +404,21 @@ class _Trainer:
                 autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
             )
             rows += [self._row(split, "loss", loss, now), self._row(split, "error", error, now)]
-            if split == self.eval_splits[0][0]:
+            if split == self.best_split:
                 self.last_error = error
+            if split == "test":
+                self.test_error = error
         if epoch_time is not None:
             rows.append(self._row("train", "epoch_time", epoch_time, now))
         self.sink.metrics(rows)
+        if self.best_error is None or self.last_error < self.best_error:
+            self.best_error, self.test_error_at_best = self.last_error, self.test_error
+            self.save("best")
         self.sink.progress({
             "iteration": self.iteration, "total_iterations": self.total, "epoch": self.epoch,
-            "test_error": self.last_error,
+            "test_error": self.test_error, "best_split": self.best_split, "best_error": self.best_error,
+            "test_error_at_best": self.test_error_at_best,
         })
-        if self.best_error is None or self.last_error < self.best_error:
-            self.best_error = self.last_error
-            self.save("best")
         self.interval_start = time.perf_counter()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -501,4 +520,7 @@ def fit(
         device=str(trainer.device),
         precision=str(trainer.autocast_dtype or "fp32").removeprefix("torch."),
         info=dataset.info.to_dict(),
+        best_split=trainer.best_split,
+        test_error=trainer.test_error,
+        test_error_at_best=trainer.test_error_at_best,
     )

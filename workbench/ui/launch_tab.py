@@ -32,7 +32,7 @@ from workbench.service.plans import (
     plan_twin,
     with_seeds,
 )
-from workbench.spec import DataSpec, NetSpec, TrainSpec
+from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.fields import number_field
 from workbench.ui.sweep_section import sweep_controls, wire_sweep_launch
@@ -45,6 +45,7 @@ DATASET_LABELS = {
 }
 DATASETS = [(DATASET_LABELS.get(name, name), name) for name in field_choices(DataSpec, "name")]
 LAUNCH_KINDS = ("run", "twin", "ladder", "placements", "stochastic_depth", "drop_path")
+PAPER_VALIDATION_SIZE = 5000  # He et al. 2015, sec. 4.2: 45k training and 5k validation images of CIFAR-10
 
 
 @dataclass
@@ -156,6 +157,22 @@ def launch(ctx: WorkbenchContext, kind: str, spec_json: str, *values):
     return _queued(run_ids, plan, group, data)
 
 
+def estimate(ctx: WorkbenchContext, spec_json: str, *form_values) -> str:
+    """How long a run of the Build tab's network with the form's settings should take, in words."""
+    try:
+        data, train = ctx.specs_from_form(dict(zip(FORM_FIELDS, form_values, strict=True)))
+        text = ctx.estimate(RunSpec(net=net_spec_from_json(spec_json), data=data, train=train)).text()
+    except (WorkbenchError, ValueError) as exc:
+        return f"**No estimate:** {exc}"
+    return f"**Estimated run time:** {text}"
+
+
+def paper_split(dataset: str):
+    """The paper's CIFAR split: 5,000 training images held out for validation (CIFAR-10 unless CIFAR is chosen)."""
+    return (gr.update(value=dataset if dataset in ("cifar10", "cifar100") else "cifar10"),
+            gr.update(value=PAPER_VALIDATION_SIZE))
+
+
 def _queued(run_ids: list[int], plan: list, group: str | None, data: DataSpec):
     names = ", ".join(f"#{run_id} {run.name}" for run_id, run in zip(run_ids, plan, strict=True))
     where = f" as group *{group}*" if group else ""
@@ -195,7 +212,8 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
                 per_class_cap = number_field(0, label="Images per class (0 = all)", precision=0,
                                           elem_id=f"{id_prefix}per-class-cap")
                 validation_size = number_field(field_default(DataSpec, "validation_size"), label="Validation images",
-                                            precision=0, info=field_help(DataSpec, "validation_size"))
+                                            precision=0, info=field_help(DataSpec, "validation_size"),
+                                            elem_id=f"{id_prefix}validation-size")
         with gr.Column():
             gr.Markdown("#### Training")
             with gr.Row():
@@ -264,6 +282,11 @@ def launch_tab(ctx: WorkbenchContext, spec_json: gr.Code) -> LaunchTab:
                                              elem_id="launch-architectures", scale=1)
         sweep = sweep_controls()
         message = gr.Markdown(elem_id="launch-message")
+        with gr.Row():
+            split_button = gr.Button("Paper's 45k/5k split (CIFAR, He et al. 2015 sec. 4.2)", elem_id="paper-split",
+                                     size="sm", scale=1)
+            estimate_button = gr.Button("Estimate run time", elem_id="estimate-run", size="sm", scale=1)
+            estimate_text = gr.Markdown(elem_id="launch-estimate")
         launched = gr.State(None)
 
     inputs = [spec_json, *form.components(), ladder_depths, drop_prob, seeds, architectures]
@@ -274,5 +297,8 @@ def launch_tab(ctx: WorkbenchContext, spec_json: gr.Code) -> LaunchTab:
     for kind, button in buttons.items():
         button.click(functools.partial(launch, ctx, kind), inputs, [message, launched], api_name=f"launch_{kind}")
     spec_json.change(network_line, spec_json, [network, *buttons.values()], api_visibility="private")
+    split_button.click(paper_split, form.dataset, [form.dataset, form.validation_size], api_visibility="private")
+    estimate_button.click(functools.partial(estimate, ctx), [spec_json, *form.components()], estimate_text,
+                          api_name="estimate_run", concurrency_limit=1)
     wire_sweep_launch(ctx, sweep, [spec_json, *form.components()], message, launched)
     return LaunchTab(launched=launched)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from workbench.service import RunRecord
+from workbench.service.run_query import best_error
 
 RUN_TABLE_COLUMNS = [
-    "id", "name", "preset", "dataset", "status", "progress", "epoch", "best test err", "last test err",
-    "images/s", "device", "started", "duration",
+    "id", "name", "preset", "dataset", "status", "progress", "epoch", "best err (split)", "test err at best",
+    "last test err", "images/s", "device", "started", "duration", "expected finish",
 ]
 
 
@@ -45,24 +46,41 @@ def run_status(run: RunRecord) -> str:
     return "running: compiling (the first step can take a minute)" if compiling else run.status
 
 
-def run_row(run: RunRecord, now: datetime | None = None) -> list[str | int]:
-    """The table cells of one run, in RUN_TABLE_COLUMNS order."""
+def best_error_cell(run: RunRecord) -> str:
+    """"6.80% val" or "8.75% test": the best checkpoint's error and the split it was chosen on."""
+    error, split = best_error(run)
+    return "" if error is None else f"{error:.2f}% {split}"
+
+
+def finish_cell(finish: datetime | None, now: datetime) -> str:
+    """"14:32 (in 12 min 05 s)" in local time, with the date when it is not today; empty for None."""
+    if finish is None:
+        return ""
+    local = finish.astimezone()
+    clock = local.strftime("%H:%M" if local.date() == now.astimezone().date() else "%Y-%m-%d %H:%M")
+    return f"{clock} (in {format_duration((finish - now).total_seconds())})"
+
+
+def run_row(run: RunRecord, now: datetime | None = None, finish: datetime | None = None) -> list[str | int]:
+    """The table cells of one run, in RUN_TABLE_COLUMNS order; `finish` is when it should finish, if known."""
+    now = now or datetime.now(UTC)
     total = run.total_iterations
     progress = f"{100 * run.iteration / total:.0f}% ({run.iteration}/{total})" if total else ""
     started = run.started_at.astimezone().strftime("%Y-%m-%d %H:%M") if run.started_at else ""
     return [
         run.id, run.name, run.preset or "custom", run.dataset or "", run_status(run), progress,
         "" if run.epoch is None else f"{run.epoch:.1f}",
-        _percent(run.best_test_error), _percent(run.last_test_error),
+        best_error_cell(run), _percent(run.test_error_at_best), _percent(run.last_test_error),
         "" if run.images_per_s is None else f"{run.images_per_s:,.0f}",
-        run.device or "", started, format_duration(run_duration(run, now)),
+        run.device or "", started, format_duration(run_duration(run, now)), finish_cell(finish, now),
     ]
 
 
-def run_rows(runs: Sequence[RunRecord], now: datetime | None = None) -> list[list[str | int]]:
-    """Table cells of several runs."""
+def run_rows(runs: Sequence[RunRecord], now: datetime | None = None,
+             finishes: Mapping[int, datetime] | None = None) -> list[list[str | int]]:
+    """Table cells of several runs; `finishes` are expected finish times by run id."""
     now = now or datetime.now(UTC)
-    return [run_row(run, now) for run in runs]
+    return [run_row(run, now, (finishes or {}).get(run.id)) for run in runs]
 
 
 def run_label(run: RunRecord) -> str:

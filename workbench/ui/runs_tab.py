@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 import gradio as gr
 import pandas as pd
@@ -56,13 +57,15 @@ def run_details(run: RunRecord, latest: dict[str, float] | None = None) -> str:
     return "\n".join(lines)
 
 
-def table_view(runs: list[RunRecord], wanted: RunFilter, extra_columns: Sequence[str], hide_identical: bool):
+def table_view(runs: list[RunRecord], wanted: RunFilter, extra_columns: Sequence[str], hide_identical: bool,
+               finishes: Mapping[int, datetime] | None = None):
     """(columns, rows) of the runs table: the filtered runs, the chosen spec and result columns after the standard
-    ones, and with `hide_identical` only the columns whose values differ between the shown runs."""
+    ones, and with `hide_identical` only the columns whose values differ between the shown runs; `finishes` are
+    expected finish times by run id."""
     shown = filter_runs(runs, wanted)
     columns = [*RUN_TABLE_COLUMNS, *(column for column in extra_columns if column not in RUN_TABLE_COLUMNS)]
     rows = [row + [cell(column_value(run, column)) for column in columns[len(RUN_TABLE_COLUMNS):]]
-            for run, row in zip(shown, run_rows(shown), strict=True)]
+            for run, row in zip(shown, run_rows(shown, finishes=finishes), strict=True)]
     if hide_identical:
         kept = [column for column in differing(columns, rows) if column not in ("id", "name")]
         indices = [0, 1, *(columns.index(column) for column in kept)]
@@ -95,13 +98,14 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
     def list_runs(*view):
         """The runs table (filtered and with the chosen columns) and the run picker's choices."""
         runs = ctx.list_runs()
-        columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:]) if view else table_view(
-            runs, RunFilter(), (), False)
+        finishes = ctx.expected_finishes(runs)
+        columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:], finishes) if view else table_view(
+            runs, RunFilter(), (), False, finishes)
         return pd.DataFrame(rows, columns=columns), gr.update(choices=run_choices(runs))
 
     def refresh(shown: list | None, run_id: int | None, *view):
         runs = ctx.list_runs()
-        columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:])
+        columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:], ctx.expected_finishes(runs))
         if [columns, rows] == shown:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         picked = next((run for run in runs if run.id == run_id), None)

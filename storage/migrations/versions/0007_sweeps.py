@@ -1,15 +1,15 @@
 """Sweeps: the search behind a group of trial runs (base run, space, method, objective), one row per group.
 
-Revision ID: 0006_sweeps
-Revises: 0005_run_job_id
+Revision ID: 0007_sweeps
+Revises: 0006_val_selection
 Create Date: 2026-12-01
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_sweeps"
-down_revision = "0005_run_job_id"
+revision = "0007_sweeps"
+down_revision = "0006_val_selection"
 branch_labels = None
 depends_on = None
 
