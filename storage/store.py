@@ -513,21 +513,24 @@ class RunStore:
             ).rowcount
 
     def fetch_metrics_since(
-        self, cursors: Mapping[int, int], names: Iterable[str] | None = None
+        self, cursors: Mapping[int, int], names: Iterable[str] | None = None, splits: Iterable[str] | None = None
     ) -> dict[int, MetricBatch]:
         """For each run id in `cursors`, its metric rows with id above the cursor, in id order.
 
         Start with cursor 0 and pass back each batch's `cursor` to get only newer
-        rows next time (use the same `names` filter each time). All runs are read
-        from one consistent snapshot.
+        rows next time (use the same `names` and `splits` filters each time). All runs
+        are read from one consistent snapshot.
         """
         wanted_names = None if names is None else list(names)
+        wanted_splits = None if splits is None else list(splits)
         batches = {}
         with self._read() as conn:
             for run_id, after_id in cursors.items():
                 query = select(*METRIC_COLUMNS).where(metrics.c.run_id == run_id, metrics.c.id > after_id)
                 if wanted_names is not None:
                     query = query.where(metrics.c.name.in_(wanted_names))
+                if wanted_splits is not None:
+                    query = query.where(metrics.c.split.in_(wanted_splits))
                 rows = conn.execute(query.order_by(metrics.c.id)).all()
                 batches[run_id] = MetricBatch(rows, rows[-1].id if rows else after_id)
         return batches

@@ -75,11 +75,10 @@ def group_runs(store: RunStore, group_name: str) -> list[RunRecord]:
 
 def sweep_trials(store: RunStore, sweep: SweepSpec, runs: Sequence[RunRecord]) -> list[Trial]:
     """The trials of these runs of a sweep, with the errors their stored metrics hold."""
-    batches = store.fetch_metrics_since({run.id: 0 for run in runs}, names=["error"])
+    batches = store.fetch_metrics_since({run.id: 0 for run in runs}, names=["error"], splits=[sweep.objective_split])
     trials = []
     for run in runs:
-        evaluations = [(row.epoch, row.value) for row in batches[run.id].rows
-                       if row.split == sweep.objective_split and row.value is not None]
+        evaluations = [(row.epoch, row.value) for row in batches[run.id].rows if row.value is not None]
         pruned = is_pruned(run)
         value = None
         if evaluations and (run.status == COMPLETED or pruned):
