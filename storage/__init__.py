@@ -4,7 +4,7 @@ Use `open_store(home, db)` to get a `RunStore`; see `storage.store` for the API
 and `storage.status` for the run statuses and the moves allowed between them.
 """
 
-from storage.records import METRIC_FIELDS, AnalysisRecord, ArtifactRecord, MetricBatch, RunRecord
+from storage.records import METRIC_FIELDS, AnalysisRecord, ArtifactRecord, MetricBatch, RunRecord, SweepRecord
 from storage.status import (
     ALL_STATUSES,
     ALLOWED_TRANSITIONS,
@@ -34,5 +34,6 @@ __all__ = [
     "RUNNING",
     "RunRecord",
     "RunStore",
+    "SweepRecord",
     "open_store",
 ]

@@ -94,3 +94,16 @@ class AnalysisRecord:
     cancel_requested: bool
     error_message: str | None
     traceback: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SweepRecord:
+    """A sweep: the spec of the search whose trials are the runs of `group_name`."""
+
+    id: int
+    group_name: str
+    method: str
+    spec: dict[str, Any]
+    created_at: datetime
+    finished_at: datetime | None
+    error_message: str | None

@@ -28,8 +28,8 @@ from sqlalchemy.exc import IntegrityError
 
 from storage.engine import create_store_engine, driver_executemany_sql, writer_engine
 from storage.migrate import upgrade_database
-from storage.records import METRIC_FIELDS, AnalysisRecord, ArtifactRecord, MetricBatch, RunRecord
-from storage.schema import Analysis, Artifact, Metric, Run, utc_now
+from storage.records import METRIC_FIELDS, AnalysisRecord, ArtifactRecord, MetricBatch, RunRecord, SweepRecord
+from storage.schema import Analysis, Artifact, Metric, Run, Sweep, utc_now
 from storage.status import (
     ALL_STATUSES,
     ALLOWED_TRANSITIONS,
@@ -42,6 +42,7 @@ from storage.status import (
     METRIC_SPLITS,
     QUEUED,
     RUNNING,
+    SWEEP,
     sources_of,
 )
 from workbench.errors import IllegalTransition, RunNotFound, StoreError
@@ -53,6 +54,7 @@ runs = Run.__table__
 metrics = Metric.__table__
 artifacts = Artifact.__table__
 analyses = Analysis.__table__
+sweeps = Sweep.__table__
 
 RUN_COLUMNS = tuple(runs.c)
 METRIC_COLUMNS = tuple(getattr(metrics.c, field) for field in METRIC_FIELDS)
@@ -145,30 +147,9 @@ class RunStore:
         normally created `queued`; any status but `running` is accepted, for
         importing finished runs.
         """
-        spec_data = _spec_as_json(spec)
-        if status not in ALL_STATUSES or status == RUNNING:
-            raise StoreError(
-                f"a new run cannot start as {status!r}; use one of "
-                f"{', '.join(s for s in ALL_STATUSES if s != RUNNING)} (workers claim queued runs)"
-            )
-        if group_kind is not None and group_kind not in GROUP_KINDS:
-            raise StoreError(f"group kind {group_kind!r} is unknown; use one of {', '.join(GROUP_KINDS)}")
-        values = {
-            "name": _checked_name(name),
-            "group_name": group_name,
-            "group_kind": group_kind,
-            "status": status,
-            "spec": spec_data,
-            "preset": preset,
-            "dataset": dataset,
-            "created_at": utc_now(),
-            "total_iterations": _storable_int(total_iterations),
-            "parent_run_id": parent_run_id,
-            "notes": notes,
-            "tags": _checked_tags(tags),
-        }
-        if status in FINISHED_STATUSES:
-            values["finished_at"] = values["created_at"]
+        values = _new_run_values(spec, name=name, group_name=group_name, group_kind=group_kind, preset=preset,
+                                 dataset=dataset, total_iterations=total_iterations, parent_run_id=parent_run_id,
+                                 notes=notes, tags=tags, status=status)
         try:
             with self._write() as conn:
                 result = conn.execute(insert(runs).values(values))
@@ -368,24 +349,29 @@ class RunStore:
         if values:
             self._update_run(run_id, **values)
 
-    def request_cancel(self, run_id: int, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> str:
+    def request_cancel(
+        self, run_id: int, *, stale_after_s: float = DEFAULT_STALE_AFTER_S, reason: str | None = None
+    ) -> str:
         """Cancel a run and return its status afterwards.
 
         A queued run becomes `cancelled` at once, and so does a running run whose worker
         sent no heartbeat for `stale_after_s` seconds (nobody would read a flag); a
         running run gets a flag its worker sees at the next heartbeat, and the worker
-        then checkpoints and moves it to `cancelled`. Finished runs raise IllegalTransition.
+        then checkpoints and moves it to `cancelled`. `reason` (a pruned sweep trial's)
+        is kept as the run's message. Finished runs raise IllegalTransition.
         """
+        message = {} if reason is None else {"error_message": reason}
         with self._write() as conn:
             cancelled_now = conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id, or_(runs.c.status == QUEUED, _stale_condition(stale_after_s)))
-                .values(status=CANCELLED, **_entry_values(CANCELLED))
+                .values(status=CANCELLED, **_entry_values(CANCELLED), **message)
             ).rowcount
             if cancelled_now:
                 return CANCELLED
             flagged = conn.execute(
-                update(runs).where(runs.c.id == run_id, runs.c.status == RUNNING).values(cancel_requested=True)
+                update(runs).where(runs.c.id == run_id, runs.c.status == RUNNING)
+                .values(cancel_requested=True, **message)
             ).rowcount
             if flagged:
                 return RUNNING
@@ -527,21 +513,24 @@ class RunStore:
             ).rowcount
 
     def fetch_metrics_since(
-        self, cursors: Mapping[int, int], names: Iterable[str] | None = None
+        self, cursors: Mapping[int, int], names: Iterable[str] | None = None, splits: Iterable[str] | None = None
     ) -> dict[int, MetricBatch]:
         """For each run id in `cursors`, its metric rows with id above the cursor, in id order.
 
         Start with cursor 0 and pass back each batch's `cursor` to get only newer
-        rows next time (use the same `names` filter each time). All runs are read
-        from one consistent snapshot.
+        rows next time (use the same `names` and `splits` filters each time). All runs
+        are read from one consistent snapshot.
         """
         wanted_names = None if names is None else list(names)
+        wanted_splits = None if splits is None else list(splits)
         batches = {}
         with self._read() as conn:
             for run_id, after_id in cursors.items():
                 query = select(*METRIC_COLUMNS).where(metrics.c.run_id == run_id, metrics.c.id > after_id)
                 if wanted_names is not None:
                     query = query.where(metrics.c.name.in_(wanted_names))
+                if wanted_splits is not None:
+                    query = query.where(metrics.c.split.in_(wanted_splits))
                 rows = conn.execute(query.order_by(metrics.c.id)).all()
                 batches[run_id] = MetricBatch(rows, rows[-1].id if rows else after_id)
         return batches
@@ -773,6 +762,60 @@ class RunStore:
             raise StoreError(f"analysis {analysis_id} does not exist (its run may have been deleted)")
         return AnalysisRecord(**row._mapping)
 
+    # -- sweeps ------------------------------------------------------------------------------
+
+    def create_sweep(self, group_name: str, method: str, spec: Mapping[str, Any] | Any) -> int:
+        """Record the sweep behind the group `group_name` (before its trials are queued); returns its id."""
+        values = {"group_name": _checked_name(group_name), "method": method,
+                  "spec": _spec_as_json(spec), "created_at": utc_now()}
+        try:
+            with self._write() as conn:
+                return conn.execute(insert(sweeps).values(values)).inserted_primary_key[0]
+        except IntegrityError:
+            raise StoreError(f"a sweep named {group_name!r} exists already; give the new one another name") from None
+
+    def get_sweep(self, group_name: str) -> SweepRecord | None:
+        """The sweep behind a group, None when the group is not a sweep."""
+        with self._read() as conn:
+            row = conn.execute(select(*sweeps.c).where(sweeps.c.group_name == group_name)).first()
+        return None if row is None else SweepRecord(**row._mapping)
+
+    def unfinished_sweeps(self) -> list[SweepRecord]:
+        """The sweeps still being stepped, oldest first."""
+        query = select(*sweeps.c).where(sweeps.c.finished_at.is_(None)).order_by(sweeps.c.id)
+        with self._read() as conn:
+            return [SweepRecord(**row._mapping) for row in conn.execute(query)]
+
+    def finish_sweep(self, sweep_id: int, error_message: str | None = None) -> None:
+        """Stop stepping a sweep: all its trials ended, or (with `error_message`) it cannot go on."""
+        with self._write() as conn:
+            conn.execute(update(sweeps).where(sweeps.c.id == sweep_id, sweeps.c.finished_at.is_(None))
+                         .values(finished_at=utc_now(), error_message=error_message))
+
+    def add_sweep_trial(
+        self, sweep_id: int, spec: Mapping[str, Any] | Any, *, name: str, preset: str | None = None,
+        expected_trials: int, max_in_flight: int,
+    ) -> int | None:
+        """Queue a trial of an unfinished sweep while its group has exactly `expected_trials` runs (the ones the
+        trial was chosen from) and fewer than `max_in_flight` queued, running or interrupted ones; returns the run
+        id, or None when nothing was added.
+
+        The counts and the insert are one transaction holding the sweep's row, so processes stepping the same
+        sweep at once never add the same trial twice."""
+        with self._write() as conn:
+            sweep = conn.execute(select(sweeps.c.group_name, sweeps.c.finished_at).where(sweeps.c.id == sweep_id)
+                                 .with_for_update()).first()
+            if sweep is None or sweep.finished_at is not None:
+                return None
+            statuses = list(conn.scalars(select(runs.c.status).where(runs.c.group_name == sweep.group_name)))
+            in_flight = sum(status in (QUEUED, RUNNING, INTERRUPTED) for status in statuses)
+            if len(statuses) != expected_trials or in_flight >= max_in_flight:
+                return None
+            values = _new_run_values(spec, name=name, group_name=sweep.group_name, group_kind=SWEEP, preset=preset,
+                                     dataset=_spec_as_json(spec)["data"]["name"], total_iterations=None,
+                                     parent_run_id=None, notes="", tags=(), status=QUEUED)
+            return conn.execute(insert(runs).values(values)).inserted_primary_key[0]
+
     # -- internals ---------------------------------------------------------------------------
 
     @contextmanager
@@ -901,6 +944,37 @@ class RunStore:
             raise StoreError(
                 f"run {run_id} was deleted, but {exc.filename} could not be removed ({exc.strerror}); remove it by hand"
             ) from exc
+
+
+def _new_run_values(spec: Mapping[str, Any] | Any, *, name: str, group_name: str | None, group_kind: str | None,
+                    preset: str | None, dataset: str | None, total_iterations: int | None, parent_run_id: int | None,
+                    notes: str, tags: Sequence[str], status: str) -> dict[str, Any]:
+    """The checked column values of a new run (see `RunStore.create_run`)."""
+    spec_data = _spec_as_json(spec)
+    if status not in ALL_STATUSES or status == RUNNING:
+        raise StoreError(
+            f"a new run cannot start as {status!r}; use one of "
+            f"{', '.join(s for s in ALL_STATUSES if s != RUNNING)} (workers claim queued runs)"
+        )
+    if group_kind is not None and group_kind not in GROUP_KINDS:
+        raise StoreError(f"group kind {group_kind!r} is unknown; use one of {', '.join(GROUP_KINDS)}")
+    values = {
+        "name": _checked_name(name),
+        "group_name": group_name,
+        "group_kind": group_kind,
+        "status": status,
+        "spec": spec_data,
+        "preset": preset,
+        "dataset": dataset,
+        "created_at": utc_now(),
+        "total_iterations": _storable_int(total_iterations),
+        "parent_run_id": parent_run_id,
+        "notes": notes,
+        "tags": _checked_tags(tags),
+    }
+    if status in FINISHED_STATUSES:
+        values["finished_at"] = values["created_at"]
+    return values
 
 
 def _entry_values(status: str) -> dict[str, Any]:

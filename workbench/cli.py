@@ -20,6 +20,7 @@ from workbench.paths import home_dir
 from workbench.presets import get_preset, list_presets
 from workbench.service.forms import field_choices, field_default, field_help, parse_classes
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_net, parse_spec
+from workbench.sweep_spec import SweepSpec, build_sweep
 from workbench.threads import cli_threads, use_threads
 
 
@@ -195,6 +196,53 @@ def cmd_compare_architectures(args: argparse.Namespace) -> int:
     print(f"group {group}")
     for run_id, run in zip(run_ids, plan, strict=True):
         print(f"{run_id} {run.name}")
+    return 0
+
+
+def sweep_from_args(args: argparse.Namespace) -> SweepSpec:
+    """The SweepSpec that `sweep` options describe: the run options are its base run."""
+    if args.seeds > 1:
+        raise WorkbenchError("a sweep varies seeds as a parameter: --grid seed=0,1,2 (or --param seed=0..9 with "
+                             "--random/--tpe) instead of --seeds")
+    base, preset = run_spec_from_args(args)
+    method, trials = ("tpe", args.tpe) if args.tpe else ("random", args.random) if args.random else ("grid", None)
+    return build_sweep(base, "\n".join(args.grid + args.param), method=method, trials=trials, pruning=args.prune,
+                       base_preset=preset, objective=args.objective, prune_after=args.prune_after,
+                       parallel=args.parallel, seed=args.sweep_seed)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    sweep = sweep_from_args(args)
+    service = _service(args)
+    group, run_ids = service.launch_sweep(sweep, args.name)
+    later = f"; the workers ask TPE for the other {sweep.trials - len(run_ids)} as results come in" \
+        if sweep.method == "tpe" else ""
+    print(f"group {group} ({sweep.method} sweep, {sweep.trial_count} trials{later})")
+    for run in service.list_runs(group_name=group)[::-1]:
+        print(f"{run.id} {run.name}")
+    return 0
+
+
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    report = _service(args).sweep_report(args.group)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    state = "finished" if report.finished else "running"
+    print(f"sweep {report.group}: {report.sweep.method}, {len(report.trials)} of {report.sweep.trial_count} trials, "
+          f"{state}; objective: {report.sweep.objective_label}")
+    if report.message:
+        print(report.message)
+    for trial in sorted(report.trials, key=lambda trial: (trial.value is None, trial.value or 0.0)):
+        value = f"{trial.value:6.2f}%" if trial.value is not None else "      -"
+        status = "pruned" if trial.pruned else trial.status
+        print(f"{trial.run_id:>5}  {status:<11} {value}  {trial.name}")
+    print("parameter importance: " + report.importance_note)
+    for name, share in report.importance:
+        print(f"  {name:<14} {share:.3f}")
+    if report.best is not None:
+        print(f"best: run {report.best.run_id} ({report.best.name}), {report.best.value:.2f}%; export it with "
+              f"`workbench export {report.best.run_id} --format bundle -o best.zip`")
     return 0
 
 
@@ -415,8 +463,6 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", required=True, help="network preset (see `presets`)")
 def _add_run_options(parser: argparse.ArgumentParser, *, several_presets: bool = False) -> None:
     if several_presets:
         parser.add_argument("--preset", required=True, action="append",
@@ -536,6 +582,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="queue several networks of any family on identical data, data order and seed, as one group")
     _add_run_options(architectures, several_presets=True)
     architectures.set_defaults(handler=cmd_compare_architectures)
+
+    sweep = commands.add_parser(
+        "sweep", help="queue a grid, random or TPE search over run settings as one sweep group",
+        description="The run options give the base run; --grid/--param give the settings to vary: "
+                    "lr, weight_decay, batch_size, depth, shortcut, placement, warmup, seed. --name names the group.")
+    _add_run_options(sweep)
+    sweep.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                       help="a parameter and its values (repeatable); every combination is one trial")
+    sweep.add_argument("--param", action="append", default=[], metavar="NAME=SPEC",
+                       help="for --random/--tpe: values to choose from (lr=0.1,0.05) or a range (lr=0.001..0.3:log, "
+                            "warmup=0..200); repeatable")
+    method = sweep.add_mutually_exclusive_group()
+    method.add_argument("--random", type=int, default=None, metavar="N", help="N trials drawn at random")
+    method.add_argument("--tpe", type=int, default=None, metavar="N",
+                        help="N trials, each chosen by Optuna's TPE from the results so far")
+    sweep.add_argument("--objective", choices=field_choices(SweepSpec, "objective"), default=None,
+                       help=field_help(SweepSpec, "objective"))
+    sweep.add_argument("--prune", action="store_true", help=field_help(SweepSpec, "pruning"))
+    sweep.add_argument("--prune-after", type=int, default=None, help=field_help(SweepSpec, "prune_after"))
+    sweep.add_argument("--parallel", type=int, default=None, help=field_help(SweepSpec, "parallel"))
+    sweep.add_argument("--sweep-seed", type=int, default=None, help=field_help(SweepSpec, "seed"))
+    sweep.set_defaults(handler=cmd_sweep)
+
+    sweep_report = commands.add_parser("sweep-report",
+                                       help="a sweep's trials, parameter importance and best trial")
+    sweep_report.add_argument("group")
+    sweep_report.add_argument("--json", action="store_true")
+    sweep_report.set_defaults(handler=cmd_sweep_report)
 
     report = commands.add_parser("architectures-report",
                                  help="write a finished architectures group's comparison (Markdown + figure)")

@@ -23,6 +23,7 @@ from storage.records import RunRecord
 from storage.status import CANCELLED, FAILED, INTERRUPTED, QUEUED, RUNNING
 from workbench.errors import IllegalTransition, WorkbenchError
 from workbench.jobs.executor import PROJECT_ROOT, STALE_AFTER_S, Executor
+from workbench.jobs.sweeps import step_sweeps
 from workbench.paths import mark_shared_home
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,8 @@ class RayExecutor(Executor):
                 logger.exception("could not follow the Ray jobs at %s; trying again", self.address)
 
     def sync(self) -> None:
-        """One pass: recover stale runs, submit queued runs without a job, read each job's state into its run.
+        """One pass: recover stale runs, step the sweeps (queueing their next TPE trials), submit queued runs without
+        a job, read each job's state into its run.
 
         Jobs are listed before runs are read: a worker records its run's end before its job ends, so a
         finished job whose run still shows `running` really died.
@@ -161,6 +163,7 @@ class RayExecutor(Executor):
             self.store.mark_stale_interrupted(self.stale_after_s)
             if self.auto_resume:
                 self.store.requeue_interrupted()
+            step_sweeps(self.store)
             jobs = {job.submission_id: job for job in self.client.list_jobs()
                     if (job.submission_id or "").startswith(JOB_PREFIX)}
             ours = {job_id: job for job_id, job in jobs.items() if (job.metadata or {}).get("home_id") == self.home_id}

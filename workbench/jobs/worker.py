@@ -29,6 +29,7 @@ from storage.status import CANCELLED, COMPLETED, FAILED, INTERRUPTED
 from storage.store import DEFAULT_STALE_AFTER_S
 from workbench.errors import IllegalTransition, RunNotFound, WorkbenchError
 from workbench.jobs.analyses import execute_analysis
+from workbench.jobs.sweeps import TrialPruner, step_sweeps, trial_pruner
 from workbench.jobs.system_metrics import SAMPLE_EVERY_S, SystemSampler
 from workbench.paths import RunFolder
 from workbench.spec import RunSpec
@@ -100,7 +101,10 @@ class StoreSink:
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         heartbeat_s: float = HEARTBEAT_INTERVAL_S,
     ) -> None:
+        """`prune` (set once the run is known to be a sweep trial) is asked after every batch of metrics whether
+        the run should stop; its reason goes through the cancel path."""
         self.store = store
+        self.prune: TrialPruner | None = None
         self.on_progress = on_progress
         self.shutdown = shutdown or threading.Event()
         self.run_id = run_id
@@ -221,6 +225,28 @@ class StoreSink:
         except IllegalTransition as exc:
             self._mark_lost(exc)
             raise RunLost(str(exc)) from exc
+        if self.prune is not None and not self._stop_requested.is_set():
+            self._prune_check(rows)
+
+    def _prune_check(self, rows: list[dict[str, Any]]) -> None:
+        """Cancel the run as a user would, the pruner's reason as its message, when the pruner says so; a pruner
+        that cannot decide (the store does not answer) lets the trial go on."""
+        with self._lock:
+            total = self._progress.get("total_iterations")
+        try:
+            reason = self.prune(rows, total)
+            if reason is None:
+                return
+            self.store.request_cancel(self.run_id, reason=reason)
+        except IllegalTransition as exc:
+            self._mark_lost(exc)
+            raise RunLost(str(exc)) from exc
+        except Exception as exc:
+            self._failures.failed(f"pruning check of run {self.run_id} failed", exc)
+            return
+        logger.info("run %d: %s", self.run_id, reason)
+        self._cancel_seen.set()
+        self._stop_requested.set()
 
     def progress(self, state: dict[str, Any]) -> None:
         with self._lock:
@@ -259,6 +285,7 @@ def execute_run(
     sink = StoreSink(store, run_id, worker_id, shutdown=shutdown, on_progress=on_progress).start()
     try:
         run = store.get_run(run_id)
+        sink.prune = trial_pruner(store, run)
         spec = RunSpec.model_validate(run.spec)
         result: FitResult = fit(spec, store.run_dir(run_id), sink, home=store.home, allowed_roots=allowed_roots,
                                 model_factory=model_factory(spec))
@@ -318,7 +345,9 @@ def run_one(store: RunStore, run_id: int, worker_id: str | None = None, *, allow
         logger.warning("%s; nothing to do", exc)
         return None
     logger.info("worker %s took run %d", worker_id, run_id)
-    return execute_run(store, run_id, worker_id, allowed_roots=allowed_roots, shutdown=stop)
+    status = execute_run(store, run_id, worker_id, allowed_roots=allowed_roots, shutdown=stop)
+    step_sweeps(store)
+    return status
 
 
 def device_description(device: str, precision: str) -> str:
@@ -411,10 +440,11 @@ def run_worker(
     """Claim and execute queued analyses and runs until stopped (or, with exit_when_idle, until both
     queues are empty). Analyses go first: they are short and someone is usually waiting for them.
 
-    Each time it looks for work it marks runs without a heartbeat for `stale_after_s` seconds as
-    interrupted and queues stale analyses again (None: never) and, with `auto_resume`, queues
-    interrupted runs again. With `parent_pid` it stops when that process dies. A store that cannot
-    be reached or written is retried with a growing pause; the worker does not exit because of it.
+    Each time it looks for work it steps the unfinished sweeps (queueing the TPE trials they may add),
+    marks runs without a heartbeat for `stale_after_s` seconds as interrupted and queues stale analyses
+    again (None: never) and, with `auto_resume`, queues interrupted runs again. With `parent_pid` it
+    stops when that process dies. A store that cannot be reached or written is retried with a growing
+    pause; the worker does not exit because of it.
     Returns how many jobs it executed.
     """
     worker_id = worker_id or default_worker_id()
@@ -426,6 +456,7 @@ def run_worker(
     pause = poll_s
     logger.info("worker %s started (pid %d)", worker_id, os.getpid())
     while not stop.is_set():
+        step_sweeps(store)
         try:
             analysis = store.claim_next_analysis(worker_id, stale_after_s=stale_after_s)
             run = None if analysis is not None else store.claim_next_run(

@@ -1,6 +1,6 @@
 """Turn what a user asked for into runs to queue: one run, a plain + residual twin, a depth ladder, the
-unit placements, a stochastic-depth or drop-path pair, preset variants, architectures side by side, or a
-fine-tune. The one place groups are planned.
+unit placements, a stochastic-depth or drop-path pair, preset variants, architectures side by side, a grid or
+random sweep, or a fine-tune. The one place groups are planned.
 
 A twin is the same network with and without shortcuts, trained on identical data in identical
 order (same data spec, same seed). A ladder is several depths, each with its twin, in one group.
@@ -30,6 +30,15 @@ from workbench.spec import (
     RunSpec,
     TrainSpec,
     parse_spec,
+)
+from workbench.sweep_spec import (
+    SweepSpec,
+    grid_points,
+    name_at_depth,
+    random_points,
+    trial_name,
+    trial_preset,
+    trial_spec,
 )
 
 DEFAULT_LADDER_DEPTHS = (20, 32, 44, 56)
@@ -118,8 +127,7 @@ def residual_counterpart(net: NetSpec, presets: Sequence[Preset] = ()) -> NetSpe
 
 def at_depth(net: NetSpec, depth: int, presets: Sequence[Preset] = ()) -> NetSpec:
     """The network with `depth` weighted layers (equal units per stage); SpecError when that depth cannot exist."""
-    stem = net.name.rstrip("0123456789-") or net.name
-    return _renamed(net, f"{stem}{depth}", presets, depth=depth)
+    return _renamed(net, name_at_depth(net.name, depth), presets, depth=depth)
 
 
 def unique_group_name(base: str, existing: Iterable[str]) -> str:
@@ -328,3 +336,13 @@ def plan_drop_path(
 ) -> list[PlannedRun]:
     """A FractalNet without and with drop-path, identical otherwise (dropout too), as one "sweep" group."""
     return _planned_group(drop_path_pair(net), data, train, presets, group, SWEEP)
+
+
+def plan_sweep(sweep: SweepSpec, *, group: str) -> list[PlannedRun]:
+    """Every trial of a grid (each combination) or random sweep (seeded draws), as one "sweep" group. A TPE sweep
+    plans nothing ahead: its trials are asked for one by one as results come in (`workbench.jobs.sweeps`)."""
+    if sweep.method == "tpe":
+        return []
+    points = grid_points(sweep) if sweep.method == "grid" else random_points(sweep)
+    return [PlannedRun(trial_name(number, params), trial_spec(sweep.base, params), trial_preset(sweep, params),
+                       group, SWEEP) for number, params in enumerate(points, start=1)]

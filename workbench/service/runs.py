@@ -21,6 +21,7 @@ from workbench.data import DatasetShape, check_source
 from workbench.errors import IllegalTransition, WorkbenchError
 from workbench.jobs.analyses import ANALYSIS_KINDS, FRACTAL_COLUMNS, LESION, execute_analysis
 from workbench.jobs.executor import Executor
+from workbench.jobs.sweeps import step_sweep
 from workbench.jobs.worker import default_worker_id
 from workbench.paths import RunFolder, exports_dir
 from workbench.presets import Preset, list_presets
@@ -31,9 +32,11 @@ from workbench.service.estimates import RunEstimate, StepTimeCache, estimate_run
 from workbench.service.files import clean_old_files
 from workbench.service.finetune import with_copied_source
 from workbench.service.forms import FORM_FIELDS, parse_id, specs_from_form
-from workbench.service.plans import PlannedRun, default_group_name, unique_group_name
+from workbench.service.plans import PlannedRun, default_group_name, plan_sweep, unique_group_name
 from workbench.service.results import write_metrics_csv, write_tensorboard
+from workbench.service.sweeps import SweepReport, sweep_report
 from workbench.spec import DataSpec, RunSpec, TrainSpec, parse_net
+from workbench.sweep_spec import SweepSpec
 from workbench.threads import worker_threads
 from workbench.weights.export import EXPORT_FORMATS, export_model
 from workbench.weights.loader import load_model_file
@@ -119,6 +122,22 @@ class Workbench:
         ]
         logger.info("queued runs %s (%s)", ids, plan[0].group_name or "no group")
         return ids
+
+    def launch_sweep(self, sweep: SweepSpec, group: str | None = None) -> tuple[str, list[int]]:
+        """Record a sweep and queue its trials as one "sweep" group: every trial of a grid or random search, the
+        first `parallel` trials of a TPE search (workers ask for the others as results come in).
+        Returns (group name, queued run ids)."""
+        group = group or self.group_name(f"{sweep.method} sweep", sweep.base.net.name, sweep.base.data)
+        plan = plan_sweep(sweep, group=group)
+        self.check(plan or [PlannedRun(sweep.base.net.name, sweep.base, sweep.base_preset)])
+        self.store.create_sweep(group, sweep.method, sweep)
+        if plan:
+            return group, self.submit(plan)
+        return group, step_sweep(self.store, self.store.get_sweep(group))
+
+    def sweep_report(self, group: str) -> SweepReport:
+        """A sweep's trials, best trial and parameter importances."""
+        return sweep_report(self.store, group)
 
     # -- how long runs take --------------------------------------------------------------------
 

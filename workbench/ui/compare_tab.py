@@ -33,6 +33,7 @@ from workbench.service.plans import ARCHITECTURES, LADDER, seed_group_key
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.live_plot import apply_live_figures, live_channel, live_figures
 from workbench.ui.run_table import run_label
+from workbench.ui.sweep_section import sweep_view
 from workbench.viz.charts import (
     BANDS,
     EMA,
@@ -296,6 +297,7 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
                         visible=False, elem_id=DEPTH_ID)
         costs = gr.Plot(label="Error against parameters and multiply-adds (stars, for CIFAR-10: the papers' errors)",
                         visible=False, elem_id="cost-plot")
+        sweep_view(ctx, group)
         with gr.Row():
             curve_format = gr.Radio(list(CURVE_EXPORTS.items()), value="csv", label="Export the curves on screen",
                                     elem_id="curve-format", scale=3)

@@ -35,6 +35,7 @@ from workbench.service.plans import (
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.fields import number_field
+from workbench.ui.sweep_section import sweep_controls, wire_sweep_launch
 
 DATASET_LABELS = {
     "synthetic": "Embedded synthetic set (no download)",
@@ -279,6 +280,7 @@ def launch_tab(ctx: WorkbenchContext, spec_json: gr.Code) -> LaunchTab:
                                         elem_id="architectures-picker", scale=3)
             launch_architectures = gr.Button("Launch architectures side by side (same data, order and seed)",
                                              elem_id="launch-architectures", scale=1)
+        sweep = sweep_controls()
         message = gr.Markdown(elem_id="launch-message")
         with gr.Row():
             split_button = gr.Button("Paper's 45k/5k split (CIFAR, He et al. 2015 sec. 4.2)", elem_id="paper-split",
@@ -298,4 +300,5 @@ def launch_tab(ctx: WorkbenchContext, spec_json: gr.Code) -> LaunchTab:
     split_button.click(paper_split, form.dataset, [form.dataset, form.validation_size], api_visibility="private")
     estimate_button.click(functools.partial(estimate, ctx), [spec_json, *form.components()], estimate_text,
                           api_name="estimate_run", concurrency_limit=1)
+    wire_sweep_launch(ctx, sweep, [spec_json, *form.components()], message, launched)
     return LaunchTab(launched=launched)

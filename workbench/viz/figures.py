@@ -46,7 +46,7 @@ def _depth_colors(runs: Sequence[CurveRun]) -> dict[int, str]:
     return {depth: PALETTE[i % len(PALETTE)] for i, depth in enumerate(sorted({run.depth for run in runs}))}
 
 
-def _empty(message: str, height: int = HEIGHT) -> go.Figure:
+def empty_figure(message: str, height: int = HEIGHT) -> go.Figure:
     figure = go.Figure()
     figure.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     figure.update_layout(template=TEMPLATE, height=height, xaxis_visible=False, yaxis_visible=False)
@@ -126,7 +126,7 @@ def _lesion_color(index: int) -> str:
 def lesion_by_unit(studies: Sequence[tuple[str, Mapping[str, Any]]], *, height: int = HEIGHT) -> go.Figure:
     """Test error with each single unit deleted, per study, against the intact net (dotted line)."""
     if not studies:
-        return _empty("no lesion study yet", height)
+        return empty_figure("no lesion study yet", height)
     figure = go.Figure()
     for index, (label, study) in enumerate(studies):
         color = _lesion_color(index)
@@ -159,7 +159,7 @@ def lesion_by_unit(studies: Sequence[tuple[str, Mapping[str, Any]]], *, height: 
 def lesion_by_k(studies: Sequence[tuple[str, Mapping[str, Any]]], *, height: int = HEIGHT) -> go.Figure:
     """Test error against the number of randomly deleted units: mean and spread of the draws (k = 0 is intact)."""
     if not studies:
-        return _empty("no lesion study yet", height)
+        return empty_figure("no lesion study yet", height)
     figure = go.Figure()
     for index, (label, study) in enumerate(studies):
         color = _lesion_color(index)
@@ -194,7 +194,7 @@ def gradient_heatmaps(panels: Sequence[tuple[str, Sequence[int], Sequence[int], 
     """log10 of the gradient norm at each unit's input (unit x iteration), one panel per run, one colour scale."""
     panels = [panel for panel in panels if panel[1]]
     if not panels:
-        return _empty("no gradient norms recorded (set grad_norm_every in the training recipe)", height)
+        return empty_figure("no gradient norms recorded (set grad_norm_every in the training recipe)", height)
     figure = make_subplots(rows=1, cols=len(panels), shared_yaxes=False, horizontal_spacing=0.08,
                            subplot_titles=[panel[0] for panel in panels])
     logs = [[[_log10(v) for v in row] for row in panel[3]] for panel in panels]
@@ -217,7 +217,7 @@ def gradient_profile_chart(profiles: Sequence[tuple[str, Sequence[float | None]]
                            height: int = HEIGHT) -> go.Figure:
     """Gradient norm at each unit's input for one batch (log scale), one line per network."""
     if not profiles:
-        return _empty("no gradient profile yet", height)
+        return empty_figure("no gradient profile yet", height)
     figure = go.Figure()
     for index, (label, norms) in enumerate(profiles):
         figure.add_trace(go.Scatter(
@@ -268,5 +268,6 @@ def error_vs_cost(finals: Sequence[Mapping[str, Any]], papers: Sequence[Mapping[
     figure.update_layout(template=TEMPLATE, height=height, legend={"orientation": "h", "y": -0.25},
                          margin={"t": 40, "b": 40})
     if not finals and not papers:
-        return _empty("No finished evaluations yet: points appear after each run's first test evaluation.", height)
+        return empty_figure("No finished evaluations yet: points appear after each run's first test evaluation.",
+                            height)
     return figure
