@@ -28,7 +28,7 @@ from workbench.science.degradation import (
     verdict_markdown,
 )
 from workbench.service import RunRecord
-from workbench.service.curves import CHART_METRICS, CurveCache, curves_of, ladder_curve_runs
+from workbench.service.curves import CHART_METRICS, CurveCache, curves_of, ladder_curve_runs, stored_names
 from workbench.service.plans import ARCHITECTURES, LADDER, seed_group_key
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.live_plot import apply_live_figures, live_channel, live_figures
@@ -255,7 +255,7 @@ def export_curves(ctx: WorkbenchContext, metric: str, fmt: str, view: CompareVie
     """The followed runs' curves of the metric on screen as a file to download; (message, download button)."""
     hidden = gr.update(visible=False)
     try:
-        target = ctx.export_curves(view.run_ids, fmt, names=[metric])
+        target = ctx.export_curves(view.run_ids, fmt, names=stored_names(metric))
     except WorkbenchError as exc:
         return f"**Not exported:** {exc}", hidden
     if target.is_dir():
