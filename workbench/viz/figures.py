@@ -19,8 +19,8 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from workbench.science.degradation import CurveRun, smoothed_at
+from workbench.science.statistics import FINAL
 from workbench.viz.charts import (
-    FINAL,
     MAX_POINTS_PER_TRACE,
     CurveStyle,
     downsample_minmax,
