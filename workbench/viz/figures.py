@@ -48,7 +48,9 @@ def _figure6_layout() -> dict:
     figure.update_xaxes(title_text="iteration")
     figure.update_yaxes(title_text="error (%)", row=1, col=1)
     figure.update_layout(legend={"orientation": "h", "y": -0.2}, margin={"t": 60, "b": 40})
-    return figure.layout.to_plotly_json()
+    layout = figure.layout.to_plotly_json()
+    layout.pop("template")  # unvalidated_figure sets its own, and each update deep-copies this layout
+    return layout
 
 
 FIGURE6_LAYOUT = _figure6_layout()
