@@ -8,7 +8,8 @@ point every 100 iterations) in a real SQLite store:
 
 - compare update: a timer tick after each run logged 10 more iterations; ours fetches only rows
   newer than the cached cursors and redraws the downsampled curves and, the runs being one ladder
-  group, the degradation verdict, Figure 6 and error against depth; the reference refetches every
+  group, the degradation verdict over the seeds, Figure 6 and error against depth (each network's seeds
+  as mean and band, error bars); the reference refetches every
   row and builds the curves figure from all points. Both times include Gradio's figure serialization.
   Target: ours under 150 ms.
 - compare open: picking the runs (ours reads the full history once, then downsamples).
@@ -48,6 +49,7 @@ import plotly  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 
 from storage import RunStore, open_store  # noqa: E402
+from workbench.jobs import QueueExecutor  # noqa: E402
 from workbench.spec import NetSpec, RunSpec, TrainSpec  # noqa: E402
 from workbench.ui import compare_tab  # noqa: E402
 from workbench.ui.compare_tab import CompareView, redraw, tick  # noqa: E402
@@ -292,7 +294,7 @@ def main() -> int:
         run_ids = fill_store(store, args.runs, args.points, args.seeds)
         logger.info("stored %d runs x %d seeds x %d iterations in %.1f s", args.runs, args.seeds, args.points,
                     time.perf_counter() - started)
-        ctx = WorkbenchContext(store, None, [home / "datasets"])
+        ctx = WorkbenchContext(store, QueueExecutor(store), [home / "datasets"])
         results = server_benches(ctx, run_ids, args.points, args.repeats) + table_benches(ctx, args.repeats)
         if args.no_browser or not CHROMIUM.exists():
             logger.warning("browser benches skipped (%s)", "--no-browser" if args.no_browser else f"no {CHROMIUM}")
@@ -310,9 +312,10 @@ def main() -> int:
 def run_browser_benches(ctx: WorkbenchContext, run_ids: list[int], scratch: Path, repeats: int,
                         networks: int) -> list[dict]:
     """Serve the workbench UI (no workers needed) on a free port and measure it in Chromium."""
+    from workbench.paths import file_max_age_hours
     from workbench.ui.app import CSS, build_ui
 
-    demo = build_ui(ctx)
+    demo = build_ui(ctx, file_max_age_hours())
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -76,12 +76,14 @@ def stored_run(store, name: str, offset: float, seed: int = 0, lr: float = 0.1, 
              "wall_time": 1_000.0 + 60.0 * i} for i in range(1, 51)]
     rows += [{"iteration": i, "epoch": i / 32, "split": "test", "name": "error", "value": offset + 5.0,
               "wall_time": 1_000.0 + 60.0 * i} for i in (25, 50)]
+    rows += [{"iteration": i, "epoch": i / 32, "split": "train", "name": "grad_norm/layer2", "value": offset / 100,
+              "wall_time": 1_000.0 + 60.0 * i} for i in (10, 20, 30, 40, 50)]
     store.append_metrics(run_id, rows)
     return run_id
 
 
-def test_smoothing_follows_each_slider_step_wall_time_unified_hover_and_csv_download(page, serve_workbench,
-                                                                                    tmp_path):
+def test_smoothing_follows_each_slider_step_wall_time_unified_hover_csv_download_and_gradient_norms(
+        page, serve_workbench, tmp_path):
     served = serve_workbench(tmp_path, "--workers", "0")
     first, second = (stored_run(served.store, name, offset, lr=lr)
                      for name, offset, lr in (("zig", 10.0, 0.1), ("zag", 50.0, 0.05)))
@@ -130,6 +132,10 @@ def test_smoothing_follows_each_slider_step_wall_time_unified_hover_and_csv_down
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * 52 and {row["run_name"] for row in rows} == {"zig", "zag"}
     assert {row["metric"] for row in rows} == {"error"}
+
+    pick(page, "compare-metric", "grad norm (stage 2)")
+    page.wait_for_function(f"{train_y}.length === 5 && {train_y}[0] === 0.1", timeout=20_000)
+    expect()(page.locator(f"{PLOT} .legendtext").filter(has_text="zag train")).to_have_count(1)
 
 
 def test_a_seed_group_is_drawn_as_mean_and_band_with_n_in_the_legend(page, serve_workbench, tmp_path,

@@ -19,9 +19,11 @@ from workbench.science.degradation import (
     verdict_markdown,
 )
 from workbench.science.gradient_flow import unit_gradient_matrix
+from workbench.science.statistics import AT_ITERATION, BEST
 from workbench.service import Workbench
 from workbench.service.plans import IDENTITY_VARIANTS, plan_preset_ladder, plan_variants, stochastic_depth_pair
 from workbench.spec import DataSpec, RunSpec, TrainSpec
+from workbench.viz.charts import CI95, MIN_MAX, STD, CurveStyle
 from workbench.viz.figures import (
     error_vs_depth,
     figure6,
@@ -97,6 +99,22 @@ def test_a_run_logged_only_after_the_common_iteration_is_read_at_its_first_point
     late = CurveRun("plain56", 56, False, train=[(40, 70.0)])
     verdict = degradation_observed([early, late])
     assert verdict.iteration == 10 and verdict.train_errors["plain56"] == 70.0 and verdict.degraded_pairs
+
+
+def test_the_verdict_reads_each_seed_as_the_summary_says_final_best_or_at_an_iteration():
+    shallow = [run("plain20", 20, False, final) for final in (20.0, 20.5, 19.5)]
+    # plain56 dips to 10% at iteration 20 and ends at 35%: worse at the end, better at its best.
+    deep = [CurveRun("plain56", 56, False, train=[(10, 90.0), (20, 10.0 + d), (100, 35.0 + d)]) for d in (0, 1, -1)]
+    final = degradation_observed([*shallow, *deep])
+    assert final.observed is True and final.iteration == 100 and "iterations 91-100" in final.explanation
+    best = degradation_observed([*shallow, *deep], summary=BEST)
+    assert best.observed is False and best.summary == BEST and best.train_errors["plain56"] == pytest.approx(10.0)
+    assert "lowest training error logged up to iteration 100: plain20 20.0" in best.explanation
+    early = degradation_observed([*shallow, *deep], summary=AT_ITERATION, at=10)
+    assert early.observed is False and early.iteration == 10 and early.train_errors == {"plain20": 90.0,
+                                                                                         "plain56": 90.0}
+    late = degradation_observed([*shallow, *deep], summary=AT_ITERATION, at=5000)
+    assert late.observed is True and late.iteration == 100
 
 
 def test_not_enough_data_without_two_plain_depths():
@@ -197,6 +215,39 @@ def test_figure6_puts_plain_left_residual_right_with_dashed_train_and_bold_test(
     assert traces["plain20 test (25.0%)"].line.width > traces["plain20 train (20.0%)"].line.width
     assert traces["plain20 test (25.0%)"].line.color == traces["resnet20 test (20.0%)"].line.color
     assert len(figure6(runs, max_points=3).data[0].x) <= 4
+
+
+def seeded_ladder() -> list[CurveRun]:
+    return [*(run("plain20", 20, False, final) for final in (20.0, 22.0, 24.0)),
+            *(run("plain56", 56, False, final) for final in (30.0, 32.0, 34.0)), run("resnet20", 20, True, 15.0)]
+
+
+def test_figure6_draws_a_network_s_seeds_as_mean_and_band_with_n_and_the_summary_in_the_legend():
+    figure = figure6(seeded_ladder(), style=CurveStyle(band=MIN_MAX))
+    traces = {trace.name: trace for trace in figure.data}
+    mean = traces["plain56 train n=3, final 32.00 ± 2.00%"]
+    assert mean.xaxis == "x" and mean.y[-1] == 32.0 and mean.line.dash == "dash"
+    assert "plain20 test n=3, final 27.00 ± 2.00%" in traces and traces["resnet20 train (15.0%)"].xaxis == "x2"
+    [band] = [trace for trace in figure.data if trace.fill == "toself" and trace.name.startswith("plain56 train")]
+    middle = len(band.y) // 2
+    assert (band.y[middle - 1], band.y[middle]) == (34.0, 30.0) and band.xaxis == "x"
+    best = [trace.name for trace in figure6(seeded_ladder(), style=CurveStyle(summary=BEST)).data if trace.name]
+    assert "plain20 train n=3, best 22.00 ± 2.00%" in best and "resnet20 train (best 15.0%)" in best
+    assert len(figure6(seeded_ladder()).data) == 14  # without a band, every run alone
+
+
+def test_error_against_depth_over_seeds_is_the_mean_with_the_band_as_error_bars_and_n():
+    finals = [final_errors(r) for r in seeded_ladder()]
+    traces = {trace.name: trace for trace in error_vs_depth(finals, band=STD).data}
+    plain = traces["plain train (n=3, mean ± std)"]
+    assert list(plain.x) == [20, 56] and list(plain.y) == pytest.approx([22.0, 32.0])
+    assert list(plain.error_y.array) == pytest.approx([2.0, 2.0]) and list(plain.customdata) == [3, 3]
+    assert list(traces["ResNet train"].y) == [15.0]
+    ci = {trace.name: trace for trace in error_vs_depth(finals, band=CI95).data}["plain test (n=3, 95% CI)"]
+    assert list(ci.error_y.arrayminus) == pytest.approx([2.0 / 3 ** 0.5 * 4.3027] * 2, abs=1e-3)
+    spread = {trace.name: trace for trace in error_vs_depth(finals, band=MIN_MAX).data}["plain train (n=3, min-max)"]
+    assert list(spread.error_y.array) == pytest.approx([2.0, 2.0])
+    assert len({trace.name: trace for trace in error_vs_depth(finals).data}["plain train"].x) == 6
 
 
 def test_error_vs_depth_has_paper_markers():

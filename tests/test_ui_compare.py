@@ -156,6 +156,41 @@ def test_a_ladder_over_three_seeds_draws_seed_bands_and_tests_the_verdict_over_s
     assert len(each["data"]) == 12
 
 
+def test_a_seeded_ladder_s_figure6_depth_chart_and_verdict_follow_the_band_and_summary_choices(ctx):
+    run_ids = []
+    for name, depth, shortcut in (("plain20", 20, "none"), ("plain56", 56, "none")):
+        for seed in range(3):
+            spec = RunSpec(net=NetSpec(depth=depth, shortcut=shortcut), train=TrainSpec(seed=seed))
+            run_id = ctx.store.create_run(spec, name=f"{name} seed {seed}", group_name="S", group_kind="ladder")
+            # plain56 ends above plain20 but its best (at iteration 20) is below it.
+            low = 10.0 if name == "plain56" else 20.0
+            ctx.store.append_metrics(run_id, [{"iteration": i, "split": "train", "name": "error", "value": v + seed}
+                                              for i, v in ((10, 90.0), (20, low), (100, 35.0 if low == 10 else 20.0))])
+            log_error(ctx.store, run_id, [100], 40.0 + seed, split="test")
+            run_ids.append(run_id)
+    _, verdict, figure_6, depth, _, _, view = redraw(ctx, run_ids, CompareView(), *OPTIONS)
+    assert verdict["value"].startswith("**Degradation observed.**")
+    names = [trace.name for trace in figure_6["value"].data if trace.showlegend is not False]
+    assert names == ["plain20 train n=3, final 21.00 ± 1.00%", "plain20 test n=3, final 41.00 ± 1.00%",
+                     "plain56 train n=3, final 36.00 ± 1.00%", "plain56 test n=3, final 41.00 ± 1.00%"]
+    plain = {trace.name: trace for trace in depth["value"].data}["plain test (n=3, mean ± std)"]
+    assert list(plain.x) == [20, 56] and list(plain.error_y.array) == [1.0, 1.0]
+
+    outputs = tick(ctx, view, "error", "iterations", 0.0, EMA, False, "min-max", False, "best", None)
+    figures = live(outputs)
+    assert outputs[1].startswith("**No degradation observed.**") and "lowest training error" in outputs[1]
+    legend = [trace["name"] for trace in figures["compare-figure6"]["data"] if trace.get("showlegend") is not False]
+    assert legend[2] == "plain56 train n=3, best 11.00 ± 1.00%"
+    curves = [trace["name"] for trace in figures["curves-plot"]["data"] if trace.get("showlegend") is not False]
+    assert "plain56 [3 seeds] train n=3, best 11.00 ± 1.00%" in curves
+    spread = {trace["name"]: trace for trace in figures["depth-plot"]["data"]}["plain test (n=3, min-max)"]
+    assert spread["error_y"]["array"] == [1.0, 1.0]
+    at = tick(ctx, view, "error", "iterations", 0.0, EMA, False, "min-max", False, "at iteration", 20)[1]
+    assert at.startswith("**No degradation observed.**") and "iterations 19-20" in at
+    each = live(tick(ctx, view, "error", "iterations", 0.0, EMA, False, NO_BAND, False, "final", None))
+    assert len(each["compare-figure6"]["data"]) == 12
+
+
 def test_ladder_outputs_follow_new_error_rows_while_loss_is_on_screen(ctx):
     runs = ladder(ctx)
     *_, view = redraw(ctx, sorted(runs.values()), CompareView(), "loss", "iterations", 0.0, EMA, False)

@@ -16,7 +16,7 @@ import numpy as np
 
 from workbench.errors import PresetNotFound
 from workbench.presets import get_preset
-from workbench.science.statistics import Summary, welch_t_test
+from workbench.science.statistics import AT_ITERATION, BEST, FINAL, Summary, welch_t_test
 from workbench.spec import parse_net
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class DegradationVerdict:
     `observed` is True when a deeper plain net trains worse across seeds (Welch's t-test at 5%),
     False when no deeper plain net is above a shallower one by more than the tolerance, and None
     when there is not enough data or not enough evidence (one seed, or seeds that overlap).
-    `train_errors` holds each network's mean over its seeds.
+    `train_errors` holds each network's mean over its seeds, each seed's read as `summary` says.
     """
 
     observed: bool | None
@@ -98,6 +98,7 @@ class DegradationVerdict:
     explanation: str
     iteration: int | None = None
     window: int | None = None
+    summary: str = FINAL
     train_errors: dict[str, float] = field(default_factory=dict)
     degraded_pairs: list[dict[str, Any]] = field(default_factory=list)
     residual_pairs: list[dict[str, Any]] = field(default_factory=list)
@@ -135,18 +136,43 @@ def _compare_pairs(networks: dict[str, list[CurveRun]], errors: dict[str, list[f
     return pairs
 
 
-def _smoothed_errors(
-    runs: list[CurveRun], curves: dict[int, np.ndarray], window: int | None
-) -> tuple[int, int, dict[str, list[float]]]:
-    """(last common iteration, window, smoothed training error of each seed per network) for runs compared together."""
+@dataclass(frozen=True)
+class Reading:
+    """Where each seed's training error is read: `summary` (FINAL, BEST or AT_ITERATION) at or up to `iteration`,
+    averaged over the trailing `window` iterations (all but BEST)."""
+
+    summary: str
+    iteration: int
+    window: int
+
+    def where(self) -> str:
+        return f"{'up to' if self.summary == BEST else 'at'} iteration {self.iteration}"
+
+    def text(self) -> str:
+        if self.summary == BEST:
+            return f"lowest training error logged {self.where()}"
+        return f"training error averaged over iterations {self.iteration - self.window + 1}-{self.iteration}"
+
+
+def _seed_errors(runs: list[CurveRun], curves: dict[int, np.ndarray], window: int | None, summary: str,
+                 at: int | None) -> tuple[Reading, dict[str, list[float]]]:
+    """(where they were read, training error of each seed per network) for runs compared together: at the last
+    iteration every run has reached (or `at`, when the summary is AT_ITERATION and all have reached it)."""
     common = int(min(curves[id(run)][-1, 0] for run in runs))
-    window = window or max(1, common // 10)
+    if summary == AT_ITERATION and at is not None:
+        common = min(common, at)
+    reading = Reading(summary, common, window or max(1, common // 10))
     errors: dict[str, list[float]] = {}
     for run in runs:
-        value = smoothed_at(curves[id(run)], common, window)
+        curve = curves[id(run)]
+        if reading.summary == BEST:
+            reached = curve[curve[:, 0] <= common, 1]
+            value = float(reached.min()) if len(reached) else None
+        else:
+            value = smoothed_at(curve, common, reading.window)
         # A run whose first logged point comes after `common` is read at that first point.
-        errors.setdefault(run.name, []).append(value if value is not None else float(curves[id(run)][0, 1]))
-    return common, window, errors
+        errors.setdefault(run.name, []).append(value if value is not None else float(curve[0, 1]))
+    return reading, errors
 
 
 def _network_text(name: str, values: Sequence[float]) -> str:
@@ -168,13 +194,16 @@ def _test_text(pair: dict[str, Any]) -> str:
 
 
 def degradation_observed(
-    runs: Sequence[CurveRun], *, tolerance: float = DEFAULT_TOLERANCE, window: int | None = None
+    runs: Sequence[CurveRun], *, tolerance: float = DEFAULT_TOLERANCE, window: int | None = None,
+    summary: str = FINAL, at: int | None = None,
 ) -> DegradationVerdict:
     """Is a deeper plain net's training error higher than a shallower one's at the same iteration, across seeds?
 
     Runs with the same name are seeds of one network. Compares training error (%) smoothed over
     the trailing `window` iterations (default: a tenth of the iterations compared) at the last
-    iteration every plain run has reached. A deeper net counts as training worse when its mean
+    iteration every plain run has reached (`summary` FINAL), at iteration `at` (AT_ITERATION; the
+    last common one if not all runs have reached it), or each seed's lowest logged training error
+    up to the last common iteration (BEST). A deeper net counts as training worse when its mean
     is above the shallower one's by more than `tolerance` percentage points and Welch's t-test
     over the seeds finds the difference at the 5% level; a gap without that (one seed, or
     overlapping seeds) is "not enough evidence". Residual runs are compared among themselves the
@@ -190,17 +219,17 @@ def degradation_observed(
                         f"{len(plain)} plain run(s) have logged training error so far.",
         )
     networks = _by_network(plain)
-    common, used_window, errors = _smoothed_errors(plain, curves, window)
+    reading, errors = _seed_errors(plain, curves, window, summary, at)
     pairs = _compare_pairs(networks, errors, tolerance)
     degraded = [pair for pair in pairs if pair["significant"]]
     table = _table(networks, errors)
-    where = f"training error averaged over iterations {common - used_window + 1}-{common}: {table}."
+    where = f"{reading.text()}: {table}."
     if degraded or pairs:
         worst = max(degraded or pairs, key=lambda pair: pair["gap"])
         verdict = "degradation observed" if degraded else "not enough evidence"
         explanation = (
             f"The deeper plain net {worst['deep']} trains worse than the shallower {worst['shallow']} "
-            f"({worst['deep_error']:.1f}% vs {worst['shallow_error']:.1f}% training error at iteration {common}; "
+            f"({worst['deep_error']:.1f}% vs {worst['shallow_error']:.1f}% training error {reading.where()}; "
             f"{_test_text(worst)}"
             + ("" if degraded else "; not significant at 5%, so this may be seed noise: repeat over seeds") + f"); "
             f"{where}"
@@ -212,19 +241,19 @@ def degradation_observed(
     residual_degraded: list[dict[str, Any]] = []
     if len({run.depth for run in residual}) >= 2:
         residual_networks = _by_network(residual)
-        res_common, _, res_errors = _smoothed_errors(residual, curves, window)
+        res_reading, res_errors = _seed_errors(residual, curves, window, summary, at)
         residual_degraded = _compare_pairs(residual_networks, res_errors, tolerance)
         all_errors.update(res_errors)
         res_table = _table(residual_networks, res_errors)
         if residual_degraded:
-            explanation += " Residual nets at iteration {}: {}; {}.".format(res_common, res_table, ", ".join(
+            explanation += " Residual nets {}: {}; {}.".format(res_reading.where(), res_table, ", ".join(
                 f"{p['deep']} is above {p['shallow']}" for p in residual_degraded))
         else:
-            explanation += (f" Residual nets at iteration {res_common}: {res_table}; "
+            explanation += (f" Residual nets {res_reading.where()}: {res_table}; "
                             "no deeper residual net trains worse.")
     return DegradationVerdict(
         observed=True if degraded else (None if pairs else False), verdict=verdict, explanation=explanation,
-        iteration=common, window=used_window,
+        iteration=reading.iteration, window=reading.window, summary=reading.summary,
         train_errors={name: Summary.of(values).mean for name, values in all_errors.items()},
         degraded_pairs=pairs, residual_pairs=residual_degraded, seeds=all_errors,
     )

@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 SIGNIFICANCE = 0.05
+# How a run's curve is summarised in one number: its last value, its lowest, or its value at a given iteration.
+FINAL, BEST, AT_ITERATION = "final", "best", "at iteration"
+SUMMARIES = (FINAL, BEST, AT_ITERATION)
 
 
 def _beta_fraction(a: float, b: float, x: float) -> float:

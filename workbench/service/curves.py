@@ -14,20 +14,37 @@ import numpy as np
 from storage.records import METRIC_FIELDS
 from workbench.jobs.system_metrics import SYSTEM_METRICS, SYSTEM_SPLIT
 from workbench.science.degradation import CurveRun
+from workbench.training.loop import GRAD_NORM_PREFIX
 from workbench.viz.series import RunCurves, Series
 
 CURVE_METRICS = ("error", "loss")
-CHART_METRICS = (*CURVE_METRICS, "lr", "images_per_s", *SYSTEM_METRICS)
+# Families name stage N layerN (ResNets, WRN, ResNeXt, RiR), denseblockN (DenseNet) or blockN (FractalNet).
+STAGE_PREFIXES = ("layer", "denseblock", "block")
+MAX_STAGES = 5
+GRAD_NORM_METRICS = tuple(f"grad norm (stage {stage})" for stage in range(1, MAX_STAGES + 1))
+CHART_METRICS = (*CURVE_METRICS, "lr", "images_per_s", *GRAD_NORM_METRICS, *SYSTEM_METRICS)
+
+
+def stored_names(metric: str) -> tuple[str, ...]:
+    """The stored metric names a chart metric reads: a stage's gradient norm is stored under its family's stage name
+    (`grad_norm/layer2`, `grad_norm/denseblock2`, ...), so one choice compares stage 2 of any networks."""
+    if metric in GRAD_NORM_METRICS:
+        stage = GRAD_NORM_METRICS.index(metric) + 1
+        return tuple(f"{GRAD_NORM_PREFIX}{prefix}{stage}" for prefix in STAGE_PREFIXES)
+    return (metric,)
+
+
+GRAD_NORM_NAMES = tuple(name for metric in GRAD_NORM_METRICS for name in stored_names(metric))
 
 
 SeriesKey = tuple[int, str, str]
 
 
 class CurveCache:
-    """Curves of a set of runs, keyed by (run id, split, metric name), with a store cursor per run."""
+    """Curves of a set of runs, keyed by (run id, split, stored metric name), with a store cursor per run."""
 
     def __init__(self, metrics: Sequence[str] = CURVE_METRICS) -> None:
-        self.metrics = tuple(metrics)
+        self.metrics = tuple(name for metric in metrics for name in stored_names(metric))
         self.cursors: dict[int, int] = {}
         self.series: dict[SeriesKey, Series] = {}
 
@@ -76,9 +93,10 @@ class CurveCache:
                 series.extend(iterations[chosen], epochs[chosen], values[chosen], wall_times[chosen])
         return True
 
-    def get(self, run_id: int, split: str, name: str) -> Series | None:
-        """The cached series, or None when the run has logged none yet."""
-        return self.series.get((run_id, split, name))
+    def get(self, run_id: int, split: str, metric: str) -> Series | None:
+        """The cached series of a chart metric, or None when the run has logged none yet."""
+        return next((self.series[key] for name in stored_names(metric)
+                     if (key := (run_id, split, name)) in self.series), None)
 
 
 def curves_of(cache: CurveCache, labels: dict[int, str], metric: str = "error") -> list[RunCurves]:

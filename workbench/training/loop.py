@@ -30,6 +30,8 @@ from workbench.training.schedule import LearningRateSchedule
 
 logger = logging.getLogger(__name__)
 
+GRAD_NORM_PREFIX = "grad_norm/"
+
 
 class TrainingDiverged(WorkbenchError):
     """The loss became NaN or infinite."""
@@ -204,7 +206,7 @@ def _stage_gradient_norms(model: Network) -> dict[str, float]:
     for name, stage in model.named_stages():
         grads = [p.grad for p in stage.parameters() if p.grad is not None]
         if grads:
-            norms[f"grad_norm/{name}"] = torch.linalg.vector_norm(
+            norms[f"{GRAD_NORM_PREFIX}{name}"] = torch.linalg.vector_norm(
                 torch.stack(torch._foreach_norm(grads))
             ).item()
     return norms

@@ -27,8 +27,9 @@ from workbench.science.degradation import (
     paper_reference_errors,
     verdict_markdown,
 )
+from workbench.science.statistics import FINAL, SUMMARIES
 from workbench.service import RunRecord
-from workbench.service.curves import CHART_METRICS, CurveCache, curves_of, ladder_curve_runs
+from workbench.service.curves import CHART_METRICS, CurveCache, curves_of, ladder_curve_runs, stored_names
 from workbench.service.plans import ARCHITECTURES, LADDER, seed_group_key
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.live_plot import apply_live_figures, live_channel, live_figures
@@ -37,10 +38,8 @@ from workbench.ui.sweep_section import sweep_view
 from workbench.viz.charts import (
     BANDS,
     EMA,
-    FINAL,
     SMOOTHING_KINDS,
     STD,
-    SUMMARIES,
     X_AXES,
     CurveStyle,
     training_curves_figure,
@@ -73,6 +72,11 @@ class Options:
     def frame(self) -> tuple:
         """What a new chart is drawn for (the zoom is kept while it stays the same)."""
         return self.metric, self.x_axis, bool(self.log_y)
+
+    @property
+    def ladder_frame(self) -> tuple:
+        """The options the verdict, Figure 6 and error against depth follow."""
+        return self.band, bool(self.show_runs), self.summary, self.summary_at
 
     def style(self) -> CurveStyle:
         at = int(self.summary_at) if self.summary_at else None
@@ -134,14 +138,18 @@ LADDER_HINT = ("Pick a ladder group (Launch: \"Launch depth ladder\") to see the
                "residual nets side by side and error against depth.")
 
 
-def _ladder_figures(view: CompareView) -> tuple[str, go.Figure, go.Figure]:
-    """(verdict, Figure 6 layout, error against depth) of the followed ladder."""
+def _ladder_figures(view: CompareView, options: Options) -> tuple[str, go.Figure, go.Figure]:
+    """(verdict, Figure 6 layout, error against depth) of the followed ladder, a network's seeds drawn as their mean
+    with the chosen band (each run alone with the band off), the summary choice read by the verdict too."""
     curves = ladder_curve_runs(view.cache("error"), view.ladder_members)
-    figure_6 = figure6(curves, title=view.ladder_group)
-    depth = error_vs_depth([final_errors(curve) for curve in curves], view.references)
+    style = options.style()
+    band = None if options.band == NO_BAND else options.band
+    figure_6 = figure6(curves, title=view.ladder_group, style=style if band else None)
+    depth = error_vs_depth([final_errors(curve) for curve in curves], view.references, band=band)
     for figure in (figure_6, depth):
         figure.update_layout(uirevision=view.revision)
-    return verdict_markdown(degradation_observed(curves)), figure_6, depth
+    verdict = degradation_observed(curves, summary=style.summary, at=style.summary_at)
+    return verdict_markdown(verdict), figure_6, depth
 
 
 def _curves_figure(view: CompareView, options: Options):
@@ -195,7 +203,7 @@ def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, view: CompareView, 
     view.seed_groups = seed_groups_of(picked)
     view.ladder_group = _group_of(picked, LADDER)
     view.architectures_group = _group_of(picked, ARCHITECTURES)
-    view.ladder_members = {run.id: (run.preset or run.name, *net_depth_and_residual(run.spec))
+    view.ladder_members = {run.id: (run.preset or SEED_SUFFIX.sub("", run.name), *net_depth_and_residual(run.spec))
                            for run in picked} if view.ladder_group or view.architectures_group else {}
     on_cifar10 = all(run.spec["data"]["name"] == "cifar10" for run in picked)
     view.references = paper_reference_errors(
@@ -211,7 +219,7 @@ def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, view: CompareView, 
     if view.ladder_group is None:
         hidden = gr.update(visible=False)
         return curves, hidden, hidden, hidden, costs, "", view
-    verdict, figure_6, depth = _ladder_figures(view)
+    verdict, figure_6, depth = _ladder_figures(view, options)
     return (curves, gr.update(value=verdict, visible=True), gr.update(value=figure_6, visible=True),
             gr.update(value=depth, visible=True), costs, "", view)
 
@@ -236,6 +244,7 @@ def tick(ctx: WorkbenchContext, view: CompareView, *option_values):
     options = Options(*option_values)
     shown, ladder = _refresh(ctx, view, options.metric)
     restyled = options != view.options
+    ladder = ladder or options.ladder_frame != view.options.ladder_frame
     view.options = options
     if not (shown or ladder or restyled):
         return SKIPPED
@@ -244,7 +253,7 @@ def tick(ctx: WorkbenchContext, view: CompareView, *option_values):
         live[CURVES_ID] = _curves_figure(view, options)
     verdict = gr.skip()
     if ladder and view.ladder_group is not None:
-        verdict, live[FIGURE6_ID], live[DEPTH_ID] = _ladder_figures(view)
+        verdict, live[FIGURE6_ID], live[DEPTH_ID] = _ladder_figures(view, options)
     costs = _architectures_output(view) if ladder and view.architectures_group is not None else gr.skip()
     return gr.skip(), verdict, gr.skip(), gr.skip(), costs, live_figures(live), view
 
@@ -256,7 +265,7 @@ def export_curves(ctx: WorkbenchContext, metric: str, fmt: str, view: CompareVie
     """The followed runs' curves of the metric on screen as a file to download; (message, download button)."""
     hidden = gr.update(visible=False)
     try:
-        target = ctx.export_curves(view.run_ids, fmt, names=[metric])
+        target = ctx.export_curves(view.run_ids, fmt, names=stored_names(metric))
     except WorkbenchError as exc:
         return f"**Not exported:** {exc}", hidden
     if target.is_dir():
@@ -285,7 +294,8 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
             band = gr.Radio([NO_BAND, *BANDS], value=STD, label="Seed groups (runs differing only by seed)",
                             info="drawn as their mean with this band, from every stored point", elem_id="seed-band")
             show_runs = gr.Checkbox(False, label="Show each seed thin", elem_id="show-seed-runs")
-            summary = gr.Radio(list(SUMMARIES), value=FINAL, label="Legend summary", elem_id="legend-summary")
+            summary = gr.Radio(list(SUMMARIES), value=FINAL, label="Summary (legend and verdict)",
+                               elem_id="legend-summary")
             summary_at = gr.Number(None, label="at iteration", precision=0, elem_id="summary-at")
         curves = gr.Plot(_curves_figure(CompareView(), Options()), label="Training curves",
                          elem_id=CURVES_ID)

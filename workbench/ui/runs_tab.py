@@ -12,7 +12,7 @@ import pandas as pd
 
 from workbench.errors import WorkbenchError
 from workbench.service import RunRecord
-from workbench.service.curves import SYSTEM_METRICS
+from workbench.service.curves import GRAD_NORM_NAMES, SYSTEM_METRICS
 from workbench.service.run_query import (
     ALL_STATUSES,
     RESULT_COLUMNS,
@@ -134,7 +134,7 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
             run = ctx.get_run(int(run_id))
         except (ValueError, WorkbenchError) as exc:
             return str(exc), gr.update(value="", visible=False), "", "", ""
-        latest = ctx.latest_values(run.id, ["lr", "images_per_s", *SYSTEM_METRICS])
+        latest = ctx.latest_values(run.id, ["lr", "images_per_s", *GRAD_NORM_NAMES, *SYSTEM_METRICS])
         return run_details(run, latest), _traceback(run), json.dumps(run.spec, indent=2), run.name, run.notes
 
     def act(action, run_id: int | str | None, *args) -> tuple:

@@ -18,7 +18,7 @@ import plotly.io as pio
 from plotly.colors import hex_to_rgb, qualitative
 
 from workbench.models.blocks import _unit_recipe
-from workbench.science.statistics import Summary, t_quantile
+from workbench.science.statistics import AT_ITERATION, BEST, FINAL, Summary, t_quantile
 from workbench.spec import CONVS_PER_UNIT, NetSpec
 from workbench.viz.series import RunCurves, SeedGroup, Series
 
@@ -37,8 +37,6 @@ EMA, RUNNING_MEAN = "EMA (debiased)", "running mean"
 SMOOTHING_KINDS = (EMA, RUNNING_MEAN)
 STD, MIN_MAX, CI95 = "mean ± std", "min-max", "95% CI"
 BANDS = (STD, MIN_MAX, CI95)
-FINAL, BEST, AT_ITERATION = "final", "best", "at iteration"
-SUMMARIES = (FINAL, BEST, AT_ITERATION)
 OP_COLOURS = {"conv": "#4C78A8", "bn": "#54A24B", "relu": "#F58518", "add": "#7F7F7F", "io": "#FFFFFF"}
 
 
@@ -125,8 +123,13 @@ def summary_value(series: Series, summary: str = FINAL, at: int | None = None) -
     return float(series.values[-1])
 
 
+def summary_label(summary: str, at: int | None) -> str:
+    """"final", "best" or "at 500": which summary a legend shows."""
+    return f"at {at}" if summary == AT_ITERATION and at is not None else summary
+
+
 def _summary_text(metric: str, values: Sequence[float], summary: str, at: int | None) -> str:
-    what = f"at {at}" if summary == AT_ITERATION and at is not None else summary
+    what = summary_label(summary, at)
     stats = Summary.of(values)
     if stats.n == 1:
         return _value_text(metric, stats.mean) if summary == FINAL else f"{what} {_value_text(metric, stats.mean)}"
@@ -176,8 +179,8 @@ def _curve_trace(series: Series, run: RunCurves, split: str, colour: str, style:
 def pointwise(members: Sequence[tuple[RunCurves, Series]], style: CurveStyle, split: str, band: str):
     """(x, mean, lower, upper, n) of runs' curves over every stored iteration any of them logged.
 
-    Each column is the runs that logged that iteration; x is their mean position on the chosen axis.
-    Bands: mean ± std, min to max, or the 95% confidence interval of the mean (Student's t).
+    Each column is the runs that logged that iteration; x is their mean position on the chosen axis;
+    the band is `spread`'s.
     """
     longest = max((series.iterations for _, series in members), key=len)
     if all(np.array_equal(series.iterations, longest[:len(series)]) for _, series in members):
@@ -190,15 +193,23 @@ def pointwise(members: Sequence[tuple[RunCurves, Series]], style: CurveStyle, sp
         columns = np.searchsorted(grid, series.iterations)
         values[row, columns] = style.values(series, split)
         xs[row, columns] = series.x(style.x_axis, run.start)
+    return np.nanmean(xs, axis=0), *spread(values, band)
+
+
+def spread(values: np.ndarray, band: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, lower, upper, n) of each column of `values` (runs x points, NaN where a run has none).
+
+    Bands: mean ± std, min to max, or the 95% confidence interval of the mean (Student's t).
+    """
     count = np.sum(~np.isnan(values), axis=0)
     mean = np.nanmean(values, axis=0)
     if band == MIN_MAX:
-        return np.nanmean(xs, axis=0), mean, np.nanmin(values, axis=0), np.nanmax(values, axis=0), count
+        return mean, np.nanmin(values, axis=0), np.nanmax(values, axis=0), count
     deviation = np.sqrt(np.nansum((values - mean) ** 2, axis=0) / np.maximum(count - 1, 1))
     if band == CI95:
         quantiles = {n: t_quantile(0.975, n - 1) for n in np.unique(count) if n > 1}
         deviation = deviation / np.sqrt(count) * np.array([quantiles.get(n, 0.0) for n in count])
-    return np.nanmean(xs, axis=0), mean, mean - deviation, mean + deviation, count
+    return mean, mean - deviation, mean + deviation, count
 
 
 def _fill_colour(colour: str, alpha: float = 0.18) -> str:
@@ -206,7 +217,9 @@ def _fill_colour(colour: str, alpha: float = 0.18) -> str:
     return f"rgba({red}, {green}, {blue}, {alpha})"
 
 
-def _seed_group_traces(group: SeedGroup, colour: str, style: CurveStyle) -> list[dict]:
+def seed_group_traces(group: SeedGroup, colour: str, style: CurveStyle) -> list[dict]:
+    """A seed group's mean line and band per split (and its runs thin underneath with `style.show_runs`), the
+    legend giving n and the mean ± std of `style.summary`."""
     traces = []
     for split in ("train", "test"):
         members = [(run, getattr(run, split)) for run in group.runs
@@ -268,7 +281,7 @@ def training_curves_figure(
     for index, entry in enumerate(runs):
         colour = run_colour(index)
         if isinstance(entry, SeedGroup) and len(entry.runs) > 1:
-            traces += _seed_group_traces(entry, colour, style)
+            traces += seed_group_traces(entry, colour, style)
             continue
         run = entry.runs[0] if isinstance(entry, SeedGroup) else entry
         traces += [_curve_trace(series, run, split, colour, style)

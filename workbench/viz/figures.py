@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,18 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from workbench.science.degradation import CurveRun, smoothed_at
-from workbench.viz.charts import MAX_POINTS_PER_TRACE, downsample_minmax, unvalidated_figure
+from workbench.science.statistics import FINAL
+from workbench.viz.charts import (
+    MAX_POINTS_PER_TRACE,
+    CurveStyle,
+    downsample_minmax,
+    seed_group_traces,
+    spread,
+    summary_label,
+    summary_value,
+    unvalidated_figure,
+)
+from workbench.viz.series import RunCurves, SeedGroup, Series
 
 PALETTE = qualitative.Plotly
 HEIGHT = 420
@@ -36,7 +48,9 @@ def _figure6_layout() -> dict:
     figure.update_xaxes(title_text="iteration")
     figure.update_yaxes(title_text="error (%)", row=1, col=1)
     figure.update_layout(legend={"orientation": "h", "y": -0.2}, margin={"t": 60, "b": 40})
-    return figure.layout.to_plotly_json()
+    layout = figure.layout.to_plotly_json()
+    layout.pop("template")  # unvalidated_figure sets its own, and each update deep-copies this layout
+    return layout
 
 
 FIGURE6_LAYOUT = _figure6_layout()
@@ -53,27 +67,58 @@ def empty_figure(message: str, height: int = HEIGHT) -> go.Figure:
     return figure
 
 
-def figure6(runs: Sequence[CurveRun], *, title: str | None = None, max_points: int = MAX_POINTS_PER_TRACE,
-            height: int = HEIGHT) -> go.Figure:
-    """Training (dashed) and test (bold) error against iteration: plain nets left, residual nets right."""
-    colors = _depth_colors(runs)
-    traces = []
+def _networks(runs: Sequence[CurveRun]) -> dict[str, list[CurveRun]]:
+    """Runs by network name (the runs of one network are its seeds), plain before residual, shallow before deep."""
+    networks: dict[str, list[CurveRun]] = {}
     for run in sorted(runs, key=lambda r: (r.residual, r.depth)):
-        for split, dash, width in (("train", TRAIN_DASH, TRAIN_WIDTH), ("test", "solid", TEST_WIDTH)):
-            points = run.train if split == "train" else run.test
-            if not len(points):
-                continue
-            iterations, errors = np.asarray(points, dtype=np.float64).T
-            x, y = downsample_minmax(iterations, errors, max_points)
-            few = len(x) <= SHOW_MARKERS_BELOW
-            traces.append({
-                "type": "scatter", "x": x, "y": y, "mode": "lines+markers" if few else "lines",
-                "marker": {"size": 6 if split == "test" else 3},
-                "name": f"{run.name} {split} ({errors[-1]:.1f}%)", "legendgroup": run.name,
-                "line": {"color": colors[run.depth], "dash": dash, "width": width},
-                "hovertemplate": f"{run.name} {split}<br>iteration %{{x}}<br>error %{{y:.2f}}%<extra></extra>",
-                "xaxis": "x2" if run.residual else "x", "yaxis": "y2" if run.residual else "y",
-            })
+        networks.setdefault(run.name, []).append(run)
+    return networks
+
+
+def _figure6_run_traces(run: CurveRun, colour: str, axes: dict, style: CurveStyle | None, max_points: int) -> list:
+    traces = []
+    for split, dash, width in (("train", TRAIN_DASH, TRAIN_WIDTH), ("test", "solid", TEST_WIDTH)):
+        points = run.train if split == "train" else run.test
+        if not len(points):
+            continue
+        series = Series.from_points(points)
+        x, y = downsample_minmax(series.iterations, series.values, max_points)
+        few = len(x) <= SHOW_MARKERS_BELOW
+        summary = f"{series.values[-1]:.1f}%" if style is None or style.summary == FINAL else (
+            f"{summary_label(style.summary, style.summary_at)} "
+            f"{summary_value(series, style.summary, style.summary_at):.1f}%")
+        traces.append({
+            "type": "scatter", "x": x, "y": y, "mode": "lines+markers" if few else "lines",
+            "marker": {"size": 6 if split == "test" else 3},
+            "name": f"{run.name} {split} ({summary})", "legendgroup": run.name,
+            "line": {"color": colour, "dash": dash, "width": width},
+            "hovertemplate": f"{run.name} {split}<br>iteration %{{x}}<br>error %{{y:.2f}}%<extra></extra>", **axes,
+        })
+    return traces
+
+
+def figure6(runs: Sequence[CurveRun], *, title: str | None = None, style: CurveStyle | None = None,
+            max_points: int = MAX_POINTS_PER_TRACE, height: int = HEIGHT) -> go.Figure:
+    """Training (dashed) and test (bold) error against iteration: plain nets left, residual nets right.
+
+    Runs with the same name are seeds of one network. With `style`, a network of several seeds is
+    drawn as the main curve chart draws a seed group (mean line, `style.band`, thin seeds with
+    `style.show_runs`, n and mean ± std of `style.summary` in the legend), and a single run's legend
+    gives `style.summary`; without it every run is drawn alone with its final error.
+    """
+    colors = _depth_colors(runs)
+    style = style and replace(style, metric="error", x_axis="iterations", smoothing=0.0, max_points=max_points)
+    traces = []
+    for name, members in _networks(runs).items():
+        axes = {"xaxis": "x2", "yaxis": "y2"} if members[0].residual else {"xaxis": "x", "yaxis": "y"}
+        colour = colors[members[0].depth]
+        if style is not None and len(members) > 1:
+            group = SeedGroup(f"figure6-{name}", name, tuple(
+                RunCurves(index, name, Series.from_points(run.train), Series.from_points(run.test))
+                for index, run in enumerate(members)))
+            traces += [{**trace, **axes} for trace in seed_group_traces(group, colour, style)]
+        else:
+            traces += [trace for run in members for trace in _figure6_run_traces(run, colour, axes, style, max_points)]
     return unvalidated_figure(traces, {**copy.deepcopy(FIGURE6_LAYOUT), "height": height, "title": title})
 
 
@@ -88,23 +133,54 @@ def final_errors(run: CurveRun, window: int | None = None) -> dict[str, Any]:
             "test_error": float(test[-1][1]) if len(test) else None}
 
 
+def _seed_points(shown: Sequence[Mapping[str, Any]], key: str, band: str) -> tuple[dict[str, Any], str, str]:
+    """(trace fields, legend suffix, hover suffix) of one family's networks over their seeds: a point at each
+    network's mean error with `band` as error bars, n in the hover and (a range where it differs) in the legend."""
+    networks: dict[str, list[Mapping[str, Any]]] = {}
+    for final in shown:
+        networks.setdefault(final["name"], []).append(final)
+    seeds = max(len(members) for members in networks.values())
+    values = np.full((seeds, len(networks)), np.nan)
+    for column, members in enumerate(networks.values()):
+        values[:len(members), column] = [final[key] for final in members]
+    mean, lower, upper, count = spread(values, band)
+    low, high = int(count.min()), int(count.max())
+    fields = {
+        "x": [members[0]["depth"] for members in networks.values()], "y": mean, "text": list(networks),
+        "customdata": count, "error_y": {"type": "data", "symmetric": False, "array": upper - mean,
+                                         "arrayminus": mean - lower, "visible": True, "thickness": 1.5},
+    }
+    return fields, f" (n={low}{'' if low == high else f'-{high}'}, {band})", f" (mean of %{{customdata}}, {band})"
+
+
 def error_vs_depth(finals: Sequence[Mapping[str, Any]], references: Mapping[int, float] | None = None, *,
-                   reference_label: str = "ResNet, He et al. 2015 Table 6", height: int = HEIGHT) -> go.Figure:
-    """Final error against depth for plain and residual nets, with the paper's numbers as star markers."""
+                   band: str | None = None, reference_label: str = "ResNet, He et al. 2015 Table 6",
+                   height: int = HEIGHT) -> go.Figure:
+    """Final error against depth for plain and residual nets, with the paper's numbers as star markers.
+
+    Finals with the same name are seeds of one network: with `band` (as `spread` takes it) each network is one
+    point at its mean with the band as error bars, n in the legend and the hover; without, every run is a point.
+    """
     traces = []
     families = (("plain", False, PALETTE[1]), ("ResNet", True, PALETTE[0]))
     for label, residual, color in families:
         entries = sorted((f for f in finals if bool(f["residual"]) == residual), key=lambda f: f["depth"])
         for split, dash, width in (("train", TRAIN_DASH, TRAIN_WIDTH), ("test", "solid", TEST_WIDTH)):
-            shown = [f for f in entries if f.get(f"{split}_error") is not None]
+            key = f"{split}_error"
+            shown = [f for f in entries if f.get(key) is not None]
             if not shown:
                 continue
+            points = {"x": [f["depth"] for f in shown], "y": [f[key] for f in shown],
+                      "text": [f["name"] for f in shown]}
+            name_suffix = hover_suffix = ""
+            if band is not None and len({f["name"] for f in shown}) < len(shown):
+                points, name_suffix, hover_suffix = _seed_points(shown, key, band)
             traces.append({
-                "type": "scatter", "x": [f["depth"] for f in shown], "y": [f[f"{split}_error"] for f in shown],
-                "mode": "lines+markers", "name": f"{label} {split}", "line": {"color": color, "dash": dash,
-                                                                            "width": width},
-                "text": [f["name"] for f in shown],
-                "hovertemplate": "%{text} " + split + "<br>depth %{x}<br>error %{y:.2f}%<extra></extra>",
+                "type": "scatter", **points,
+                "mode": "lines+markers", "name": f"{label} {split}{name_suffix}",
+                "line": {"color": color, "dash": dash, "width": width},
+                "hovertemplate": "%{text} " + split + "<br>depth %{x}<br>error %{y:.2f}%" + hover_suffix
+                                 + "<extra></extra>",
             })
     if references:
         depths = sorted(references)

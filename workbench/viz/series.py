@@ -32,6 +32,13 @@ class Series:
         self.values = np.concatenate([self.values[:keep], np.asarray(values, dtype=np.float64)])
         self.wall_times = np.concatenate([self.wall_times[:keep], np.asarray(walls, dtype=np.float64)])
 
+    @classmethod
+    def from_points(cls, points: Sequence[tuple[int, float]] | np.ndarray) -> Series:
+        """A series of (iteration, value) pairs in iteration order (epochs and wall times unknown: zero)."""
+        table = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        zeros = np.zeros(len(table))
+        return cls(table[:, 0].astype(np.int64), zeros, table[:, 1].copy(), zeros.copy())
+
     def points(self) -> np.ndarray:
         """(iteration, value) rows in iteration order, as an (n, 2) array."""
         return np.column_stack([self.iterations.astype(np.float64), self.values])
