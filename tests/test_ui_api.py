@@ -16,7 +16,7 @@ TINY = NetSpec(name="tiny", blocks=[1, 1, 1], widths=[4, 8, 16])
 LAUNCH_DEFAULTS = dict(
     dataset="synthetic", path="", download=False, classes="", per_class_cap=0, resolution=0, validation_size=0,
     synthetic_train=256, synthetic_test=64, budget_unit="epochs", budget=1, batch_size=32, lr=0.1,
-    schedule="step", warmup=0, seed=0, precision="fp32", device="cpu", log_every=4, eval_every=0,
+    schedule="step", warmup=0, seed=0, precision="fp32", device="cpu", devices=1, log_every=4, eval_every=0,
     ladder_depths="8, 14", drop_prob=0.5, seeds=1, architectures=[],
 )
 BUILD_FIELDS = dict(

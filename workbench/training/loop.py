@@ -24,6 +24,7 @@ from workbench.models import Network, build_network
 from workbench.paths import RunFolder
 from workbench.spec import NetworkSpec, RunSpec
 from workbench.training.checkpoint import load_checkpoint, save_checkpoint
+from workbench.training.distributed import Replica, data_parallel, sync_batchnorm
 from workbench.training.probes import UnitInputGradients
 from workbench.training.schedule import LearningRateSchedule
 
@@ -76,6 +77,13 @@ class MemorySink:
         pass
 
 
+class _Silent(MemorySink):
+    """The sink of the ranks other than 0 of a data-parallel run: they report nothing."""
+
+    def metrics(self, rows: list[dict[str, Any]]) -> None:
+        pass
+
+
 @dataclass
 class StartingModel:
     """The network a run starts from, and the normalization its weights expect (None: the dataset's)."""
@@ -109,6 +117,7 @@ class FitResult:
     device: str
     precision: str
     info: dict = field(default_factory=dict)
+    world_size: int = 1
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -175,6 +184,26 @@ def evaluate(
     batch_size: int = 500,
 ) -> tuple[float, float]:
     """(mean cross-entropy, error in %) of `model` on a held-out split."""
+    loss_sum, wrong, count = _evaluation_sums(
+        model, images, labels, mean=mean, std=std, device=device, autocast_dtype=autocast_dtype,
+        channels_last=channels_last, batch_size=batch_size,
+    ).tolist()
+    return loss_sum / count, 100.0 * wrong / count
+
+
+def _evaluation_sums(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
+    batch_size: int = 500,
+) -> torch.Tensor:
+    """[summed cross-entropy, wrong predictions, images] of `model` on a split, in float64 on `device`."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device)
@@ -188,8 +217,8 @@ def evaluate(
             loss_sum += F.cross_entropy(logits, target, reduction="sum")
             wrong += (logits.argmax(1) != target).sum()
     model.train(was_training)
-    count = len(labels)
-    return loss_sum.item() / count, 100.0 * wrong.item() / count
+    return torch.stack([loss_sum.double(), wrong.double(), torch.tensor(len(labels), dtype=torch.float64,
+                                                                        device=device)])
 
 
 def _stage_gradient_norms(model: Network) -> dict[str, float]:
@@ -209,13 +238,15 @@ class _Trainer:
 
     def __init__(
         self, run: RunSpec, folder: RunFolder, sink: TrainingSink, dataset: Dataset, model_factory: ModelFactory,
+        replica: Replica,
     ) -> None:
         self.run = run
         self.train = run.train
         self.folder = folder
         self.sink = sink
         self.dataset = dataset
-        self.device = resolve_device(self.train.device)
+        self.replica = replica
+        self.device = replica.device
         self.autocast_dtype = resolve_precision(self.train.precision, self.device)
         self.channels_last = resolve_channels_last(self.train.channels_last, self.device, self.autocast_dtype)
         self.net = adapt_net_to_data(run.net, dataset)
@@ -227,7 +258,9 @@ class _Trainer:
         if starting.mean is not None and starting.std is not None:
             self.mean, self.std = tuple(starting.mean), tuple(starting.std)
             logger.info("using the source model's normalization mean %s std %s", self.mean, self.std)
-        self.model = starting.model.to(self.device)
+        model = sync_batchnorm(starting.model) if self.train.sync_batchnorm and replica.world_size > 1 else (
+            starting.model)
+        self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step_model = torch.compile(self.model) if self.train.compile else self.model
@@ -241,6 +274,7 @@ class _Trainer:
             device=self.device,
             channels_last=self.channels_last,
             seed=self.train.seed,
+            shard=(replica.rank, replica.world_size),
         )
         self.total = self.train.total_iterations(len(self.batches))
         self.schedule = LearningRateSchedule(self.train, self.total)
@@ -258,11 +292,12 @@ class _Trainer:
         self._reset_interval()
 
     def _eval_splits(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """Each split's share of this rank (all of it in one process)."""
         splits = []
         if self.dataset.val_images is not None and len(self.dataset.val_labels):
             splits.append(("val", self.dataset.val_images, self.dataset.val_labels))
         splits.append(("test", self.dataset.test_images, self.dataset.test_labels))
-        return splits
+        return [(name, self.replica.share(images), self.replica.share(labels)) for name, images, labels in splits]
 
     @property
     def epoch(self) -> float:
@@ -280,7 +315,25 @@ class _Trainer:
     def _run_spec_data(self) -> dict:
         return self.run.model_copy(update={"net": self.net}).model_dump(mode="json")
 
+    def _merge_interval(self) -> None:
+        """Rank 0 takes the unfinished logging interval of all ranks, so that its checkpoint holds all of it."""
+        if self.replica.world_size == 1:
+            return
+        sums = self.replica.sum(torch.stack([self.interval_loss.double(), self.interval_wrong.double(),
+                                             torch.tensor(float(self.interval_images), device=self.device)]))
+        if not self.replica.main:
+            sums.zero_()
+        self.interval_loss = sums[0].float()
+        self.interval_wrong = sums[1].long()
+        self.interval_images = int(sums[2].item())
+
     def save(self, kind: str) -> None:
+        """Write a checkpoint from rank 0; every rank calls it (the last one gathers what the ranks hold)."""
+        if kind == "last":
+            self._merge_interval()
+            self.replica.average_buffers(self.model)
+        if not self.replica.main:
+            return
         path = self.folder.checkpoint(kind)
         state: dict[str, Any] = {
             "run_spec": self._run_spec_data(),
@@ -338,9 +391,11 @@ class _Trainer:
         self.iteration = int(state["iteration"])
         self.best_error, self.last_error = state["best_error"], state["last_error"]
         interval = state["interval"]
-        self.interval_loss = interval["loss"].to(self.device)
-        self.interval_wrong = interval["wrong"].to(self.device)
-        self.interval_images, self.interval_steps = interval["images"], interval["steps"]
+        self.interval_steps = interval["steps"]
+        if self.replica.main:  # the other ranks' share of the interval is in rank 0's sums
+            self.interval_loss = interval["loss"].to(self.device)
+            self.interval_wrong = interval["wrong"].to(self.device)
+            self.interval_images = interval["images"]
         self.sink.rewind(self.iteration)
         logger.info("resumed from %s at iteration %d of %d", path, self.iteration, self.total)
         return True
@@ -352,17 +407,20 @@ class _Trainer:
                 "value": value, "wall_time": now}
 
     def flush_train_metrics(self, grad_norms: dict[str, float]) -> None:
-        if self.interval_images == 0:
+        if self.interval_steps == 0:
             return
         elapsed = time.perf_counter() - self.interval_start
-        loss = self.interval_loss.item() / self.interval_images
-        error = 100.0 * self.interval_wrong.item() / self.interval_images
+        loss_sum, wrong, images = self.replica.sum(torch.stack([
+            self.interval_loss.double(), self.interval_wrong.double(),
+            torch.tensor(float(self.interval_images), device=self.device)])).tolist()
+        loss = loss_sum / images
+        error = 100.0 * wrong / images
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"the training loss became {loss} at iteration {self.iteration} (learning rate "
                 f"{self.optimizer.param_groups[0]['lr']:g}); lower the learning rate or add warm-up"
             )
-        images_per_s = self.interval_images / elapsed if elapsed > 0 else 0.0
+        images_per_s = images / elapsed if elapsed > 0 else 0.0
         self.schedule.observe_train_error(error)
         now = time.time()
         rows = [
@@ -382,11 +440,13 @@ class _Trainer:
     def evaluate_and_report(self, epoch_time: float | None = None) -> None:
         now = time.time()
         rows = []
+        self.replica.average_buffers(self.model)
         for split, images, labels in self.eval_splits:
-            loss, error = evaluate(
+            loss_sum, wrong, count = self.replica.sum(_evaluation_sums(
                 self.model, images, labels, mean=self.mean, std=self.std, device=self.device,
                 autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
-            )
+            )).tolist()
+            loss, error = loss_sum / count, 100.0 * wrong / count
             rows += [self._row(split, "loss", loss, now), self._row(split, "error", error, now)]
             if split == self.eval_splits[0][0]:
                 self.last_error = error
@@ -417,6 +477,7 @@ class _Trainer:
                 loss = F.cross_entropy(logits.float(), labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        self.replica.average_gradients(self.model)
         grad_norms = _stage_gradient_norms(self.model) if want_grad_norms else {}
         self.optimizer.step()
         self.iteration += 1
@@ -456,7 +517,7 @@ class _Trainer:
                     self.evaluate_and_report()
                 if finished:
                     return "completed"
-                if self.sink.should_stop():
+                if self.replica.agree(self.sink.should_stop()):
                     if not epoch_end:
                         # The unfinished logging interval is saved and continues after resume.
                         self.save("last")
@@ -482,14 +543,25 @@ def fit(
         raise WorkbenchError("this run starts from init_from; pass model_factory=workbench.weights.model_factory(run)")
     sink = sink or MemorySink()
     dataset = dataset if dataset is not None else load_dataset(run.data, home=home, allowed_roots=allowed_roots)
-    trainer = _Trainer(run, RunFolder(run_dir), sink, dataset, model_factory)
+    if run.train.devices > 1:
+        others = (run, run_dir, _Silent(), dataset, model_factory, resume)
+        with data_parallel(run.train, _fit_replica, others) as replica:
+            return _fit_replica(replica, run, run_dir, sink, dataset, model_factory, resume)
+    return _fit_replica(Replica(resolve_device(run.train.device)), run, run_dir, sink, dataset, model_factory, resume)
+
+
+def _fit_replica(replica: Replica, run: RunSpec, run_dir: Path, sink: TrainingSink, dataset: Dataset,
+                 model_factory: ModelFactory, resume: bool) -> FitResult:
+    """`fit` on one rank of a run (the only one, or one of a data-parallel run's)."""
+    trainer = _Trainer(run, RunFolder(run_dir), sink, dataset, model_factory, replica)
     if resume:
         trainer.restore()
-    logger.info(
-        "training %s on %s: %d iterations, device %s, precision %s, channels_last %s",
-        trainer.net.name, dataset.info.name, trainer.total, trainer.device,
-        trainer.autocast_dtype or "fp32", trainer.channels_last,
-    )
+    if replica.main:
+        logger.info(
+            "training %s on %s: %d iterations, device %s x %d, precision %s, channels_last %s",
+            trainer.net.name, dataset.info.name, trainer.total, trainer.device, replica.world_size,
+            trainer.autocast_dtype or "fp32", trainer.channels_last,
+        )
     status = trainer.loop()
     return FitResult(
         status=status,
@@ -501,4 +573,5 @@ def fit(
         device=str(trainer.device),
         precision=str(trainer.autocast_dtype or "fp32").removeprefix("torch."),
         info=dataset.info.to_dict(),
+        world_size=replica.world_size,
     )
