@@ -2,8 +2,8 @@
 and the launcher that makes this process rank 0 and spawns the other ranks.
 
 A data-parallel run keeps the curve of one process at the same global batch: each rank takes batch/N of every
-global batch (the global order split across ranks, `TrainBatches(shard=...)`), gradients are averaged across
-ranks before the optimizer steps, and BN running statistics are averaged before every evaluation and checkpoint.
+global batch (the global order split across ranks, `TrainBatches(shard=...)`), and gradients and BN running
+statistics are averaged across ranks before the optimizer steps (so the running mean is the one of one process).
 Rank 0 reports and writes; a cancel is rank 0's decision broadcast to every rank, so all stop at the same step.
 With one rank every collective is a no-op, so the loop has one code path.
 """
@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.multiprocessing.spawn import ProcessException
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from workbench.errors import SpecError, WorkbenchError
@@ -66,6 +67,14 @@ class Replica:
             dist.all_reduce(tensor)
         return tensor
 
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's `tensor`, stacked in rank order."""
+        if self.world_size == 1:
+            return tensor.unsqueeze(0)
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor)
+        return torch.stack(parts)
+
     def agree(self, decision: bool) -> bool:
         """Rank 0's `decision` on every rank (a cancel stops all ranks at the same step)."""
         if self.world_size == 1:
@@ -74,24 +83,16 @@ class Replica:
         dist.broadcast(flag, src=0)
         return bool(flag.item())
 
-    def average_gradients(self, model: nn.Module) -> None:
-        """Replace every gradient by its mean over the ranks, in one collective."""
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if self.world_size == 1 or not grads:
+    def average_step(self, model: nn.Module) -> None:
+        """Average the gradients and the floating-point buffers (BN running statistics) over the ranks, in one
+        collective: every rank then holds the same model, so rank 0's checkpoint is every rank's."""
+        tensors = [p.grad for p in model.parameters() if p.grad is not None]
+        tensors += [b for b in model.buffers() if b.is_floating_point()]
+        if self.world_size == 1 or not tensors:
             return
-        flat = torch.cat([grad.reshape(-1) for grad in grads])
-        self.sum(flat).div_(self.world_size)
-        torch._foreach_copy_(grads, [part.view_as(grad) for part, grad in zip(flat.split([g.numel() for g in grads]),
-                                                                            grads, strict=True)])
-
-    def average_buffers(self, model: nn.Module) -> None:
-        """Average the floating-point buffers (BN running statistics) over the ranks; counters are equal anyway."""
-        buffers = [b for b in model.buffers() if b.is_floating_point()]
-        if self.world_size == 1 or not buffers:
-            return
-        flat = self.sum(torch.cat([b.reshape(-1) for b in buffers])).div_(self.world_size)
-        torch._foreach_copy_(buffers, [part.view_as(b) for part, b in zip(flat.split([b.numel() for b in buffers]),
-                                                                          buffers, strict=True)])
+        flat = self.sum(torch.cat([t.reshape(-1) for t in tensors])).div_(self.world_size)
+        torch._foreach_copy_(tensors, [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]),
+                                                                          tensors, strict=True)])
 
 
 def data_parallel_device(device: str) -> str:
@@ -106,6 +107,9 @@ def check_devices(train: TrainSpec) -> None:
         return
     if data_parallel_device(train.device) == "cuda":
         count = torch.cuda.device_count()
+        if count == 0:
+            raise SpecError(f"devices: {train.devices} GPUs asked for, but PyTorch sees no CUDA GPU here; choose "
+                            "device cpu for CPU processes")
         if train.devices > count:
             raise SpecError(f"devices: {train.devices} GPUs asked for, but this machine has {count}; use 1 to "
                             f"{count}, or device cpu for CPU processes")
@@ -287,7 +291,7 @@ def data_parallel(train: TrainSpec, target: Callable[..., Any], helper_args: tup
     else:
         try:
             context.join()
-        except mp.ProcessException as exc:
+        except ProcessException as exc:
             raise WorkbenchError(f"a data-parallel rank failed: {str(exc).strip().splitlines()[-1]}") from exc
     finally:
         torch.set_num_threads(threads_before)

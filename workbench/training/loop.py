@@ -315,23 +315,16 @@ class _Trainer:
     def _run_spec_data(self) -> dict:
         return self.run.model_copy(update={"net": self.net}).model_dump(mode="json")
 
-    def _merge_interval(self) -> None:
-        """Rank 0 takes the unfinished logging interval of all ranks, so that its checkpoint holds all of it."""
-        if self.replica.world_size == 1:
-            return
-        sums = self.replica.sum(torch.stack([self.interval_loss.double(), self.interval_wrong.double(),
-                                             torch.tensor(float(self.interval_images), device=self.device)]))
-        if not self.replica.main:
-            sums.zero_()
-        self.interval_loss = sums[0].float()
-        self.interval_wrong = sums[1].long()
-        self.interval_images = int(sums[2].item())
+    def _interval_sums(self) -> torch.Tensor:
+        """[loss sum, wrong predictions, images] of this rank's unfinished logging interval, in float64."""
+        return torch.stack([self.interval_loss.double(), self.interval_wrong.double(),
+                            torch.tensor(float(self.interval_images), dtype=torch.float64, device=self.device)])
 
     def save(self, kind: str) -> None:
-        """Write a checkpoint from rank 0; every rank calls it (the last one gathers what the ranks hold)."""
-        if kind == "last":
-            self._merge_interval()
-            self.replica.average_buffers(self.model)
+        """Write a checkpoint from rank 0; every rank calls it (the last one holds each rank's unfinished interval)."""
+        ranks_intervals = None
+        if kind == "last" and self.replica.world_size > 1:
+            ranks_intervals = self.replica.gather(self._interval_sums()).cpu()
         if not self.replica.main:
             return
         path = self.folder.checkpoint(kind)
@@ -364,6 +357,7 @@ class _Trainer:
                     "wrong": self.interval_wrong.cpu(),
                     "images": self.interval_images,
                     "steps": self.interval_steps,
+                    **({} if ranks_intervals is None else {"ranks": ranks_intervals}),
                 },
             )
         save_checkpoint(path, state)
@@ -392,7 +386,12 @@ class _Trainer:
         self.best_error, self.last_error = state["best_error"], state["last_error"]
         interval = state["interval"]
         self.interval_steps = interval["steps"]
-        if self.replica.main:  # the other ranks' share of the interval is in rank 0's sums
+        if "ranks" in interval:  # a data-parallel run: each rank goes on with its own share of the interval
+            loss, wrong, images = interval["ranks"][self.replica.rank].tolist()
+            self.interval_loss = torch.tensor(loss, dtype=torch.float32, device=self.device)
+            self.interval_wrong = torch.tensor(int(wrong), device=self.device)
+            self.interval_images = int(images)
+        else:
             self.interval_loss = interval["loss"].to(self.device)
             self.interval_wrong = interval["wrong"].to(self.device)
             self.interval_images = interval["images"]
@@ -410,9 +409,7 @@ class _Trainer:
         if self.interval_steps == 0:
             return
         elapsed = time.perf_counter() - self.interval_start
-        loss_sum, wrong, images = self.replica.sum(torch.stack([
-            self.interval_loss.double(), self.interval_wrong.double(),
-            torch.tensor(float(self.interval_images), device=self.device)])).tolist()
+        loss_sum, wrong, images = self.replica.sum(self._interval_sums()).tolist()
         loss = loss_sum / images
         error = 100.0 * wrong / images
         if not math.isfinite(loss):
@@ -440,7 +437,6 @@ class _Trainer:
     def evaluate_and_report(self, epoch_time: float | None = None) -> None:
         now = time.time()
         rows = []
-        self.replica.average_buffers(self.model)
         for split, images, labels in self.eval_splits:
             loss_sum, wrong, count = self.replica.sum(_evaluation_sums(
                 self.model, images, labels, mean=self.mean, std=self.std, device=self.device,
@@ -477,7 +473,7 @@ class _Trainer:
                 loss = F.cross_entropy(logits.float(), labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        self.replica.average_gradients(self.model)
+        self.replica.average_step(self.model)
         grad_norms = _stage_gradient_norms(self.model) if want_grad_norms else {}
         self.optimizer.step()
         self.iteration += 1
