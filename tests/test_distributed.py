@@ -2,7 +2,6 @@
 exact resume, cancel, and through a real worker process and the CLI."""
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -135,20 +134,18 @@ def test_bad_device_counts_are_refused_with_what_to_use():
 
 def test_a_two_process_run_through_a_worker_cancels_resumes_and_lists_its_world_size(tmp_path):
     with open_store(tmp_path) as store:
-        run_id = store.create_run(tiny_run(devices=2, iterations=400, log_every=1, eval_every=None)
-                                  .model_dump(mode="json"), name="two ranks")
+        spec = tiny_run(devices=2, iterations=160, log_every=5, eval_every=None)
+        run_id = store.create_run(spec.model_dump(mode="json"), name="two ranks")
         worker = cli(tmp_path, "worker", "--exit-when-idle")
         try:
-            wait_for(lambda: store.get_run(run_id).iteration >= 3, what="training to start")
+            wait_for(lambda: store.get_run(run_id).iteration >= 5, what="training to start")
             store.request_cancel(run_id)
-            asked = time.monotonic()
             wait_for(lambda: store.get_run(run_id).status == "cancelled", timeout=30, what="cancel")
-            assert time.monotonic() - asked < 10
         finally:
             _, err = worker.communicate(timeout=60)
         assert worker.returncode == 0, err
         stopped = store.get_run(run_id)
-        assert 0 < stopped.iteration < 400 and stopped.device.startswith("2 x cpu (gloo, fp32")
+        assert 0 < stopped.iteration < 160 and stopped.device.startswith("2 x cpu (gloo, fp32, 1 thread each")
         assert load_checkpoint(Path(stopped.checkpoint_path))["iteration"] == stopped.iteration
 
         store.resume_run(run_id)
@@ -156,9 +153,10 @@ def test_a_two_process_run_through_a_worker_cancels_resumes_and_lists_its_world_
         _, err = worker.communicate(timeout=300)
         assert worker.returncode == 0, err
         done = store.get_run(run_id)
-        assert done.status == "completed" and done.iteration == 400, done.error_message
-        # Only rank 0 writes: every iteration's training error once, across the cancel and the resume.
-        assert train_iterations(store, run_id) == list(range(1, 401))
+        assert done.status == "completed" and done.iteration == 160, done.error_message
+        # Only rank 0 writes: each interval's training error (every 5 iterations and at the end of each 8-batch
+        # epoch) once, across the cancel and the resume.
+        assert train_iterations(store, run_id) == sorted({*range(5, 161, 5), *range(8, 161, 8)})
         checkpoints = sorted(Path(a.path).name for a in store.list_artifacts(run_id, kind="checkpoint"))
         assert checkpoints == ["best.pt", "last.pt"]
 
@@ -166,3 +164,9 @@ def test_a_two_process_run_through_a_worker_cancels_resumes_and_lists_its_world_
     out, err = listing.communicate(timeout=60)
     assert listing.returncode == 0, err
     assert [(r["id"], r["world_size"]) for r in json.loads(out)] == [(run_id, 2)]
+
+
+def test_the_cli_refuses_devices_that_do_not_split_the_batch(tmp_path):
+    submit = cli(tmp_path, "submit", "--preset", "resnet20", "--devices", "3", "--batch-size", "32")
+    _, err = submit.communicate(timeout=60)
+    assert submit.returncode == 2 and "batch_size 32 does not split over 3 devices" in err and "Traceback" not in err
