@@ -12,6 +12,7 @@ from storage import open_store
 from tests.sinks import StopAt
 from workbench.data import TrainBatches, load_dataset
 from workbench.errors import SpecError
+from workbench.jobs.ray_executor import describe_resources, job_resources
 from workbench.service.checks import check_run
 from workbench.service.forms import train_spec_from_fields
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec, parse_spec
@@ -130,6 +131,15 @@ def test_bad_device_counts_are_refused_with_what_to_use():
     if not torch.cuda.is_available():
         with pytest.raises(SpecError, match="PyTorch sees no CUDA GPU here; choose device cpu"):
             check_devices(TrainSpec(devices=2, device="cuda"))
+
+
+def test_a_ray_job_asks_for_a_gpu_per_device_of_a_cuda_run_and_a_cpu_per_device():
+    cuda = job_resources(tiny_run(devices=4, device="cuda", batch_size=32).model_dump(), cluster_has_gpus=False)
+    assert describe_resources(cuda) == "4 GPUs and 4 CPUs"
+    auto = job_resources(tiny_run(devices=2, device="auto").model_dump(), cluster_has_gpus=True)
+    assert auto == {"entrypoint_num_cpus": 2, "entrypoint_num_gpus": 2}
+    cpu = job_resources(tiny_run(devices=2).model_dump(), cluster_has_gpus=True)
+    assert describe_resources(cpu) == "2 CPUs"
 
 
 def test_a_two_process_run_through_a_worker_cancels_resumes_and_lists_its_world_size(tmp_path):

@@ -153,6 +153,16 @@ def test_paths_outside_the_data_roots_are_refused_before_queueing(client, served
     assert len(served.store.list_runs()) == before
 
 
+def test_launch_over_two_devices_stores_them_in_the_spec_or_says_what_to_change(client, served):
+    message = launch(client, "run", TINY.model_dump_json(), devices=2)
+    assert message.startswith("Queued"), message
+    assert served.store.list_runs()[0].spec["train"]["devices"] == 2
+    before = len(served.store.list_runs())
+    message = launch(client, "run", TINY.model_dump_json(), devices=3)
+    assert "Nothing launched" in message and "batch_size 32 does not split over 3 devices" in message
+    assert len(served.store.list_runs()) == before
+
+
 def test_run_actions_cancel_resume_rename_notes_delete(client, served):
     launch(client, "run", TINY.model_dump_json())
     run_id = served.store.list_runs()[0].id
