@@ -182,28 +182,10 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     batch_size: int = 500,
+    replica: Replica | None = None,
 ) -> tuple[float, float]:
-    """(mean cross-entropy, error in %) of `model` on a held-out split."""
-    loss_sum, wrong, count = _evaluation_sums(
-        model, images, labels, mean=mean, std=std, device=device, autocast_dtype=autocast_dtype,
-        channels_last=channels_last, batch_size=batch_size,
-    ).tolist()
-    return loss_sum / count, 100.0 * wrong / count
-
-
-def _evaluation_sums(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    device: torch.device,
-    autocast_dtype: torch.dtype | None,
-    channels_last: bool,
-    batch_size: int = 500,
-) -> torch.Tensor:
-    """[summed cross-entropy, wrong predictions, images] of `model` on a split, in float64 on `device`."""
+    """(mean cross-entropy, error in %) of `model` on a held-out split; with a `replica` of a data-parallel run,
+    `images` are this rank's share and the result is the whole split's."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device)
@@ -217,8 +199,10 @@ def _evaluation_sums(
             loss_sum += F.cross_entropy(logits, target, reduction="sum")
             wrong += (logits.argmax(1) != target).sum()
     model.train(was_training)
-    return torch.stack([loss_sum.double(), wrong.double(), torch.tensor(len(labels), dtype=torch.float64,
-                                                                        device=device)])
+    sums = torch.stack([loss_sum.double(), wrong.double(), torch.tensor(len(labels), dtype=torch.float64,
+                                                                         device=device)])
+    loss_sum, wrong, count = (sums if replica is None else replica.sum(sums)).tolist()
+    return loss_sum / count, 100.0 * wrong / count
 
 
 def _stage_gradient_norms(model: Network) -> dict[str, float]:
@@ -438,11 +422,10 @@ class _Trainer:
         now = time.time()
         rows = []
         for split, images, labels in self.eval_splits:
-            loss_sum, wrong, count = self.replica.sum(_evaluation_sums(
+            loss, error = evaluate(
                 self.model, images, labels, mean=self.mean, std=self.std, device=self.device,
-                autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
-            )).tolist()
-            loss, error = loss_sum / count, 100.0 * wrong / count
+                autocast_dtype=self.autocast_dtype, channels_last=self.channels_last, replica=self.replica,
+            )
             rows += [self._row(split, "loss", loss, now), self._row(split, "error", error, now)]
             if split == self.eval_splits[0][0]:
                 self.last_error = error
