@@ -16,7 +16,7 @@ TINY = NetSpec(name="tiny", blocks=[1, 1, 1], widths=[4, 8, 16])
 LAUNCH_DEFAULTS = dict(
     dataset="synthetic", path="", download=False, classes="", per_class_cap=0, resolution=0, validation_size=0,
     synthetic_train=256, synthetic_test=64, budget_unit="epochs", budget=1, batch_size=32, lr=0.1,
-    schedule="step", warmup=0, seed=0, precision="fp32", device="cpu", log_every=4, eval_every=0,
+    schedule="step", warmup=0, seed=0, precision="fp32", device="cpu", devices=1, log_every=4, eval_every=0,
     ladder_depths="8, 14", drop_prob=0.5, seeds=1, architectures=[],
 )
 BUILD_FIELDS = dict(
@@ -150,6 +150,16 @@ def test_paths_outside_the_data_roots_are_refused_before_queueing(client, served
     outside = next(tmp_path_factory.getbasetemp().glob("outside*")) / "pets"
     message = launch(client, "run", TINY.model_dump_json(), dataset="folder", path=str(outside))
     assert "Nothing launched" in message and "outside the allowed data roots" in message
+    assert len(served.store.list_runs()) == before
+
+
+def test_launch_over_two_devices_stores_them_in_the_spec_or_says_what_to_change(client, served):
+    message = launch(client, "run", TINY.model_dump_json(), devices=2)
+    assert message.startswith("Queued"), message
+    assert served.store.list_runs()[0].spec["train"]["devices"] == 2
+    before = len(served.store.list_runs())
+    message = launch(client, "run", TINY.model_dump_json(), devices=3)
+    assert "Nothing launched" in message and "batch_size 32 does not split over 3 devices" in message
     assert len(served.store.list_runs()) == before
 
 

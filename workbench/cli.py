@@ -111,7 +111,8 @@ def data_and_train_from_args(args: argparse.Namespace) -> tuple[DataSpec, TrainS
         key: value for key, value in {
             **budget, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "schedule": args.schedule,
             "warmup_iterations": args.warmup, "precision": args.precision, "device": args.device,
-            "compile": args.compile, "log_every": args.log_every, "eval_every": args.eval_every,
+            "compile": args.compile, "devices": args.devices, "sync_batchnorm": args.sync_batchnorm,
+            "log_every": args.log_every, "eval_every": args.eval_every,
             "grad_norm_every": args.grad_norm_every,
         }.items() if value is not None
     })
@@ -332,6 +333,7 @@ def run_summary(run) -> dict:
         "best_test_error": run.best_test_error, "last_test_error": run.last_test_error,
         "best_val_error": run.best_val_error, "test_error_at_best": run.test_error_at_best,
         "images_per_s": run.images_per_s, "device": run.device, "error": run.error_message,
+        "world_size": run.spec.get("train", {}).get("devices", 1),
         "created_at": run.created_at.isoformat() if run.created_at else None,
     }
 
@@ -487,6 +489,9 @@ def _add_run_options(parser: argparse.ArgumentParser, *, several_presets: bool =
     parser.add_argument("--precision", choices=field_choices(TrainSpec, "precision"), default=None)
     parser.add_argument("--device", choices=field_choices(TrainSpec, "device"), default=None)
     parser.add_argument("--compile", action="store_true", default=None, help=field_help(TrainSpec, "compile"))
+    parser.add_argument("--devices", type=int, default=None, help=field_help(TrainSpec, "devices"))
+    parser.add_argument("--sync-batchnorm", action="store_true", default=None,
+                        help=field_help(TrainSpec, "sync_batchnorm"))
     parser.add_argument("--log-every", type=int, default=None, help=field_help(TrainSpec, "log_every"))
     parser.add_argument("--eval-every", type=int, default=None, help=field_help(TrainSpec, "eval_every"))
     parser.add_argument("--grad-norm-every", type=int, default=None, help=field_help(TrainSpec, "grad_norm_every"))

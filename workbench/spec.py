@@ -54,6 +54,7 @@ MAX_EPOCHS = 10_000  # the paper's CIFAR recipe is about 182 epochs
 MAX_ITERATIONS = 10_000_000  # the paper's CIFAR recipe is 64,000, its ImageNet recipe 600,000
 MAX_BATCH_SIZE = 65_536
 MAX_SYNTHETIC_IMAGES = 200_000  # about 600 MB of 32x32 images held in the worker's memory
+MAX_DEVICES = 256  # data-parallel processes of one run, all on one machine (checked against it before queueing)
 
 
 def _check_range(what: str, value: float | None, low: float, high: float, why: str = "") -> None:
@@ -809,6 +810,10 @@ class TrainSpec(BaseModel):
     channels_last: Literal["auto", "on", "off"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     compile: bool = Field(default=False, description="torch.compile the model (slow start, faster steps)")
+    devices: int = Field(default=1, description="data-parallel processes for this run: GPUs (NCCL), else CPU "
+                                                 "processes (gloo); each takes batch/N of every batch")
+    sync_batchnorm: bool = Field(default=False, description="with several devices: batch statistics over the "
+                                                              "whole batch instead of each device's share")
     seed: int = 0
     grad_norm_every: int = Field(default=0, description="record per-unit input gradient norms every N iterations")
 
@@ -839,6 +844,12 @@ class TrainSpec(BaseModel):
         _check_range("log_every", self.log_every, 1, MAX_ITERATIONS)
         _check_range("eval_every", self.eval_every, 1, MAX_ITERATIONS)
         _check_range("seed", self.seed, 0, MAX_SEED, "a signed 64-bit integer")
+        _check_range("devices", self.devices, 1, MAX_DEVICES, "processes on one machine")
+        if self.batch_size % self.devices:
+            raise ValueError(f"batch_size {self.batch_size} does not split over {self.devices} devices (each takes "
+                             f"an equal share of every batch); use a multiple of {self.devices}")
+        if self.devices > 1 and self.device == "mps":
+            raise ValueError("devices: Apple MPS is one device; train on several with cuda or cpu")
         return self
 
     def total_iterations(self, batches_per_epoch: int) -> int:

@@ -147,6 +147,9 @@ class TrainBatches:
     already complete it first moves on to the next one, so plain repeated `for` loops walk through
     epochs. `state_dict()` records the next batch to produce ({epoch, position, seed}; position ==
     len(self) means the epoch is complete), and `load_state_dict` continues from there exactly.
+
+    With `shard=(rank, ranks)` (data-parallel training) each batch is rank's contiguous share of the global
+    batch of `batch_size` images, with the augmentation one process would have drawn for those images.
     """
 
     def __init__(
@@ -162,6 +165,7 @@ class TrainBatches:
         channels_last: bool = False,
         seed: int = 0,
         drop_last: bool = True,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if images.dim() != 4 or images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 (N, C, H, W); got {images.dtype} {tuple(images.shape)}")
@@ -171,6 +175,8 @@ class TrainBatches:
             raise ValueError(f"augment must be 'cifar', 'folder' or None; got {augment!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+        if not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard is (rank, ranks) with 0 <= rank < ranks; got {shard}")
         if images.shape[0] == 0 or (drop_last and images.shape[0] < batch_size):
             raise DataError(
                 f"the training set has {images.shape[0]} images, fewer than one batch of {batch_size}; "
@@ -183,6 +189,7 @@ class TrainBatches:
         self.augment = augment
         self.seed = seed
         self.drop_last = drop_last
+        self.rank, self.ranks = shard
         self.normalize = Normalizer(mean, std, self.device, channels_last)
         self._crop = (
             CropAndFlip(images.shape[2], images.shape[3], CIFAR_PAD, self.device) if augment == "cifar" else None
@@ -238,18 +245,21 @@ class TrainBatches:
         if order is None:
             order = self.permutation(epoch).to(self.device)
         picked = order[index * self.batch_size : (index + 1) * self.batch_size]
+        count = picked.shape[0]
+        # Augmentation is drawn for the whole global batch, then cut like the images.
+        mine = slice(self.rank * count // self.ranks, (self.rank + 1) * count // self.ranks)
+        picked = picked[mine]
         images = self.images.index_select(0, picked)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, index, _AUGMENT_STREAM))
-        count, _, height, width = images.shape
+        _, _, height, width = images.shape
         if self.augment == "cifar":
-            offsets = torch.randint(0, 2 * CIFAR_PAD + 1, (2, count), generator=generator)
-            flip = torch.rand(count, generator=generator) < 0.5
+            offsets = torch.randint(0, 2 * CIFAR_PAD + 1, (2, count), generator=generator)[:, mine]
+            flip = (torch.rand(count, generator=generator) < 0.5)[mine]
             offsets, flip = offsets.to(self.device), flip.to(self.device)
             images = self._crop(images, offsets[0], offsets[1], flip)
         elif self.augment == "folder":
-            boxes = sample_resized_crops(count, height, width, generator)
-            flip = torch.rand(count, generator=generator) < 0.5
-            boxes = [b.to(self.device) for b in boxes]
+            boxes = [b[mine].to(self.device) for b in sample_resized_crops(count, height, width, generator)]
+            flip = (torch.rand(count, generator=generator) < 0.5)[mine]
             images = resized_crop_and_flip(images, *boxes, flip.to(self.device), size=height)
         return self.normalize(images), self.labels.index_select(0, picked)
 

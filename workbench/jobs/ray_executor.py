@@ -47,16 +47,19 @@ def submission_id(run_id: int) -> str:
 
 
 def job_resources(spec: Mapping[str, Any], cluster_has_gpus: bool) -> dict[str, float]:
-    """What a run's job asks Ray for: a GPU when its device is `cuda` (or `auto` on a cluster with GPUs), one CPU."""
-    device = spec.get("train", {}).get("device", "auto")
-    gpus = 1 if device == "cuda" or (device == "auto" and cluster_has_gpus) else 0
-    return {"entrypoint_num_cpus": 1, "entrypoint_num_gpus": gpus}
+    """What a run's job asks Ray for: one CPU per device (a process each), and as many GPUs when its device is
+    `cuda` (or `auto` on a cluster with GPUs)."""
+    train = spec.get("train", {})
+    device, devices = train.get("device", "auto"), train.get("devices", 1)
+    gpus = devices if device == "cuda" or (device == "auto" and cluster_has_gpus) else 0
+    return {"entrypoint_num_cpus": devices, "entrypoint_num_gpus": gpus}
 
 
 def describe_resources(resources: Mapping[str, float]) -> str:
-    """"1 GPU and 1 CPU" for the run's waiting message."""
-    parts = [f"{resources['entrypoint_num_gpus']:g} GPU"] if resources["entrypoint_num_gpus"] else []
-    return " and ".join([*parts, f"{resources['entrypoint_num_cpus']:g} CPU"])
+    """"1 GPU and 1 CPU", "2 GPUs and 2 CPUs" for the run's waiting message."""
+    gpus, cpus = resources["entrypoint_num_gpus"], resources["entrypoint_num_cpus"]
+    parts = [f"{gpus:g} GPU{'s' if gpus != 1 else ''}"] if gpus else []
+    return " and ".join([*parts, f"{cpus:g} CPU{'s' if cpus != 1 else ''}"])
 
 
 class RayExecutor(Executor):

@@ -34,6 +34,7 @@ from workbench.jobs.system_metrics import SAMPLE_EVERY_S, SystemSampler
 from workbench.paths import RunFolder
 from workbench.spec import RunSpec
 from workbench.training import FitResult, fit
+from workbench.training.distributed import BACKENDS, rank_threads
 from workbench.weights import model_factory
 
 logger = logging.getLogger(__name__)
@@ -311,7 +312,7 @@ def execute_run(
         status = CANCELLED
     fields: dict[str, Any] = {
         "iteration": result.iteration, "total_iterations": result.total_iterations,
-        "device": device_description(result.device, result.precision),
+        "device": device_description(result.device, result.precision, result.world_size),
     }
     checkpoint = RunFolder(store.run_dir(run_id)).last
     if checkpoint.is_file():
@@ -350,11 +351,17 @@ def run_one(store: RunStore, run_id: int, worker_id: str | None = None, *, allow
     return status
 
 
-def device_description(device: str, precision: str) -> str:
-    """"cpu (fp32, 2 threads)", "cuda (bf16)": where a run trained, as the Runs table shows it."""
-    count = torch.get_num_threads()
-    threads = f", {count} thread{'s' if count > 1 else ''}" if device == "cpu" else ""
-    return f"{device} ({precision}{threads})"
+def device_description(device: str, precision: str, world_size: int = 1) -> str:
+    """"cpu (fp32, 2 threads)", "cuda (bf16)", "2 x cpu (gloo, fp32, 1 thread each)": where a run trained, as the
+    Runs table shows it."""
+    if world_size == 1:
+        count = torch.get_num_threads()
+        threads = f", {count} thread{'s' if count > 1 else ''}" if device == "cpu" else ""
+        return f"{device} ({precision}{threads})"
+    kind = device.split(":")[0]
+    count = rank_threads(world_size)
+    threads = f", {count} thread{'s' if count > 1 else ''} each" if kind == "cpu" else ""
+    return f"{world_size} x {kind} ({BACKENDS[kind]}, {precision}{threads})"
 
 
 def failure_message(exc: BaseException, store: RunStore | None = None) -> str:

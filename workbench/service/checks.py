@@ -16,6 +16,7 @@ from workbench import layout_model, summarize
 from workbench.errors import SpecError
 from workbench.models.analysis import count_parameters
 from workbench.spec import NetSpec, RunSpec
+from workbench.training.distributed import check_devices
 
 MAX_PARAMS = 500_000_000  # eight times the largest preset (ResNet-152, 60 M)
 TRAINING_BYTES_PER_PARAM = 12  # fp32 weights, their gradients and SGD momentum
@@ -79,8 +80,10 @@ def network_cost(net: NetSpec, batch_size: int = REVIEW_BATCH_SIZE, device: str 
 
 
 def check_run(spec: RunSpec) -> None:
-    """SpecError when the run's device is missing or its network does not fit (see NetworkCost.problem)."""
+    """SpecError when the run's device is missing, it asks for more devices than this machine has, or its network
+    does not fit one device at its share of the batch (see NetworkCost.problem)."""
     check_device(spec.train.device)
-    problem = network_cost(spec.net, spec.train.batch_size, spec.train.device).problem()
+    check_devices(spec.train)
+    problem = network_cost(spec.net, spec.train.batch_size // spec.train.devices, spec.train.device).problem()
     if problem:
         raise SpecError(f"{spec.net.name}: {problem}")

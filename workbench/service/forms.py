@@ -186,6 +186,7 @@ def train_spec_from_fields(
     seed: Any = 0,
     precision: str = "auto",
     device: str = "auto",
+    devices: Any = 1,
     log_every: Any = None,
     eval_every: Any = None,
 ) -> TrainSpec:
@@ -200,6 +201,7 @@ def train_spec_from_fields(
         "seed": whole_number(seed, "seed") or 0,
         "precision": precision,
         "device": device,
+        "devices": whole_number(devices, "devices"),
         "log_every": whole_number(log_every, "log every") or None,
         "eval_every": whole_number(eval_every, "evaluate every") or None,
     }
@@ -213,7 +215,7 @@ def train_spec_from_fields(
 FORM_FIELDS = (
     "dataset", "path", "download", "classes", "per_class_cap", "resolution", "validation_size", "synthetic_train",
     "synthetic_test", "budget_unit", "budget", "batch_size", "lr", "schedule", "warmup", "seed", "precision",
-    "device", "log_every", "eval_every",
+    "device", "devices", "log_every", "eval_every",
 )
 
 
@@ -239,6 +241,7 @@ def specs_from_form(
     device: str,
     log_every: Any,
     eval_every: Any,
+    devices: Any = 1,
 ) -> tuple[DataSpec, TrainSpec]:
     """The DataSpec and TrainSpec of a launch form (fields as in FORM_FIELDS); one seed drives both."""
     data = data_spec_from_fields(
@@ -248,8 +251,8 @@ def specs_from_form(
     )
     train = train_spec_from_fields(
         budget_unit=budget_unit, budget=budget, batch_size=batch_size, lr=lr, schedule=schedule,
-        warmup_iterations=warmup, seed=seed, precision=precision, device=device, log_every=log_every,
-        eval_every=eval_every,
+        warmup_iterations=warmup, seed=seed, precision=precision, device=device, devices=devices,
+        log_every=log_every, eval_every=eval_every,
     )
     return data, train
 

@@ -25,6 +25,7 @@ from workbench.paths import RunFolder
 from workbench.spec import NetworkSpec, RunSpec
 from workbench.threads import ThreadGovernor
 from workbench.training.checkpoint import load_checkpoint, save_checkpoint
+from workbench.training.distributed import Replica, data_parallel, sync_batchnorm
 from workbench.training.probes import UnitInputGradients
 from workbench.training.schedule import LearningRateSchedule
 
@@ -80,6 +81,13 @@ class MemorySink:
         pass
 
 
+class _Silent(MemorySink):
+    """The sink of the ranks other than 0 of a data-parallel run: they report nothing."""
+
+    def metrics(self, rows: list[dict[str, Any]]) -> None:
+        pass
+
+
 @dataclass
 class StartingModel:
     """The network a run starts from, and the normalization its weights expect (None: the dataset's)."""
@@ -117,6 +125,7 @@ class FitResult:
     best_split: str = "test"
     test_error: float | None = None
     test_error_at_best: float | None = None
+    world_size: int = 1
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -181,8 +190,10 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     batch_size: int = 500,
+    replica: Replica | None = None,
 ) -> tuple[float, float]:
-    """(mean cross-entropy, error in %) of `model` on a held-out split."""
+    """(mean cross-entropy, error in %) of `model` on a held-out split; with a `replica` of a data-parallel run,
+    `images` are this rank's share and the result is the whole split's."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device)
@@ -196,8 +207,10 @@ def evaluate(
             loss_sum += F.cross_entropy(logits, target, reduction="sum")
             wrong += (logits.argmax(1) != target).sum()
     model.train(was_training)
-    count = len(labels)
-    return loss_sum.item() / count, 100.0 * wrong.item() / count
+    sums = torch.stack([loss_sum.double(), wrong.double(), torch.tensor(len(labels), dtype=torch.float64,
+                                                                         device=device)])
+    loss_sum, wrong, count = (sums if replica is None else replica.sum(sums)).tolist()
+    return loss_sum / count, 100.0 * wrong / count
 
 
 def _stage_gradient_norms(model: Network) -> dict[str, float]:
@@ -217,13 +230,15 @@ class _Trainer:
 
     def __init__(
         self, run: RunSpec, folder: RunFolder, sink: TrainingSink, dataset: Dataset, model_factory: ModelFactory,
+        replica: Replica,
     ) -> None:
         self.run = run
         self.train = run.train
         self.folder = folder
         self.sink = sink
         self.dataset = dataset
-        self.device = resolve_device(self.train.device)
+        self.replica = replica
+        self.device = replica.device
         self.autocast_dtype = resolve_precision(self.train.precision, self.device)
         self.channels_last = resolve_channels_last(self.train.channels_last, self.device, self.autocast_dtype)
         self.net = adapt_net_to_data(run.net, dataset)
@@ -235,7 +250,9 @@ class _Trainer:
         if starting.mean is not None and starting.std is not None:
             self.mean, self.std = tuple(starting.mean), tuple(starting.std)
             logger.info("using the source model's normalization mean %s std %s", self.mean, self.std)
-        self.model = starting.model.to(self.device)
+        model = sync_batchnorm(starting.model) if self.train.sync_batchnorm and replica.world_size > 1 else (
+            starting.model)
+        self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step_model = torch.compile(self.model) if self.train.compile else self.model
@@ -250,6 +267,7 @@ class _Trainer:
             device=self.device,
             channels_last=self.channels_last,
             seed=self.train.seed,
+            shard=(replica.rank, replica.world_size),
         )
         self.total = self.train.total_iterations(len(self.batches))
         self.schedule = LearningRateSchedule(self.train, self.total)
@@ -271,11 +289,12 @@ class _Trainer:
         self._reset_interval()
 
     def _eval_splits(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """Each split's share of this rank (all of it in one process)."""
         splits = []
         if self.dataset.val_images is not None and len(self.dataset.val_labels):
             splits.append(("val", self.dataset.val_images, self.dataset.val_labels))
         splits.append(("test", self.dataset.test_images, self.dataset.test_labels))
-        return splits
+        return [(name, self.replica.share(images), self.replica.share(labels)) for name, images, labels in splits]
 
     @property
     def epoch(self) -> float:
@@ -293,7 +312,18 @@ class _Trainer:
     def _run_spec_data(self) -> dict:
         return self.run.model_copy(update={"net": self.net}).model_dump(mode="json")
 
+    def _interval_sums(self) -> torch.Tensor:
+        """[loss sum, wrong predictions, images] of this rank's unfinished logging interval, in float64."""
+        return torch.stack([self.interval_loss.double(), self.interval_wrong.double(),
+                            torch.tensor(float(self.interval_images), dtype=torch.float64, device=self.device)])
+
     def save(self, kind: str) -> None:
+        """Write a checkpoint from rank 0; every rank calls it (the last one holds each rank's unfinished interval)."""
+        ranks_intervals = None
+        if kind == "last" and self.replica.world_size > 1:
+            ranks_intervals = self.replica.gather(self._interval_sums()).cpu()
+        if not self.replica.main:
+            return
         path = self.folder.checkpoint(kind)
         state: dict[str, Any] = {
             "run_spec": self._run_spec_data(),
@@ -328,6 +358,7 @@ class _Trainer:
                     "wrong": self.interval_wrong.cpu(),
                     "images": self.interval_images,
                     "steps": self.interval_steps,
+                    **({} if ranks_intervals is None else {"ranks": ranks_intervals}),
                 },
             )
         save_checkpoint(path, state)
@@ -358,9 +389,16 @@ class _Trainer:
         self.test_error = state.get("test_error", self.last_error)
         self.test_error_at_best = state.get("test_error_at_best", self.best_error)
         interval = state["interval"]
-        self.interval_loss = interval["loss"].to(self.device)
-        self.interval_wrong = interval["wrong"].to(self.device)
-        self.interval_images, self.interval_steps = interval["images"], interval["steps"]
+        self.interval_steps = interval["steps"]
+        if "ranks" in interval:  # a data-parallel run: each rank goes on with its own share of the interval
+            loss, wrong, images = interval["ranks"][self.replica.rank].tolist()
+            self.interval_loss = torch.tensor(loss, dtype=torch.float32, device=self.device)
+            self.interval_wrong = torch.tensor(int(wrong), device=self.device)
+            self.interval_images = int(images)
+        else:
+            self.interval_loss = interval["loss"].to(self.device)
+            self.interval_wrong = interval["wrong"].to(self.device)
+            self.interval_images = interval["images"]
         self.sink.rewind(self.iteration)
         logger.info("resumed from %s at iteration %d of %d", path, self.iteration, self.total)
         return True
@@ -372,17 +410,18 @@ class _Trainer:
                 "value": value, "wall_time": now}
 
     def flush_train_metrics(self, grad_norms: dict[str, float]) -> None:
-        if self.interval_images == 0:
+        if self.interval_steps == 0:
             return
         elapsed = time.perf_counter() - self.interval_start
-        loss = self.interval_loss.item() / self.interval_images
-        error = 100.0 * self.interval_wrong.item() / self.interval_images
+        loss_sum, wrong, images = self.replica.sum(self._interval_sums()).tolist()
+        loss = loss_sum / images
+        error = 100.0 * wrong / images
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"the training loss became {loss} at iteration {self.iteration} (learning rate "
                 f"{self.optimizer.param_groups[0]['lr']:g}); lower the learning rate or add warm-up"
             )
-        images_per_s = self.interval_images / elapsed if elapsed > 0 else 0.0
+        images_per_s = images / elapsed if elapsed > 0 else 0.0
         self.schedule.observe_train_error(error)
         now = time.time()
         rows = [
@@ -405,7 +444,7 @@ class _Trainer:
         for split, images, labels in self.eval_splits:
             loss, error = evaluate(
                 self.model, images, labels, mean=self.mean, std=self.std, device=self.device,
-                autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
+                autocast_dtype=self.autocast_dtype, channels_last=self.channels_last, replica=self.replica,
             )
             rows += [self._row(split, "loss", loss, now), self._row(split, "error", error, now)]
             if split == self.best_split:
@@ -440,6 +479,7 @@ class _Trainer:
                 loss = F.cross_entropy(logits.float(), labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        self.replica.average_step(self.model)
         grad_norms = _stage_gradient_norms(self.model) if want_grad_norms else {}
         self.optimizer.step()
         self.iteration += 1
@@ -482,7 +522,7 @@ class _Trainer:
                     self.evaluate_and_report()
                 if finished:
                     return "completed"
-                if self.sink.should_stop():
+                if self.replica.agree(self.sink.should_stop()):
                     if not epoch_end:
                         # The unfinished logging interval is saved and continues after resume.
                         self.save("last")
@@ -508,14 +548,25 @@ def fit(
         raise WorkbenchError("this run starts from init_from; pass model_factory=workbench.weights.model_factory(run)")
     sink = sink or MemorySink()
     dataset = dataset if dataset is not None else load_dataset(run.data, home=home, allowed_roots=allowed_roots)
-    trainer = _Trainer(run, RunFolder(run_dir), sink, dataset, model_factory)
+    if run.train.devices > 1:
+        others = (run, run_dir, _Silent(), dataset, model_factory, resume)
+        with data_parallel(run.train, _fit_replica, others) as replica:
+            return _fit_replica(replica, run, run_dir, sink, dataset, model_factory, resume)
+    return _fit_replica(Replica(resolve_device(run.train.device)), run, run_dir, sink, dataset, model_factory, resume)
+
+
+def _fit_replica(replica: Replica, run: RunSpec, run_dir: Path, sink: TrainingSink, dataset: Dataset,
+                 model_factory: ModelFactory, resume: bool) -> FitResult:
+    """`fit` on one rank of a run (the only one, or one of a data-parallel run's)."""
+    trainer = _Trainer(run, RunFolder(run_dir), sink, dataset, model_factory, replica)
     if resume:
         trainer.restore()
-    logger.info(
-        "training %s on %s: %d iterations, device %s, precision %s, channels_last %s",
-        trainer.net.name, dataset.info.name, trainer.total, trainer.device,
-        trainer.autocast_dtype or "fp32", trainer.channels_last,
-    )
+    if replica.main:
+        logger.info(
+            "training %s on %s: %d iterations, device %s x %d, precision %s, channels_last %s",
+            trainer.net.name, dataset.info.name, trainer.total, trainer.device, replica.world_size,
+            trainer.autocast_dtype or "fp32", trainer.channels_last,
+        )
     status = trainer.loop()
     return FitResult(
         status=status,
@@ -530,4 +581,5 @@ def fit(
         best_split=trainer.best_split,
         test_error=trainer.test_error,
         test_error_at_best=trainer.test_error_at_best,
+        world_size=replica.world_size,
     )

@@ -77,6 +77,7 @@ class RunForm:
     seed: gr.Number
     precision: gr.Dropdown
     device: gr.Dropdown
+    devices: gr.Number
     log_every: gr.Number
     eval_every: gr.Number
 
@@ -235,6 +236,8 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
                                         value=field_default(TrainSpec, "precision"), label="Precision")
                 device = gr.Dropdown(field_choices(TrainSpec, "device"), value=field_default(TrainSpec, "device"),
                                      label="Device")
+                devices = number_field(field_default(TrainSpec, "devices"), label="Devices", precision=0,
+                                       elem_id=f"{id_prefix}devices", info=field_help(TrainSpec, "devices"))
             with gr.Row():
                 log_every = number_field(field_default(TrainSpec, "log_every"), label="Log every (iterations)",
                                       precision=0, elem_id=f"{id_prefix}log-every",
@@ -246,8 +249,8 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
         dataset=dataset_picker, path=path, download=download, classes=classes, per_class_cap=per_class_cap,
         resolution=resolution, validation_size=validation_size, synthetic_train=synthetic_train,
         synthetic_test=synthetic_test, budget_unit=budget_unit, budget=budget_field, batch_size=batch_size, lr=lr_field,
-        schedule=schedule, warmup=warmup, seed=seed, precision=precision, device=device, log_every=log_every,
-        eval_every=eval_every,
+        schedule=schedule, warmup=warmup, seed=seed, precision=precision, device=device, devices=devices,
+        log_every=log_every, eval_every=eval_every,
     )
 
 
