@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 from clusters import new_postgres_database
+from gradio_page import pick
 from sqlalchemy import select, text
 from test_jobs import ROOT, tiny_spec, train_iterations, wait_for
+from test_sweeps import sweep_of
 
 from storage import open_store
 from storage.store import artifacts
+from workbench.jobs import QueueExecutor
 from workbench.jobs.ray_executor import RayExecutor, submission_id
 from workbench.paths import HOME_MARKER, SharedHomeError, check_shared_home, mark_shared_home
 from workbench.service import Workbench
@@ -34,6 +37,12 @@ def cluster_store(tmp_path, postgres_server, request):
         with store.engine.begin() as conn:
             conn.execute(text(f"ALTER SEQUENCE runs_id_seq RESTART WITH {first_id}"))
         yield store, url
+
+
+def expect(locator):
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
 
 
 def ray_executor(store, url: str, address: str, **options) -> RayExecutor:
@@ -126,6 +135,39 @@ def test_a_killed_job_process_leaves_its_run_interrupted_with_the_log_tail(clust
     assert f"took run {run_id}" in interrupted.error_message, "the message carries the tail of the job's log"
 
 
+def test_a_job_the_cluster_forgot_while_no_dispatcher_ran_leaves_its_run_interrupted_with_the_log_tail(
+        cluster_store, ray_head):
+    from ray.job_submission import JobSubmissionClient
+
+    store, url = cluster_store
+    run_id = store.create_run(tiny_spec(epochs=300), name="forgotten")
+    # Heartbeats stay fresh for the whole test: the job check, not the stale-heartbeat check, must end the run.
+    first = ray_executor(store, url, ray_head, stale_after_s=600)
+    first.start()
+    try:
+        running = wait_for(lambda: (run := store.get_run(run_id)).iteration >= 2 and run, timeout=180,
+                           what="the Ray job to train")
+    finally:
+        first.shutdown()
+    os.kill(worker_pid(running), signal.SIGKILL)
+    wait_for(lambda: jobs_named(ray_head, running.job_id)[0].status == "FAILED", timeout=60, what="the job to fail")
+    JobSubmissionClient(ray_head).delete_job(running.job_id)  # as a restarted head forgets its jobs, logs included
+    assert store.get_run(run_id).status == "running"
+
+    second = ray_executor(store, url, ray_head, stale_after_s=600)
+    second.start()  # its first pass runs before start returns
+    try:
+        interrupted = store.get_run(run_id)
+        log = Workbench(store, second).job_log(run_id)
+    finally:
+        second.shutdown()
+    assert interrupted.status == "interrupted"
+    assert interrupted.error_message.startswith(f"Ray job {running.job_id} is gone from the cluster at {ray_head}")
+    assert f"worker {running.worker_id} took run {run_id}" in interrupted.error_message, \
+        "the tail of the log its worker kept on the shared home"
+    assert f"Ray no longer has the log of job {running.job_id}" in log and f"took run {run_id}" in log
+
+
 def test_a_run_asking_for_a_gpu_the_cluster_lacks_waits_with_a_message_and_cancels(cluster_store, ray_head):
     store, url = cluster_store
     run_id = store.create_run(tiny_spec(device="cuda"), name="needs a gpu")
@@ -156,24 +198,61 @@ def test_a_node_that_does_not_see_the_shared_home_fails_the_run_naming_the_path(
                           what="the run to fail")
     finally:
         executor.shutdown()
-    assert f"the home folder {store.home}" in failed.error_message
+    assert failed.error_message.startswith(f"Ray job workbench-run-{run_id} ended FAILED")
+    assert f"the home folder {store.home}" in failed.error_message, "the tail of the job's log"
+    assert failed.error_message.endswith("the run never started")
     assert "mount the shared home folder at the same path on every node" in failed.error_message
     assert failed.iteration == 0
 
 
-def test_the_app_on_ray_runs_queued_runs_and_shows_where_they_ran_and_the_job_log(cluster_store, ray_head,
-                                                                                   serve_workbench):
-    from gradio_client import Client
-
+def test_the_runs_tab_shows_where_a_ray_run_executed_its_job_log_and_why_another_waits(cluster_store, ray_head,
+                                                                                        serve_workbench, page):
     store, url = cluster_store
     served = serve_workbench(store.home, "--db", url, "--executor", "ray", "--ray-address", ray_head)
     run_id = store.create_run(tiny_spec(epochs=1), name="from the app")
+    waiting_id = store.create_run(tiny_spec(device="cuda"), name="needs a gpu")
     done = wait_for(lambda: (run := store.get_run(run_id)).status == "completed" and run, timeout=180,
                     what="the run to complete through the app's Ray executor")
-    client = Client(served.url, verbose=False)
-    details = client.predict(run_id, api_name="/run_details")[0]
-    assert f"Executes on:** `workbench-run-{run_id}@" in details and f"Cluster job:** `{done.job_id}`" in details
-    assert f"took run {run_id}" in client.predict(run_id, api_name="/job_log")
+    waiting = f"waiting for a node with 1 GPU and 1 CPU (Ray job workbench-run-{waiting_id} is pending)"
+
+    page.goto(served.url)
+    page.get_by_role("tab", name="Runs", exact=True).click()
+    table = page.locator("#runs-table")
+    expect(table.get_by_text(f"queued: {waiting}", exact=True).filter(visible=True)).to_have_count(1)
+    pick(page, "run-picker", f"#{run_id} from the app")
+    details = page.locator("#run-details")
+    expect(details).to_contain_text(f"Executes on: {done.worker_id}")
+    expect(details).to_contain_text(f"Cluster job: {done.job_id}")
+    page.get_by_text("Job log", exact=True).click()
+    page.locator("#show-job-log").click()
+    expect(page.locator("#job-log")).to_contain_text(f"took run {run_id}")
+
+    pick(page, "run-picker", f"#{waiting_id} needs a gpu")
+    expect(details).to_contain_text(f"Message: {waiting}")
+    page.locator("#cancel-run").click()
+    expect(details).to_contain_text("Status: cancelled")
+    assert store.get_run(waiting_id).status == "cancelled"
+
+
+def test_a_tpe_sweep_completes_through_the_ray_dispatcher_on_postgresql(cluster_store, ray_head):
+    store, url = cluster_store
+    sweep = sweep_of("lr=0.01..0.3 log", epochs=1, method="tpe", trials=3, parallel=2)
+    bench = Workbench(store, QueueExecutor(store))
+    group, first = bench.launch_sweep(sweep)
+    assert len(first) == 2
+    dispatcher = subprocess.run(
+        [sys.executable, "-m", "workbench", "--home", str(store.home), "--db", url, "dispatch", "--executor", "ray",
+         "--ray-address", ray_head, "--exit-when-idle"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert dispatcher.returncode == 0, dispatcher.stderr[-3000:]
+    trials = store.list_runs(group_name=group)
+    assert len(trials) == 3 and {run.status for run in trials} == {"completed"}, \
+        [(run.status, run.error_message) for run in trials]
+    assert {run.job_id for run in trials} == {submission_id(run.id) for run in trials}
+    assert store.get_sweep(group).finished_at is not None
+    report = bench.sweep_report(group)
+    assert report.finished and report.best.value == min(run.last_test_error for run in trials)
 
 
 def test_dispatch_with_local_workers_serves_the_queue_and_exits_when_idle(tmp_path):
