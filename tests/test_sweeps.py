@@ -176,21 +176,6 @@ def test_a_trial_worse_than_the_median_is_pruned_through_the_cancel_path(bench, 
     assert report.finished and {trial.run_id for trial in report.trials if trial.pruned} == {first, second}
 
 
-def test_a_trial_chosen_from_stale_counts_is_not_added(bench):
-    """Two processes that stepped a TPE sweep from the same stored trials would suggest the same trial: the insert
-    counts the group's runs in its own transaction, so only the first one lands."""
-    sweep = sweep_of("lr=0.001..0.5 log", method="tpe", trials=3, parallel=2)
-    bench.store.create_sweep("g", "tpe", sweep)
-    sweep_id = bench.store.get_sweep("g").id
-    first = bench.store.add_sweep_trial(sweep_id, BASE, name="trial 1", expected_trials=0, max_in_flight=2)
-    assert first is not None
-    assert bench.store.add_sweep_trial(sweep_id, BASE, name="trial 1", expected_trials=0, max_in_flight=2) is None
-    assert bench.store.add_sweep_trial(sweep_id, BASE, name="trial 2", expected_trials=1, max_in_flight=1) is None
-    bench.store.finish_sweep(sweep_id)
-    assert bench.store.add_sweep_trial(sweep_id, BASE, name="trial 2", expected_trials=1, max_in_flight=2) is None
-    assert [run.name for run in bench.store.list_runs(group_name="g")] == ["trial 1"]
-
-
 def test_an_idle_dispatcher_queues_the_next_tpe_trial_instead_of_exiting(bench):
     """A trial that ended after its worker last stepped the sweep: `dispatch --exit-when-idle` queues the next
     trial and serves it, and exits once the sweep has all its trials."""
