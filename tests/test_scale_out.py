@@ -1,5 +1,5 @@
 """Scale-out with real parts: a loopback Ray head, a PostgreSQL store, workers inside Ray jobs, the headless
-dispatcher, and the shared-home check."""
+dispatcher (a TPE sweep too), jobs that fail or vanish, the shared-home check, and the Runs tab in Chromium."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from gradio_page import pick
 from sqlalchemy import select, text
 from test_jobs import ROOT, tiny_spec, train_iterations, wait_for
 from test_sweeps import sweep_of
+from test_ui_browser import expect, open_tab, status_cells
 
 from storage import open_store
 from storage.store import artifacts
@@ -39,14 +40,18 @@ def cluster_store(tmp_path, postgres_server, request):
         yield store, url
 
 
-def expect(locator):
-    from playwright.sync_api import expect as playwright_expect
-
-    return playwright_expect(locator)
-
-
 def ray_executor(store, url: str, address: str, **options) -> RayExecutor:
     return RayExecutor(store, address=address, db_url=url, poll_s=0.5, **options)
+
+
+def dispatch_until_idle(store, url: str, address: str) -> None:
+    """Run `workbench dispatch --executor ray --exit-when-idle` on the store until it exits."""
+    dispatcher = subprocess.run(
+        [sys.executable, "-m", "workbench", "--home", str(store.home), "--db", url, "dispatch", "--executor", "ray",
+         "--ray-address", address, "--exit-when-idle"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert dispatcher.returncode == 0, dispatcher.stderr[-3000:]
 
 
 def jobs_named(address: str, job_id: str) -> list:
@@ -64,12 +69,7 @@ def test_a_twin_dispatched_through_ray_completes_with_one_job_per_run(cluster_st
     store, url = cluster_store
     twin = [store.create_run(tiny_spec(epochs=1), name=name, group_name="twin", group_kind="twin")
             for name in ("plain", "residual")]
-    dispatcher = subprocess.run(
-        [sys.executable, "-m", "workbench", "--home", str(store.home), "--db", url, "dispatch", "--executor", "ray",
-         "--ray-address", ray_head, "--exit-when-idle"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
-    )
-    assert dispatcher.returncode == 0, dispatcher.stderr[-3000:]
+    dispatch_until_idle(store, url, ray_head)
     for run_id in twin:
         run = store.get_run(run_id)
         assert run.status == "completed", run.error_message
@@ -216,21 +216,20 @@ def test_the_runs_tab_shows_where_a_ray_run_executed_its_job_log_and_why_another
     waiting = f"waiting for a node with 1 GPU and 1 CPU (Ray job workbench-run-{waiting_id} is pending)"
 
     page.goto(served.url)
-    page.get_by_role("tab", name="Runs", exact=True).click()
-    table = page.locator("#runs-table")
-    expect(table.get_by_text(f"queued: {waiting}", exact=True).filter(visible=True)).to_have_count(1)
+    open_tab(page, "Runs")
+    expect()(status_cells(page, f"queued: {waiting}")).to_have_count(1)
     pick(page, "run-picker", f"#{run_id} from the app")
     details = page.locator("#run-details")
-    expect(details).to_contain_text(f"Executes on: {done.worker_id}")
-    expect(details).to_contain_text(f"Cluster job: {done.job_id}")
+    expect()(details).to_contain_text(f"Executes on: {done.worker_id}")
+    expect()(details).to_contain_text(f"Cluster job: {done.job_id}")
     page.get_by_text("Job log", exact=True).click()
     page.locator("#show-job-log").click()
-    expect(page.locator("#job-log")).to_contain_text(f"took run {run_id}")
+    expect()(page.locator("#job-log")).to_contain_text(f"took run {run_id}")
 
     pick(page, "run-picker", f"#{waiting_id} needs a gpu")
-    expect(details).to_contain_text(f"Message: {waiting}")
+    expect()(details).to_contain_text(f"Message: {waiting}")
     page.locator("#cancel-run").click()
-    expect(details).to_contain_text("Status: cancelled")
+    expect()(details).to_contain_text("Status: cancelled")
     assert store.get_run(waiting_id).status == "cancelled"
 
 
@@ -240,12 +239,7 @@ def test_a_tpe_sweep_completes_through_the_ray_dispatcher_on_postgresql(cluster_
     bench = Workbench(store, QueueExecutor(store))
     group, first = bench.launch_sweep(sweep)
     assert len(first) == 2
-    dispatcher = subprocess.run(
-        [sys.executable, "-m", "workbench", "--home", str(store.home), "--db", url, "dispatch", "--executor", "ray",
-         "--ray-address", ray_head, "--exit-when-idle"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
-    )
-    assert dispatcher.returncode == 0, dispatcher.stderr[-3000:]
+    dispatch_until_idle(store, url, ray_head)
     trials = store.list_runs(group_name=group)
     assert len(trials) == 3 and {run.status for run in trials} == {"completed"}, \
         [(run.status, run.error_message) for run in trials]
