@@ -44,6 +44,18 @@ def ray_executor(store, url: str, address: str, **options) -> RayExecutor:
     return RayExecutor(store, address=address, db_url=url, poll_s=0.5, **options)
 
 
+def train_then_stop_dispatching(store, url: str, address: str, run_id: int, **options):
+    """Dispatch until the run's Ray job has trained a few iterations, then stop dispatching (the job goes on);
+    returns the run as it was then."""
+    dispatcher = ray_executor(store, url, address, **options)
+    dispatcher.start()
+    try:
+        return wait_for(lambda: (run := store.get_run(run_id)).iteration >= 3 and run, timeout=180,
+                        what="the Ray job to train")
+    finally:
+        dispatcher.shutdown()
+
+
 def dispatch_until_idle(store, url: str, address: str) -> None:
     """Run `workbench dispatch --executor ray --exit-when-idle` on the store until it exits."""
     dispatcher = subprocess.run(
@@ -94,13 +106,7 @@ def test_a_twin_dispatched_through_ray_completes_with_one_job_per_run(cluster_st
 def test_a_restarted_dispatcher_reattaches_and_its_stop_cancels_the_run_with_a_checkpoint(cluster_store, ray_head):
     store, url = cluster_store
     run_id = store.create_run(tiny_spec(epochs=300), name="long")
-    first = ray_executor(store, url, ray_head)
-    first.start()
-    try:
-        started = wait_for(lambda: (run := store.get_run(run_id)).iteration >= 3 and run, timeout=180,
-                           what="the Ray job to train")
-    finally:
-        first.shutdown()
+    started = train_then_stop_dispatching(store, url, ray_head, run_id)
     second = ray_executor(store, url, ray_head)
     second.start()
     try:
@@ -142,13 +148,7 @@ def test_a_job_the_cluster_forgot_while_no_dispatcher_ran_leaves_its_run_interru
     store, url = cluster_store
     run_id = store.create_run(tiny_spec(epochs=300), name="forgotten")
     # Heartbeats stay fresh for the whole test: the job check, not the stale-heartbeat check, must end the run.
-    first = ray_executor(store, url, ray_head, stale_after_s=600)
-    first.start()
-    try:
-        running = wait_for(lambda: (run := store.get_run(run_id)).iteration >= 2 and run, timeout=180,
-                           what="the Ray job to train")
-    finally:
-        first.shutdown()
+    running = train_then_stop_dispatching(store, url, ray_head, run_id, stale_after_s=600)
     os.kill(worker_pid(running), signal.SIGKILL)
     wait_for(lambda: jobs_named(ray_head, running.job_id)[0].status == "FAILED", timeout=60, what="the job to fail")
     JobSubmissionClient(ray_head).delete_job(running.job_id)  # as a restarted head forgets its jobs, logs included
