@@ -1,4 +1,5 @@
-"""Recovery from any process: real SQLite file, real worker processes, SIGKILL.
+"""Recovery from any process: a real SQLite file (and PostgreSQL, for the killed standalone worker), real worker
+processes, SIGKILL.
 
 Every test checks that what survives a crash is consistent: the run ends in a status a user can act
 on, and each (split, metric, iteration) is stored exactly once whatever the kill/resume order.
@@ -106,10 +107,20 @@ def store(tmp_path):
         yield opened
 
 
+@pytest.fixture
+def db_store(tmp_path, db_url, monkeypatch):
+    """A store on SQLite or PostgreSQL; the workbench commands the test starts use the same database."""
+    if db_url:
+        monkeypatch.setitem(ENV, "WORKBENCH_DATABASE_URL", db_url)
+    with open_store(tmp_path, db=db_url) as opened:
+        yield opened
+
+
 # -- a standalone worker killed with SIGKILL ----------------------------------------------------------------
 
 
-def test_worker_killed_before_its_first_checkpoint_restarts_from_the_beginning_with_each_row_once(store, tmp_path):
+def test_worker_killed_before_its_first_checkpoint_restarts_from_the_beginning_with_each_row_once(db_store, tmp_path):
+    store = db_store
     # 64 iterations per epoch and a budget of 40: the only checkpoint would be written at the very end.
     run_id = store.create_run(tiny_spec(train_images=1024, batch_size=16, iterations=40), name="early kill")
     worker = cli(tmp_path, "worker", "--exit-when-idle")
@@ -134,7 +145,8 @@ def test_worker_killed_before_its_first_checkpoint_restarts_from_the_beginning_w
     assert_each_row_once(store, run_id, 40)
 
 
-def test_worker_killed_after_a_checkpoint_is_recovered_by_a_worker_started_inside_the_stale_window(store, tmp_path):
+def test_worker_killed_after_a_checkpoint_is_recovered_by_a_worker_started_inside_the_stale_window(db_store, tmp_path):
+    store = db_store
     run_id = store.create_run(tiny_spec(), name="late kill")  # 16 iterations per epoch, 64 in all
     worker = cli(tmp_path, "worker", "--exit-when-idle")
     wait_for(lambda: checkpoint(store, run_id).exists(), what="the first checkpoint", every=0.02)

@@ -1,5 +1,5 @@
 """Scale-out with real parts: a loopback Ray head, a PostgreSQL store, workers inside Ray jobs, the headless
-dispatcher, and the shared-home check."""
+dispatcher (a TPE sweep too), jobs that fail or vanish, the shared-home check, and the Runs tab in Chromium."""
 
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 from clusters import new_postgres_database
+from gradio_page import pick
 from sqlalchemy import select, text
 from test_jobs import ROOT, tiny_spec, train_iterations, wait_for
+from test_sweeps import sweep_of
+from test_ui_browser import expect, open_tab, status_cells
 
 from storage import open_store
 from storage.store import artifacts
+from workbench.jobs import QueueExecutor
 from workbench.jobs.ray_executor import RayExecutor, submission_id
 from workbench.paths import HOME_MARKER, SharedHomeError, check_shared_home, mark_shared_home
 from workbench.service import Workbench
@@ -40,6 +44,28 @@ def ray_executor(store, url: str, address: str, **options) -> RayExecutor:
     return RayExecutor(store, address=address, db_url=url, poll_s=0.5, **options)
 
 
+def train_then_stop_dispatching(store, url: str, address: str, run_id: int, **options):
+    """Dispatch until the run's Ray job has trained a few iterations, then stop dispatching (the job goes on);
+    returns the run as it was then."""
+    dispatcher = ray_executor(store, url, address, **options)
+    dispatcher.start()
+    try:
+        return wait_for(lambda: (run := store.get_run(run_id)).iteration >= 3 and run, timeout=180,
+                        what="the Ray job to train")
+    finally:
+        dispatcher.shutdown()
+
+
+def dispatch_until_idle(store, url: str, address: str) -> None:
+    """Run `workbench dispatch --executor ray --exit-when-idle` on the store until it exits."""
+    dispatcher = subprocess.run(
+        [sys.executable, "-m", "workbench", "--home", str(store.home), "--db", url, "dispatch", "--executor", "ray",
+         "--ray-address", address, "--exit-when-idle"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert dispatcher.returncode == 0, dispatcher.stderr[-3000:]
+
+
 def jobs_named(address: str, job_id: str) -> list:
     from ray.job_submission import JobSubmissionClient
 
@@ -55,12 +81,7 @@ def test_a_twin_dispatched_through_ray_completes_with_one_job_per_run(cluster_st
     store, url = cluster_store
     twin = [store.create_run(tiny_spec(epochs=1), name=name, group_name="twin", group_kind="twin")
             for name in ("plain", "residual")]
-    dispatcher = subprocess.run(
-        [sys.executable, "-m", "workbench", "--home", str(store.home), "--db", url, "dispatch", "--executor", "ray",
-         "--ray-address", ray_head, "--exit-when-idle"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
-    )
-    assert dispatcher.returncode == 0, dispatcher.stderr[-3000:]
+    dispatch_until_idle(store, url, ray_head)
     for run_id in twin:
         run = store.get_run(run_id)
         assert run.status == "completed", run.error_message
@@ -85,13 +106,7 @@ def test_a_twin_dispatched_through_ray_completes_with_one_job_per_run(cluster_st
 def test_a_restarted_dispatcher_reattaches_and_its_stop_cancels_the_run_with_a_checkpoint(cluster_store, ray_head):
     store, url = cluster_store
     run_id = store.create_run(tiny_spec(epochs=300), name="long")
-    first = ray_executor(store, url, ray_head)
-    first.start()
-    try:
-        started = wait_for(lambda: (run := store.get_run(run_id)).iteration >= 3 and run, timeout=180,
-                           what="the Ray job to train")
-    finally:
-        first.shutdown()
+    started = train_then_stop_dispatching(store, url, ray_head, run_id)
     second = ray_executor(store, url, ray_head)
     second.start()
     try:
@@ -126,6 +141,33 @@ def test_a_killed_job_process_leaves_its_run_interrupted_with_the_log_tail(clust
     assert f"took run {run_id}" in interrupted.error_message, "the message carries the tail of the job's log"
 
 
+def test_a_job_the_cluster_forgot_while_no_dispatcher_ran_leaves_its_run_interrupted_with_the_log_tail(
+        cluster_store, ray_head):
+    from ray.job_submission import JobSubmissionClient
+
+    store, url = cluster_store
+    run_id = store.create_run(tiny_spec(epochs=300), name="forgotten")
+    # Heartbeats stay fresh for the whole test: the job check, not the stale-heartbeat check, must end the run.
+    running = train_then_stop_dispatching(store, url, ray_head, run_id, stale_after_s=600)
+    os.kill(worker_pid(running), signal.SIGKILL)
+    wait_for(lambda: jobs_named(ray_head, running.job_id)[0].status == "FAILED", timeout=60, what="the job to fail")
+    JobSubmissionClient(ray_head).delete_job(running.job_id)  # as a restarted head forgets its jobs, logs included
+    assert store.get_run(run_id).status == "running"
+
+    second = ray_executor(store, url, ray_head, stale_after_s=600)
+    second.start()  # its first pass runs before start returns
+    try:
+        interrupted = store.get_run(run_id)
+        log = Workbench(store, second).job_log(run_id)
+    finally:
+        second.shutdown()
+    assert interrupted.status == "interrupted"
+    assert interrupted.error_message.startswith(f"Ray job {running.job_id} is gone from the cluster at {ray_head}")
+    assert f"worker {running.worker_id} took run {run_id}" in interrupted.error_message, \
+        "the tail of the log its worker kept on the shared home"
+    assert f"Ray no longer has the log of job {running.job_id}" in log and f"took run {run_id}" in log
+
+
 def test_a_run_asking_for_a_gpu_the_cluster_lacks_waits_with_a_message_and_cancels(cluster_store, ray_head):
     store, url = cluster_store
     run_id = store.create_run(tiny_spec(device="cuda"), name="needs a gpu")
@@ -156,24 +198,55 @@ def test_a_node_that_does_not_see_the_shared_home_fails_the_run_naming_the_path(
                           what="the run to fail")
     finally:
         executor.shutdown()
-    assert f"the home folder {store.home}" in failed.error_message
+    assert failed.error_message.startswith(f"Ray job workbench-run-{run_id} ended FAILED")
+    assert f"the home folder {store.home}" in failed.error_message, "the tail of the job's log"
+    assert failed.error_message.endswith("the run never started")
     assert "mount the shared home folder at the same path on every node" in failed.error_message
     assert failed.iteration == 0
 
 
-def test_the_app_on_ray_runs_queued_runs_and_shows_where_they_ran_and_the_job_log(cluster_store, ray_head,
-                                                                                   serve_workbench):
-    from gradio_client import Client
-
+def test_the_runs_tab_shows_where_a_ray_run_executed_its_job_log_and_why_another_waits(cluster_store, ray_head,
+                                                                                        serve_workbench, page):
     store, url = cluster_store
     served = serve_workbench(store.home, "--db", url, "--executor", "ray", "--ray-address", ray_head)
     run_id = store.create_run(tiny_spec(epochs=1), name="from the app")
+    waiting_id = store.create_run(tiny_spec(device="cuda"), name="needs a gpu")
     done = wait_for(lambda: (run := store.get_run(run_id)).status == "completed" and run, timeout=180,
                     what="the run to complete through the app's Ray executor")
-    client = Client(served.url, verbose=False)
-    details = client.predict(run_id, api_name="/run_details")[0]
-    assert f"Executes on:** `workbench-run-{run_id}@" in details and f"Cluster job:** `{done.job_id}`" in details
-    assert f"took run {run_id}" in client.predict(run_id, api_name="/job_log")
+    waiting = f"waiting for a node with 1 GPU and 1 CPU (Ray job workbench-run-{waiting_id} is pending)"
+
+    page.goto(served.url)
+    open_tab(page, "Runs")
+    expect()(status_cells(page, f"queued: {waiting}")).to_have_count(1)
+    pick(page, "run-picker", f"#{run_id} from the app")
+    details = page.locator("#run-details")
+    expect()(details).to_contain_text(f"Executes on: {done.worker_id}")
+    expect()(details).to_contain_text(f"Cluster job: {done.job_id}")
+    page.get_by_text("Job log", exact=True).click()
+    page.locator("#show-job-log").click()
+    expect()(page.locator("#job-log")).to_contain_text(f"took run {run_id}")
+
+    pick(page, "run-picker", f"#{waiting_id} needs a gpu")
+    expect()(details).to_contain_text(f"Message: {waiting}")
+    page.locator("#cancel-run").click()
+    expect()(details).to_contain_text("Status: cancelled")
+    assert store.get_run(waiting_id).status == "cancelled"
+
+
+def test_a_tpe_sweep_completes_through_the_ray_dispatcher_on_postgresql(cluster_store, ray_head):
+    store, url = cluster_store
+    sweep = sweep_of("lr=0.01..0.3 log", epochs=1, method="tpe", trials=3, parallel=2)
+    bench = Workbench(store, QueueExecutor(store))
+    group, first = bench.launch_sweep(sweep)
+    assert len(first) == 2
+    dispatch_until_idle(store, url, ray_head)
+    trials = store.list_runs(group_name=group)
+    assert len(trials) == 3 and {run.status for run in trials} == {"completed"}, \
+        [(run.status, run.error_message) for run in trials]
+    assert {run.job_id for run in trials} == {submission_id(run.id) for run in trials}
+    assert store.get_sweep(group).finished_at is not None
+    report = bench.sweep_report(group)
+    assert report.finished and report.best.value == min(run.last_test_error for run in trials)
 
 
 def test_dispatch_with_local_workers_serves_the_queue_and_exits_when_idle(tmp_path):

@@ -666,3 +666,33 @@ def test_metric_ids_are_not_reused_after_rows_are_deleted(store):
     store.append_metrics(run_id, rows[5:])
     relogged = store.fetch_metrics_since({run_id: cursor})[run_id].rows
     assert [r.iteration for r in relogged] == [6, 7, 8, 9, 10]
+
+
+# -- sweeps -----------------------------------------------------------------------------------------
+
+
+def test_a_sweep_is_recorded_once_per_group_until_it_is_finished(store):
+    sweep_id = store.create_sweep("g", "tpe", {"trials": 3})
+    with pytest.raises(StoreError, match="a sweep named 'g' exists already; give the new one another name"):
+        store.create_sweep("g", "grid", {})
+    record = store.get_sweep("g")
+    assert (record.id, record.method, record.spec, record.finished_at) == (sweep_id, "tpe", {"trials": 3}, None)
+    assert record.created_at.tzinfo is not None and store.get_sweep("no sweep") is None
+    assert [sweep.group_name for sweep in store.unfinished_sweeps()] == ["g"]
+    store.finish_sweep(sweep_id, "its space cannot be read")
+    store.finish_sweep(sweep_id)
+    assert store.unfinished_sweeps() == []
+    assert store.get_sweep("g").error_message == "its space cannot be read", "a sweep is finished once"
+
+
+def test_a_trial_chosen_from_stale_counts_is_not_added(store):
+    """Two processes that stepped a TPE sweep from the same stored trials would suggest the same trial: the insert
+    counts the group's runs in its own transaction, so only the first one lands."""
+    sweep_id = store.create_sweep("g", "tpe", {"trials": 3})
+    first = store.add_sweep_trial(sweep_id, SPEC, name="trial 1", expected_trials=0, max_in_flight=2)
+    assert first is not None and store.get_run(first).group_kind == "sweep"
+    assert store.add_sweep_trial(sweep_id, SPEC, name="trial 1", expected_trials=0, max_in_flight=2) is None
+    assert store.add_sweep_trial(sweep_id, SPEC, name="trial 2", expected_trials=1, max_in_flight=1) is None
+    store.finish_sweep(sweep_id)
+    assert store.add_sweep_trial(sweep_id, SPEC, name="trial 2", expected_trials=1, max_in_flight=2) is None
+    assert [run.name for run in store.list_runs(group_name="g")] == ["trial 1"]

@@ -96,6 +96,42 @@ def test_threads_sharing_one_store_claim_each_run_exactly_once(tmp_path, db_url)
         assert {run.status for run in store.list_runs()} == {RUNNING}
 
 
+# -- several processes step one sweep -----------------------------------------------------------------
+
+
+def add_trial_each_round(home: str, db: str | None, index: int, rounds: int, start: Barrier, report: str) -> None:
+    """Stepping process: in each round, add the trial that the round's count of trials calls for."""
+    added = []
+    with open_store(home, db=db) as store:
+        sweep_id = store.get_sweep("race").id
+        for trials_so_far in range(rounds):
+            start.wait()
+            if store.add_sweep_trial(sweep_id, {"data": {"name": "cifar10"}}, name=f"trial {trials_so_far + 1}",
+                                     expected_trials=trials_so_far, max_in_flight=rounds) is not None:
+                added.append(trials_so_far)
+    Path(report).write_text(json.dumps(added))
+
+
+def test_processes_stepping_one_sweep_at_once_add_each_trial_exactly_once(tmp_path, db_url):
+    rounds, process_count = 10, 4
+    with open_store(tmp_path, db=db_url) as store:
+        store.create_sweep("race", "tpe", {})
+    start = PROCESSES.Barrier(process_count)
+    reports = [tmp_path / f"stepper{i}.json" for i in range(process_count)]
+    steppers = [PROCESSES.Process(target=add_trial_each_round, args=(str(tmp_path), db_url, i, rounds, start,
+                                                                      str(reports[i]))) for i in range(process_count)]
+    for stepper in steppers:
+        stepper.start()
+    for stepper in steppers:
+        stepper.join(60)
+    assert [stepper.exitcode for stepper in steppers] == [0] * process_count
+    added = [trial for report in reports for trial in json.loads(report.read_text())]
+    assert sorted(added) == list(range(rounds)), "one process adds each round's trial"
+    with open_store(tmp_path, db=db_url) as store:
+        assert sorted(run.name for run in store.list_runs(group_name="race")) == sorted(
+            f"trial {number}" for number in range(1, rounds + 1))
+
+
 # -- reading while another process writes hard ------------------------------------------------------
 
 

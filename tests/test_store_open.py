@@ -222,6 +222,8 @@ def test_a_first_revision_database_with_data_upgrades_keeping_every_row(tmp_path
         assert runs["resnet20"].best_test_error == 0.0875 and runs["resnet20"].spec == {"depth": 20}
         assert runs["plain20"].cancel_requested is True
         assert all(run.notes == "" and run.tags == [] and run.parent_run_id is None for run in runs.values())
+        assert all(run.job_id is None and run.best_val_error is None and run.test_error_at_best is None
+                   for run in runs.values()), "the columns of 0005 and 0006 start empty"
         assert runs["resnet20"].created_at.isoformat() == "2025-01-02T03:04:05+00:00"
         curves = store.fetch_metrics_since({1: 0, 2: 0})
         assert [len(curves[run_id].rows) for run_id in (1, 2)] == [500, 500]
@@ -233,6 +235,9 @@ def test_a_first_revision_database_with_data_upgrades_keeping_every_row(tmp_path
         store.append_metrics(4, [{"iteration": 0, "split": "train", "name": "loss", "value": 1.0}])
         store.delete_run(2)
         assert len(store.fetch_metrics_since({1: 0})[1].rows) == 500
+        sweep_id = store.create_sweep("migrated", "tpe", {})  # the table of 0007
+        assert store.add_sweep_trial(sweep_id, {"data": {"name": "cifar10"}}, name="trial 1", expected_trials=0,
+                                     max_in_flight=1) == 5
 
 
 def test_reopening_an_up_to_date_database_changes_nothing(tmp_path):

@@ -4,14 +4,18 @@ real worker processes, and the report (parallel coordinates, parameter importanc
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from test_jobs import wait_for
 
 from storage import open_store
-from storage.status import COMPLETED, SWEEP
+from storage.status import COMPLETED, QUEUED, SWEEP
 from workbench.errors import SpecError, WorkbenchError
 from workbench.jobs import QueueExecutor
+from workbench.jobs.dispatch import dispatch
 from workbench.jobs.sweeps import next_params, sweep_trials
 from workbench.service import Workbench
 from workbench.service.plans import plan_sweep
@@ -34,6 +38,14 @@ def worker(home: Path) -> subprocess.CompletedProcess:
     """A real worker process that serves the store until nothing is left to do."""
     return subprocess.run([sys.executable, "-m", "workbench", "--home", str(home), "worker", "--exit-when-idle"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+
+
+def complete(store, run_id: int, error: float, iteration: int = 8) -> None:
+    """Finish a queued trial as a worker would, with `error` as its test error at the end of epoch 1."""
+    store.claim_run(run_id, "w")
+    store.append_metrics(run_id, [{"iteration": iteration, "epoch": 1, "split": "test", "name": "error",
+                                   "value": error}])
+    store.transition(run_id, COMPLETED, worker_id="w")
 
 
 @pytest.fixture
@@ -164,19 +176,27 @@ def test_a_trial_worse_than_the_median_is_pruned_through_the_cancel_path(bench, 
     assert report.finished and {trial.run_id for trial in report.trials if trial.pruned} == {first, second}
 
 
-def test_a_trial_chosen_from_stale_counts_is_not_added(bench):
-    """Two processes that stepped a TPE sweep from the same stored trials would suggest the same trial: the insert
-    counts the group's runs in its own transaction, so only the first one lands."""
-    sweep = sweep_of("lr=0.001..0.5 log", method="tpe", trials=3, parallel=2)
-    bench.store.create_sweep("g", "tpe", sweep)
-    sweep_id = bench.store.get_sweep("g").id
-    first = bench.store.add_sweep_trial(sweep_id, BASE, name="trial 1", expected_trials=0, max_in_flight=2)
-    assert first is not None
-    assert bench.store.add_sweep_trial(sweep_id, BASE, name="trial 1", expected_trials=0, max_in_flight=2) is None
-    assert bench.store.add_sweep_trial(sweep_id, BASE, name="trial 2", expected_trials=1, max_in_flight=1) is None
-    bench.store.finish_sweep(sweep_id)
-    assert bench.store.add_sweep_trial(sweep_id, BASE, name="trial 2", expected_trials=1, max_in_flight=2) is None
-    assert [run.name for run in bench.store.list_runs(group_name="g")] == ["trial 1"]
+def test_an_idle_dispatcher_queues_the_next_tpe_trial_instead_of_exiting(bench):
+    """A trial that ended after its worker last stepped the sweep: `dispatch --exit-when-idle` queues the next
+    trial and serves it, and exits once the sweep has all its trials."""
+    group, (first,) = bench.launch_sweep(sweep_of("lr=0.001..0.5 log", epochs=1, method="tpe", trials=2))
+    complete(bench.store, first, error=30.0)
+    stop = threading.Event()
+    dispatcher = threading.Thread(target=dispatch, args=(QueueExecutor(bench.store), bench.store, stop),
+                                  kwargs={"exit_when_idle": True, "poll_s": 0.05})
+    dispatcher.start()
+    try:
+        (second,) = wait_for(lambda: bench.store.list_runs(group_name=group, status=QUEUED), timeout=30,
+                             what="the next trial")
+        time.sleep(0.2)
+        assert dispatcher.is_alive(), "a queued trial keeps the dispatcher serving"
+        complete(bench.store, second.id, error=20.0)
+        dispatcher.join(30)
+        assert not dispatcher.is_alive(), "the dispatcher exits once the sweep is done"
+    finally:
+        stop.set()
+        dispatcher.join()
+    assert bench.store.get_sweep(group).finished_at is not None
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -187,12 +207,7 @@ def test_the_parallel_coordinates_and_importance_come_from_stored_runs(bench):
     group, ids = bench.launch_sweep(sweep)
     # The error depends only on the learning rate.
     for run_id in ids:
-        run = bench.store.get_run(run_id)
-        error = 80.0 if run.spec["train"]["lr"] == 0.01 else 20.0
-        bench.store.claim_run(run_id, "w")
-        bench.store.append_metrics(run_id, [{"iteration": 8, "epoch": 1, "split": "test", "name": "error",
-                                             "value": error}])
-        bench.store.transition(run_id, COMPLETED, worker_id="w")
+        complete(bench.store, run_id, error=80.0 if bench.store.get_run(run_id).spec["train"]["lr"] == 0.01 else 20.0)
     report = bench.sweep_report(group)
     assert report.importance[0][0] == "lr" and report.importance[0][1] > report.importance[1][1]
     assert report.best.params["lr"] == 0.1 and report.best.value == 20.0
@@ -243,10 +258,7 @@ def test_the_cli_queues_a_grid_and_reports_its_best_trial(tmp_path):
                                           "4 trial 4: lr=0.05, depth=32"]
     with open_store(tmp_path) as store:
         for run_id, error in ((1, 30.0), (2, 20.0), (3, 60.0)):
-            store.claim_run(run_id, "w")
-            store.append_metrics(run_id, [{"iteration": 79, "epoch": 1, "split": "test", "name": "error",
-                                           "value": error}])
-            store.transition(run_id, COMPLETED, worker_id="w")
+            complete(store, run_id, error, iteration=79)
         assert store.get_run(2).preset is None and store.get_run(1).spec["net"]["name"] == "resnet20"
 
     report = cli(tmp_path, "sweep-report", "g", "--json")

@@ -286,7 +286,7 @@ def _work_on_one_run(args: argparse.Namespace, stop) -> int:
     import os
 
     from workbench.jobs.worker import default_worker_id, run_one
-    from workbench.paths import check_shared_home
+    from workbench.paths import RunFolder, check_shared_home
 
     # The job's log is where a cluster user looks: say what the worker does even though the CLI is quiet.
     logging.getLogger("workbench").setLevel(logging.INFO)
@@ -294,9 +294,23 @@ def _work_on_one_run(args: argparse.Namespace, stop) -> int:
     if expected_home:
         check_shared_home(args.home, expected_home)
     store = _open_store(args)
+    store.get_run(args.run)  # a run deleted while its job waited for a node gets no folder
+    _log_to_file(RunFolder.of(store.home, args.run).job_log)
     worker_id = f"{args.job_id}@{default_worker_id()}" if args.job_id else None
     status = run_one(store, args.run, worker_id, allowed_roots=args.data_root or None, stop=stop)
     return 1 if status == "failed" else 0
+
+
+def _log_to_file(path: Path) -> None:
+    """Append this process's log to `path` as well as to its output (only there when the file cannot be written)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        logging.getLogger("workbench").warning("this log is not kept in %s: %s", path, exc)
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
 
 
 def cmd_dispatch(args: argparse.Namespace) -> int:

@@ -89,6 +89,11 @@ class RunFolder:
     def log(self, name: str) -> Path:
         return self.root / f"{name}.log"
 
+    @property
+    def job_log(self) -> Path:
+        """The log the run's cluster jobs append to: on the shared home it outlives a cluster that forgot them."""
+        return self.log("job")
+
     @staticmethod
     def parse(path: Path, home: Path) -> tuple[int, str] | None:
         """(run id, "best" or "last") when `path` is a run's checkpoint in this home folder, else None."""

@@ -10,6 +10,7 @@ from storage.status import QUEUED, RUNNING
 from workbench.errors import WorkbenchError
 from workbench.jobs.executor import STALE_AFTER_S, Executor, LocalExecutor
 from workbench.jobs.ray_executor import RayExecutor
+from workbench.jobs.sweeps import step_sweeps
 
 EXECUTORS = ("local", "ray")
 
@@ -34,11 +35,17 @@ def make_executor(
 def dispatch(executor: Executor, store: RunStore, stop: threading.Event, *, exit_when_idle: bool = False,
              poll_s: float = 1.0) -> None:
     """Start the executor and serve the store's queue until `stop` is set (or, with `exit_when_idle`, until no
-    run is queued or running), then shut the executor down."""
+    run is queued or running and no sweep asks for another trial), then shut the executor down."""
     executor.start()
     try:
         while not stop.wait(poll_s):
-            if exit_when_idle and not store.list_runs(status=[QUEUED, RUNNING], limit=1):
+            if exit_when_idle and _idle(store):
                 break
     finally:
         executor.shutdown()
+
+
+def _idle(store: RunStore) -> bool:
+    """No run queued or running, and no sweep waiting for its next trial. The sweeps are stepped after the queue
+    is read: a trial that ended after its worker last stepped them gets its successor queued here, not lost."""
+    return not store.list_runs(status=[QUEUED, RUNNING], limit=1) and not step_sweeps(store)

@@ -24,7 +24,7 @@ from storage.status import CANCELLED, FAILED, INTERRUPTED, QUEUED, RUNNING
 from workbench.errors import IllegalTransition, WorkbenchError
 from workbench.jobs.executor import PROJECT_ROOT, STALE_AFTER_S, Executor
 from workbench.jobs.sweeps import step_sweeps
-from workbench.paths import mark_shared_home
+from workbench.paths import RunFolder, mark_shared_home
 
 logger = logging.getLogger(__name__)
 
@@ -138,13 +138,19 @@ class RayExecutor(Executor):
         return status
 
     def job_log(self, run: RunRecord) -> str | None:
-        """The log of the run's Ray job, or None when it has none."""
+        """The log of the run's Ray job; when the cluster no longer has it, the copy its workers kept in the run
+        folder; None when the run has no job."""
         if run.job_id is None or self.client is None:
             return None
         try:
             return self.client.get_job_logs(run.job_id)
         except RuntimeError as exc:
-            return f"(the log of Ray job {run.job_id} cannot be read: {exc})"
+            kept = RunFolder.of(self.store.home, run.id).job_log
+            try:
+                return f"(Ray no longer has the log of job {run.job_id}; its workers' log kept in {kept}:)\n" \
+                       + kept.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                return f"(the log of Ray job {run.job_id} cannot be read: {exc})"
 
     # -- following the jobs --------------------------------------------------------------------
 
@@ -215,7 +221,7 @@ class RayExecutor(Executor):
             if run.status == QUEUED:
                 self.store.release_job(run.id, run.job_id, f"{gone}; submitting it again")
             elif self._ran_in_job(run):
-                self._end(run, gone, "")
+                self._end(run, gone, self._log_tail(run))
             return
         status = str(job.status.value if hasattr(job.status, "value") else job.status)
         if status == "PENDING" and run.status == QUEUED:
@@ -226,7 +232,7 @@ class RayExecutor(Executor):
             self.store.release_job(run.id, run.job_id, f"Ray job {run.job_id} never started ({job.message}); "
                                                        "submitting it again")
         elif status in TERMINAL and (run.status == QUEUED or self._ran_in_job(run)):
-            self._end(run, f"Ray job {run.job_id} ended {status} ({job.message})", self._log_tail(run.job_id))
+            self._end(run, f"Ray job {run.job_id} ended {status} ({job.message})", self._log_tail(run))
 
     def _say(self, run: RunRecord, message: str) -> None:
         """Show why a queued run has not started (written only when it changes)."""
@@ -254,12 +260,8 @@ class RayExecutor(Executor):
         if status == INTERRUPTED and self.auto_resume:
             self.store.transition(run.id, QUEUED)
 
-    def _log_tail(self, job_id: str) -> str:
-        try:
-            lines = self.client.get_job_logs(job_id).splitlines()
-        except RuntimeError as exc:
-            return f"(log unavailable: {exc})"
-        return "\n".join(lines[-LOG_TAIL_LINES:])
+    def _log_tail(self, run: RunRecord) -> str:
+        return "\n".join(self.job_log(run).splitlines()[-LOG_TAIL_LINES:])
 
     def _cluster_has_gpus(self) -> bool:
         """Whether any live node offers GPUs (checked at most every GPU_CHECK_S seconds)."""

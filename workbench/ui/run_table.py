@@ -41,7 +41,10 @@ def run_duration(run: RunRecord, now: datetime | None = None) -> float | None:
 
 
 def run_status(run: RunRecord) -> str:
-    """The status cell; a compiled run says why its first step takes long."""
+    """The status cell; a queued run says why it waits (e.g. no cluster node has the GPU it asks for), a compiled
+    run why its first step takes long."""
+    if run.status == "queued" and run.error_message:
+        return f"queued: {run.error_message}"
     compiling = run.status == "running" and not run.iteration and (run.spec or {}).get("train", {}).get("compile")
     return "running: compiling (the first step can take a minute)" if compiling else run.status
 
