@@ -24,6 +24,7 @@ from workbench.service.run_query import (
     spec_diff,
 )
 from workbench.ui.context import WorkbenchContext
+from workbench.ui.fields import edited
 from workbench.ui.run_table import RUN_TABLE_COLUMNS, run_label, run_rows
 
 REFRESH_SECONDS = 2.0
@@ -216,7 +217,7 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
     timer.tick(refresh, [shown, picker, *view], [table, shown, picker, details, trace], concurrency_limit=None,
                api_visibility="private", show_progress="hidden")
     demo.load(list_runs, None, refreshed, api_name="list_runs")
-    gr.on([search.input, statuses.change, datasets.change, groups.change, tags.change, presets.change,
+    gr.on([edited(search), statuses.change, datasets.change, groups.change, tags.change, presets.change,
            columns.change, hide_identical.input], refresh, [gr.State(None), picker, *view],
           [table, shown, picker, details, trace], trigger_mode="always_last", api_name="filter_runs",
           show_progress="hidden")

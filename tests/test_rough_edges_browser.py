@@ -1,0 +1,72 @@
+"""The rough edges a new user meets, in Chromium: every edit (deletions too) reaches the spec that is
+launched, the network name follows edits, actions only where they can act, a Runs table that fits 1024 px,
+run labels with dataset and group, and tab and selection kept in the URL.
+
+One workbench without workers serves the journeys: launched runs stay queued, other statuses are set
+through the real store.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.gradio_page import fill
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def workbench(serve_workbench, tmp_path_factory):
+    return serve_workbench(tmp_path_factory.mktemp("rough-edges-browser"), "--workers", "0")
+
+
+def expect():
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect
+
+
+def open_app(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("#unit-diagram .main-svg", timeout=60_000)
+
+
+def name_field(page):
+    return page.get_by_label("Network name", exact=True)
+
+
+def test_deleting_characters_changes_the_spec_that_is_launched(page, workbench):
+    open_app(page, workbench.url)
+    widths = page.locator("#widths-field input, #widths-field textarea").first
+    widths.click()
+    widths.press("End")
+    for _ in range(4):
+        widths.press("Backspace")
+    expect()(widths).to_have_value("16, 32")
+    expect()(page.locator("#build-error")).to_contain_text("2 stages")
+    widths.type(", 480")
+    widths.press("Backspace")
+    summary = page.locator("#build-summary")
+    expect()(summary).to_contain_text("widths [16, 32, 48]")
+    expect()(name_field(page)).to_have_value("resnet20-custom")
+
+    page.get_by_role("tab", name="Launch", exact=True).click()
+    expect()(page.locator("#launch-network")).to_contain_text("widths [16, 32, 48]")
+    page.locator("#launch-run").click()
+    expect()(page.locator("#launch-message")).to_contain_text("Queued")
+    run = workbench.store.list_runs()[-1]
+    assert run.spec["net"]["widths"] == [16, 32, 48] and run.name == "resnet20-custom"
+
+
+def test_the_name_follows_a_preset_edit_and_keeps_a_typed_one(page, workbench):
+    open_app(page, workbench.url)
+    fill(page, "depth-field", "32")
+    expect()(name_field(page)).to_have_value("resnet32")
+    fill(page, "depth-field", "38")
+    expect()(name_field(page)).to_have_value("resnet38-custom")
+    expect()(page.locator("#build-summary h3")).to_have_text("resnet38-custom")
+    name_field(page).fill("my-net")
+    fill(page, "depth-field", "44")
+    expect()(page.locator("#build-summary")).to_contain_text("44 layers")
+    expect()(page.locator("#build-summary h3")).to_have_text("my-net")
+    expect()(name_field(page)).to_have_value("my-net")
