@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.gradio_page import fill
+from tests.gradio_page import fill, pick
+from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
+from workbench.ui.run_table import run_label
 
 pytestmark = pytest.mark.browser
 
@@ -70,3 +72,24 @@ def test_the_name_follows_a_preset_edit_and_keeps_a_typed_one(page, workbench):
     expect()(page.locator("#build-summary")).to_contain_text("44 layers")
     expect()(page.locator("#build-summary h3")).to_have_text("my-net")
     expect()(name_field(page)).to_have_value("my-net")
+
+
+def test_run_actions_are_enabled_only_where_they_can_act(page, workbench):
+    spec = RunSpec(net=NetSpec(depth=20), data=DataSpec(), train=TrainSpec())
+    store = workbench.store
+    queued, completed, cancelled = (store.create_run(spec, name=f"actions-{status}", status=status)
+                                    for status in ("queued", "completed", "cancelled"))
+    open_app(page, workbench.url)
+    page.get_by_role("tab", name="Runs", exact=True).click()
+    buttons = {name: page.locator(f"#{name}-run") for name in ("cancel", "resume", "delete")}
+    for button in buttons.values():
+        expect()(button).to_be_disabled()
+    for run_id, enabled in ((queued, {"cancel", "delete"}), (completed, {"delete"}),
+                            (cancelled, {"resume", "delete"})):
+        pick(page, "run-picker", run_label(store.get_run(run_id)))
+        for name, button in buttons.items():
+            (expect()(button).to_be_enabled if name in enabled else expect()(button).to_be_disabled)()
+    buttons["resume"].click()
+    expect()(page.locator("#runs-message")).to_contain_text("queued again")
+    expect()(buttons["resume"]).to_be_disabled()
+    expect()(buttons["cancel"]).to_be_enabled()

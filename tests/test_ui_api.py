@@ -163,7 +163,7 @@ def test_run_actions_cancel_resume_rename_notes_delete(client, served):
     assert served.store.get_run(run_id).status == "queued"
     assert "renamed" in client.predict(run_id, "tiny again", api_name="/rename_run")[0]
     client.predict(run_id, "lr too high?", api_name="/save_notes")
-    details, _, spec_json, name, notes = client.predict(run_id, api_name="/run_details")
+    details, _, spec_json, name, notes, *_ = client.predict(run_id, api_name="/run_details")
     assert "Status:** queued" in details and (name, notes) == ("tiny again", "lr too high?")
     assert json.loads(spec_json)["net"]["blocks"] == [1, 1, 1]
     assert client.predict(run_id, api_name="/job_log") == f"Run #{run_id} has no cluster job; it runs (or ran) on " \

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from storage import AnalysisRecord, RunRecord, RunStore
-from storage.status import COMPLETED, QUEUED, RUNNING
+from storage.status import CANCELLED, COMPLETED, QUEUED, RUNNING, sources_of
 from workbench.data import check_source
 from workbench.errors import IllegalTransition, WorkbenchError
 from workbench.jobs.analyses import ANALYSIS_KINDS, FRACTAL_COLUMNS, LESION, execute_analysis
@@ -38,6 +38,17 @@ from workbench.weights.loader import load_model_file
 logger = logging.getLogger(__name__)
 
 CURVE_FORMATS = ("csv", "tensorboard")
+
+
+CANCEL, RESUME, DELETE = "cancel", "resume", "delete"
+
+
+def possible_actions(run: RunRecord) -> frozenset[str]:
+    """What `run` allows in its status, by the store's transitions: cancel while queued or running, resume
+    once it stopped early (interrupted, cancelled, failed), delete unless it is running."""
+    allowed = {CANCEL: run.status in sources_of(CANCELLED), RESUME: run.status in sources_of(QUEUED),
+               DELETE: run.status != RUNNING}
+    return frozenset(action for action, possible in allowed.items() if possible)
 
 
 def export_file_name(run: RunRecord, which: str, fmt: str) -> str:
