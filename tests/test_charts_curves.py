@@ -107,12 +107,13 @@ def test_format_duration():
 
 
 def test_run_row_has_a_cell_per_column(store):
-    run_id = store.create_run(spec(), name="resnet20", preset="resnet20", dataset="synthetic")
+    run_id = store.create_run(spec(), name="resnet20", preset="resnet20", dataset="synthetic", group_name="twin-3",
+                              group_kind="twin")
     run = store.get_run(run_id)
     row = run_row(run)
     assert len(row) == len(RUN_TABLE_COLUMNS)
     cells = dict(zip(RUN_TABLE_COLUMNS, row, strict=True))
-    assert cells["status"] == "queued" and cells["preset"] == "resnet20" and cells["duration"] == ""
+    assert cells["status"] == "queued" and cells["group"] == "twin-3" and cells["duration"] == ""
     assert run_label(run) == f"#{run_id} resnet20"
 
 
@@ -123,8 +124,8 @@ def test_run_row_of_a_running_run_shows_progress_and_duration(store):
     store.update_summary(run_id, test_error=12.345)
     run = store.get_run(run_id)
     cells = dict(zip(RUN_TABLE_COLUMNS, run_row(run, now=run.started_at + timedelta(seconds=75)), strict=True))
-    assert cells["progress"] == "25% (50/200)" and cells["epoch"] == "1.2"
-    assert cells["best test err"] == "12.35%" and cells["images/s"] == "1,234"
+    assert cells["progress"] == "25% (50/200)"
+    assert cells["best err"] == "12.35%" and cells["img/s"] == "1,234"
     assert cells["duration"] == "1 min 15 s"
     assert run.started_at.tzinfo is not None and run.started_at <= datetime.now(UTC)
 

@@ -93,3 +93,29 @@ def test_run_actions_are_enabled_only_where_they_can_act(page, workbench):
     expect()(page.locator("#runs-message")).to_contain_text("queued again")
     expect()(buttons["resume"]).to_be_disabled()
     expect()(buttons["cancel"]).to_be_enabled()
+
+
+def test_the_runs_table_fits_1024_px_with_a_group_column(page, workbench, artifacts_dir):
+    spec = RunSpec(net=NetSpec(depth=20), data=DataSpec(name="cifar100"), train=TrainSpec())
+    store = workbench.store
+    for seed in range(3):
+        store.create_run(spec, name=f"preact-resnet110-custom seed {seed}", preset="preact-resnet110",
+                         dataset="cifar100", group_name="ladder preact-resnet110 on cifar100 (2)", group_kind="ladder")
+    running = store.create_run(spec, name="resnet20-custom", dataset="cifar100")
+    store.claim_run(running, "worker-1", device="cuda:0")
+    store.heartbeat(running, "worker-1", iteration=12_500, total_iterations=64_000, epoch=32.0,
+                    images_per_s=12_345.6)
+    store.update_summary(running, test_error=12.345, train_error=5.5)
+    page.set_viewport_size({"width": 1024, "height": 768})
+    open_app(page, workbench.url)
+    page.get_by_role("tab", name="Runs", exact=True).click()
+    table = page.locator("#runs-table")
+    expect()(table.get_by_text("20% (12500/64000)", exact=True).filter(visible=True)).to_have_count(1)
+    expect()(table.get_by_text("ladder preact-resnet110 on cifar100 (2)").filter(visible=True)).to_have_count(3)
+    page.screenshot(path=artifacts_dir / "runs-table-1024.png")
+    scroll, client = page.evaluate("""() => {
+        const viewport = document.querySelector('#runs-table .virtual-table-viewport');
+        return [viewport.scrollWidth, viewport.clientWidth];
+    }""")
+    assert 0 < scroll <= client
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1024

@@ -14,6 +14,7 @@ import pytest
 from tests.gradio_page import fill, pick
 from workbench.presets import save_preset
 from workbench.spec import NetSpec
+from workbench.ui.run_table import RUN_TABLE_COLUMNS
 
 pytestmark = pytest.mark.browser
 
@@ -155,4 +156,4 @@ def test_auth_refuses_unauthenticated_page_and_api(page, serve_workbench, tmp_pa
     with pytest.raises(Exception, match="(?i)auth|login|401"):
         Client(served.url, verbose=False)
     client = Client(served.url, auth=("ada", "lovelace"), verbose=False)
-    assert client.predict(api_name="/list_runs")[0]["data"] in ([], [[""] * 13])
+    assert client.predict(api_name="/list_runs")[0]["data"] in ([], [[""] * len(RUN_TABLE_COLUMNS)])

@@ -18,8 +18,8 @@ from storage.status import ALL_STATUSES
 __all__ = ["ALL_STATUSES", "RESULT_COLUMNS", "RunFilter", "cell", "column_value", "differing", "filter_runs",
            "flatten", "spec_columns", "spec_diff"]
 
-RESULT_COLUMNS = ("status", "iteration", "best_test_error", "last_test_error", "last_train_error", "images_per_s",
-                  "device", "group_name", "tags")
+RESULT_COLUMNS = ("status", "preset", "iteration", "epoch", "best_test_error", "last_test_error", "last_train_error",
+                  "images_per_s", "device", "group_name", "tags")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 CSS = """
 .error-box { color: #b42318; border-left: 3px solid #b42318; padding-left: 8px; }
+#runs-table .table-wrap * { font-family: var(--font) !important; font-size: var(--text-sm); }
 """
 
 

@@ -7,10 +7,14 @@ from datetime import UTC, datetime
 
 from workbench.service import RunRecord
 
+#: The standard columns, short enough that the table fits 1024 px with cells wrapped; preset and epoch
+#: are among the "More columns".
 RUN_TABLE_COLUMNS = [
-    "id", "name", "preset", "dataset", "status", "progress", "epoch", "best test err", "last test err",
-    "images/s", "device", "started", "duration",
+    "id", "name", "group", "dataset", "status", "progress", "best err", "last err", "img/s", "device", "started",
+    "duration",
 ]
+#: Widths of the standard columns (percent of the table), in RUN_TABLE_COLUMNS order.
+RUN_TABLE_WIDTHS = ["4%", "16%", "14%", "8%", "10%", "9%", "6%", "6%", "6%", "6%", "8%", "7%"]
 
 
 def format_duration(seconds: float | None) -> str:
@@ -51,8 +55,7 @@ def run_row(run: RunRecord, now: datetime | None = None) -> list[str | int]:
     progress = f"{100 * run.iteration / total:.0f}% ({run.iteration}/{total})" if total else ""
     started = run.started_at.astimezone().strftime("%Y-%m-%d %H:%M") if run.started_at else ""
     return [
-        run.id, run.name, run.preset or "custom", run.dataset or "", run_status(run), progress,
-        "" if run.epoch is None else f"{run.epoch:.1f}",
+        run.id, run.name, run.group_name or "", run.dataset or "", run_status(run), progress,
         _percent(run.best_test_error), _percent(run.last_test_error),
         "" if run.images_per_s is None else f"{run.images_per_s:,.0f}",
         run.device or "", started, format_duration(run_duration(run, now)),

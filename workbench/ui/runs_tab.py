@@ -26,7 +26,7 @@ from workbench.service.run_query import (
 from workbench.service.runs import CANCEL, DELETE, RESUME, possible_actions
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.fields import edited
-from workbench.ui.run_table import RUN_TABLE_COLUMNS, run_label, run_rows
+from workbench.ui.run_table import RUN_TABLE_COLUMNS, RUN_TABLE_WIDTHS, run_label, run_rows
 
 REFRESH_SECONDS = 2.0
 DIFFERS_STYLE = ' style="background:#fff3b0;font-weight:600"'
@@ -199,7 +199,7 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
                                   elem_id="runs-columns", scale=4)
             hide_identical = gr.Checkbox(False, label="Hide identical columns", elem_id="hide-identical", scale=1)
         table = gr.Dataframe(headers=RUN_TABLE_COLUMNS, interactive=False, wrap=True, elem_id="runs-table",
-                             label="Runs (click a row to pick it)", max_height=420)
+                             label="Runs (click a row to pick it)", max_height=420, column_widths=RUN_TABLE_WIDTHS)
         with gr.Row():
             picker = gr.Dropdown([], value=None, label="Run", elem_id="run-picker", scale=3, allow_custom_value=True)
             cancel_button = gr.Button("Cancel", elem_id="cancel-run", variant="stop", scale=1, interactive=False)
