@@ -16,3 +16,10 @@ def fill(page, elem_id: str, value: str) -> None:
     field = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
     field.fill(value)
     field.press("Tab")
+
+
+def pick_runs(page, elem_id: str, store, *run_ids: int) -> None:
+    """Choose runs in a run picker by the labels the workbench gives them."""
+    from workbench.ui.run_table import run_label
+
+    pick(page, elem_id, *(run_label(store.get_run(run_id)) for run_id in run_ids))

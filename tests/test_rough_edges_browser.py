@@ -95,7 +95,8 @@ def test_run_actions_are_enabled_only_where_they_can_act(page, workbench):
     expect()(buttons["cancel"]).to_be_enabled()
 
 
-def test_the_runs_table_fits_1024_px_with_a_group_column(page, workbench, artifacts_dir):
+def test_the_runs_table_fits_1024_px_with_a_group_column_and_durations_across_resumes(page, workbench,
+                                                                                     artifacts_dir):
     spec = RunSpec(net=NetSpec(depth=20), data=DataSpec(name="cifar100"), train=TrainSpec())
     store = workbench.store
     for seed in range(3):
@@ -106,12 +107,14 @@ def test_the_runs_table_fits_1024_px_with_a_group_column(page, workbench, artifa
     store.heartbeat(running, "worker-1", iteration=12_500, total_iterations=64_000, epoch=32.0,
                     images_per_s=12_345.6)
     store.update_summary(running, test_error=12.345, train_error=5.5)
+    store.append_metrics(running, [{"iteration": 12_500, "split": "train", "name": "run_seconds", "value": 400.0}])
     page.set_viewport_size({"width": 1024, "height": 768})
     open_app(page, workbench.url)
     page.get_by_role("tab", name="Runs", exact=True).click()
     table = page.locator("#runs-table")
     expect()(table.get_by_text("20% (12500/64000)", exact=True).filter(visible=True)).to_have_count(1)
     expect()(table.get_by_text("ladder preact-resnet110 on cifar100 (2)").filter(visible=True)).to_have_count(3)
+    expect()(table.get_by_text("6 min 40 s", exact=True).filter(visible=True)).to_have_count(1)
     page.screenshot(path=artifacts_dir / "runs-table-1024.png")
     scroll, client = page.evaluate("""() => {
         const viewport = document.querySelector('#runs-table .virtual-table-viewport');
@@ -119,3 +122,20 @@ def test_the_runs_table_fits_1024_px_with_a_group_column(page, workbench, artifa
     }""")
     assert 0 < scroll <= client
     assert page.evaluate("document.documentElement.scrollWidth") <= 1024
+
+
+def test_run_labels_carry_dataset_and_group_and_the_legend_shows_what_the_user_picks(page, workbench):
+    spec = RunSpec(net=NetSpec(depth=20), data=DataSpec(), train=TrainSpec())
+    store = workbench.store
+    run_id = store.create_run(spec, name="labelled", dataset="synthetic", group_name="twin-3", group_kind="twin")
+    store.append_metrics(run_id, [{"iteration": i, "split": split, "name": "error", "value": 50.0 - i}
+                                  for i in range(1, 6) for split in ("train", "test")])
+    open_app(page, workbench.url)
+    page.get_by_role("tab", name="Compare", exact=True).click()
+    pick(page, "compare-runs", f"#{run_id} labelled · synthetic · twin-3")
+    legend = page.locator("#curves-plot .legendtext")
+    expect()(legend.first).to_contain_text(f"#{run_id} labelled · synthetic · twin-3", timeout=30_000)
+    pick(page, "legend-shows", "name + group")
+    expect()(legend.first).to_contain_text(f"#{run_id} labelled · twin-3 ")
+    pick(page, "legend-shows", "name")
+    expect()(legend.first).not_to_contain_text("·")

@@ -32,6 +32,7 @@ from workbench.service.forms import FORM_FIELDS, parse_id, specs_from_form
 from workbench.service.plans import PlannedRun, default_group_name, unique_group_name
 from workbench.service.results import write_metrics_csv, write_tensorboard
 from workbench.spec import DataSpec, TrainSpec, parse_net
+from workbench.training.loop import RUN_SECONDS
 from workbench.weights.export import EXPORT_FORMATS, export_model
 from workbench.weights.loader import load_model_file
 
@@ -131,6 +132,10 @@ class Workbench:
         """The last stored value of each of these metrics that the run has logged."""
         batch = self.store.fetch_metrics_since({run_id: 0}, names=list(names)).get(run_id)
         return {row.name: row.value for row in batch.rows if row.value is not None} if batch else {}
+
+    def run_seconds(self, run_ids: Sequence[int]) -> dict[int, float]:
+        """Seconds each run has trained so far, across resumes (as its training loop last logged them)."""
+        return self.store.latest_metric_values(run_ids, RUN_SECONDS)
 
     # -- the life of a run ---------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from workbench.service import RunRecord
@@ -35,12 +35,15 @@ def _percent(value: float | None, digits: int = 2) -> str:
     return "" if value is None else f"{value:.{digits}f}%"
 
 
-def run_duration(run: RunRecord, now: datetime | None = None) -> float | None:
-    """Seconds from start to finish, or to `now` while the run is going."""
-    if run.started_at is None:
-        return None
-    end = run.finished_at if run.finished_at is not None and run.status != "running" else now or datetime.now(UTC)
-    return (end - run.started_at).total_seconds()
+def run_duration(run: RunRecord, now: datetime | None = None, trained_seconds: float | None = None) -> float | None:
+    """Seconds the run has taken across resumes: the seconds its training loop logged (`trained_seconds`, kept
+    across resumes), or, when longer, the current stretch from start to finish (or to `now` while it runs)."""
+    stretch = None
+    if run.started_at is not None:
+        end = run.finished_at if run.finished_at is not None and run.status != "running" else now or datetime.now(UTC)
+        stretch = (end - run.started_at).total_seconds()
+    known = [seconds for seconds in (stretch, trained_seconds) if seconds is not None]
+    return max(known) if known else None
 
 
 def run_status(run: RunRecord) -> str:
@@ -49,8 +52,8 @@ def run_status(run: RunRecord) -> str:
     return "running: compiling (the first step can take a minute)" if compiling else run.status
 
 
-def run_row(run: RunRecord, now: datetime | None = None) -> list[str | int]:
-    """The table cells of one run, in RUN_TABLE_COLUMNS order."""
+def run_row(run: RunRecord, now: datetime | None = None, trained_seconds: float | None = None) -> list[str | int]:
+    """The table cells of one run, in RUN_TABLE_COLUMNS order; images/s is over the whole run."""
     total = run.total_iterations
     progress = f"{100 * run.iteration / total:.0f}% ({run.iteration}/{total})" if total else ""
     started = run.started_at.astimezone().strftime("%Y-%m-%d %H:%M") if run.started_at else ""
@@ -58,16 +61,31 @@ def run_row(run: RunRecord, now: datetime | None = None) -> list[str | int]:
         run.id, run.name, run.group_name or "", run.dataset or "", run_status(run), progress,
         _percent(run.best_test_error), _percent(run.last_test_error),
         "" if run.images_per_s is None else f"{run.images_per_s:,.0f}",
-        run.device or "", started, format_duration(run_duration(run, now)),
+        run.device or "", started, format_duration(run_duration(run, now, trained_seconds)),
     ]
 
 
-def run_rows(runs: Sequence[RunRecord], now: datetime | None = None) -> list[list[str | int]]:
-    """Table cells of several runs."""
-    now = now or datetime.now(UTC)
-    return [run_row(run, now) for run in runs]
+def run_rows(runs: Sequence[RunRecord], now: datetime | None = None,
+             trained_seconds: Mapping[int, float] | None = None) -> list[list[str | int]]:
+    """Table cells of several runs; `trained_seconds` by run id (see `run_duration`)."""
+    now, trained_seconds = now or datetime.now(UTC), trained_seconds or {}
+    return [run_row(run, now, trained_seconds.get(run.id)) for run in runs]
 
 
-def run_label(run: RunRecord) -> str:
-    """How a run is named in pickers: "#12 resnet20" (no status, so a picked entry keeps its label)."""
-    return f"#{run.id} {run.name}"
+#: What a run's label may show after "#id name", in order.
+LABEL_PARTS = ("dataset", "group")
+#: The Compare tab's legend choices: what each shows after "#id name".
+LEGEND_CHOICES = {"name": (), "name + dataset": ("dataset",), "name + group": ("group",),
+                  "name + dataset + group": LABEL_PARTS}
+
+
+def label_extras(run: RunRecord, parts: Sequence[str] = LABEL_PARTS) -> list[str]:
+    """The run's dataset and group (those of `parts` it has), as its label shows them."""
+    values = {"dataset": run.dataset or (run.spec or {}).get("data", {}).get("name"), "group": run.group_name}
+    return [values[part] for part in parts if values[part]]
+
+
+def run_label(run: RunRecord, parts: Sequence[str] = LABEL_PARTS) -> str:
+    """How a run is named in pickers and legends: "#12 resnet20 · cifar10 · twin-3" (no status, so a picked entry
+    keeps its label)."""
+    return " · ".join([f"#{run.id} {run.name}", *label_extras(run, parts)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import gradio as gr
 import pandas as pd
@@ -26,7 +26,14 @@ from workbench.service.run_query import (
 from workbench.service.runs import CANCEL, DELETE, RESUME, possible_actions
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.fields import edited
-from workbench.ui.run_table import RUN_TABLE_COLUMNS, RUN_TABLE_WIDTHS, run_label, run_rows
+from workbench.ui.run_table import (
+    RUN_TABLE_COLUMNS,
+    RUN_TABLE_WIDTHS,
+    format_duration,
+    run_duration,
+    run_label,
+    run_rows,
+)
 
 REFRESH_SECONDS = 2.0
 DIFFERS_STYLE = ' style="background:#fff3b0;font-weight:600"'
@@ -37,10 +44,14 @@ def run_choices(runs: list[RunRecord]) -> list[tuple[str, int]]:
     return [(run_label(run), run.id) for run in runs]
 
 
-def run_details(run: RunRecord, latest: dict[str, float] | None = None) -> str:
-    """Markdown with a run's status, group, progress, latest learning rate, speed and system metrics, and (for a
-    failed or interrupted run) its message."""
+def run_details(run: RunRecord, latest: dict[str, float] | None = None, trained_seconds: float | None = None) -> str:
+    """Markdown with a run's status, group, progress, duration and speed over the run, latest learning rate, speed
+    and system metrics, and (for a failed or interrupted run) its message."""
     lines = [f"### #{run.id} {run.name}", f"- **Status:** {run.status}"]
+    duration = run_duration(run, trained_seconds=trained_seconds)
+    if duration is not None:
+        speed = f", {run.images_per_s:,.0f} images/s over the run" if run.images_per_s else ""
+        lines.append(f"- **Duration:** {format_duration(duration)} across resumes{speed}")
     if latest:
         lines.append("- **Latest:** " + ", ".join(f"{name} {value:.4g}" for name, value in latest.items()))
     if run.group_name:
@@ -58,13 +69,15 @@ def run_details(run: RunRecord, latest: dict[str, float] | None = None) -> str:
     return "\n".join(lines)
 
 
-def table_view(runs: list[RunRecord], wanted: RunFilter, extra_columns: Sequence[str], hide_identical: bool):
+def table_view(runs: list[RunRecord], wanted: RunFilter, extra_columns: Sequence[str], hide_identical: bool,
+               trained_seconds: Mapping[int, float] | None = None):
     """(columns, rows) of the runs table: the filtered runs, the chosen spec and result columns after the standard
-    ones, and with `hide_identical` only the columns whose values differ between the shown runs."""
+    ones, and with `hide_identical` only the columns whose values differ between the shown runs.
+    `trained_seconds` (by run id) give durations across resumes."""
     shown = filter_runs(runs, wanted)
     columns = [*RUN_TABLE_COLUMNS, *(column for column in extra_columns if column not in RUN_TABLE_COLUMNS)]
     rows = [row + [cell(column_value(run, column)) for column in columns[len(RUN_TABLE_COLUMNS):]]
-            for run, row in zip(shown, run_rows(shown), strict=True)]
+            for run, row in zip(shown, run_rows(shown, trained_seconds=trained_seconds), strict=True)]
     if hide_identical:
         kept = [column for column in differing(columns, rows) if column not in ("id", "name")]
         indices = [0, 1, *(columns.index(column) for column in kept)]
@@ -109,17 +122,20 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
     def list_runs(*view):
         """The runs table (filtered and with the chosen columns) and the run picker's choices."""
         runs = ctx.list_runs()
-        columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:]) if view else table_view(
-            runs, RunFilter(), (), False)
+        seconds = ctx.run_seconds([run.id for run in runs])
+        columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:], seconds) if view else table_view(
+            runs, RunFilter(), (), False, seconds)
         return pd.DataFrame(rows, columns=columns), gr.update(choices=run_choices(runs))
 
     def refresh(shown: list | None, run_id: int | None, *view):
         runs = ctx.list_runs()
-        columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:])
+        seconds = ctx.run_seconds([run.id for run in runs])
+        columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:], seconds)
         if [columns, rows] == shown:
             return (gr.skip(),) * (5 + len(buttons))
         picked = next((run for run in runs if run.id == run_id), None)
-        details = (run_details(picked), _traceback(picked), *action_states(picked)) if picked else (
+        details = (run_details(picked, trained_seconds=seconds.get(picked.id)), _traceback(picked),
+                   *action_states(picked)) if picked else (
             (gr.skip(),) * (2 + len(buttons)))
         return (pd.DataFrame(rows, columns=columns), [columns, rows], gr.update(choices=run_choices(runs)),
                 *details)
@@ -146,7 +162,8 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
         except (ValueError, WorkbenchError) as exc:
             return str(exc), gr.update(value="", visible=False), "", "", "", *action_states(None)
         latest = ctx.latest_values(run.id, ["lr", "images_per_s", *SYSTEM_METRICS])
-        return (run_details(run, latest), _traceback(run), json.dumps(run.spec, indent=2), run.name, run.notes,
+        details = run_details(run, latest, ctx.run_seconds([run.id]).get(run.id))
+        return (details, _traceback(run), json.dumps(run.spec, indent=2), run.name, run.notes,
                 *action_states(run))
 
     def show_actions(run_id: int | str | None) -> list:
