@@ -37,7 +37,7 @@ def name_field(page):
     return page.get_by_label("Network name", exact=True)
 
 
-def test_deleting_characters_changes_the_spec_that_is_launched(page, workbench):
+def test_deleting_characters_changes_the_spec_that_is_launched_with_gradient_norms(page, workbench):
     open_app(page, workbench.url)
     widths = page.locator("#widths-field input, #widths-field textarea").first
     widths.click()
@@ -54,10 +54,12 @@ def test_deleting_characters_changes_the_spec_that_is_launched(page, workbench):
 
     page.get_by_role("tab", name="Launch", exact=True).click()
     expect()(page.locator("#launch-network")).to_contain_text("widths [16, 32, 48]")
+    fill(page, "grad-norm-every", "5")
     page.locator("#launch-run").click()
     expect()(page.locator("#launch-message")).to_contain_text("Queued")
     run = workbench.store.list_runs()[-1]
     assert run.spec["net"]["widths"] == [16, 32, 48] and run.name == "resnet20-custom"
+    assert run.spec["train"]["grad_norm_every"] == 5
 
 
 def test_the_name_follows_a_preset_edit_and_keeps_a_typed_one(page, workbench):
