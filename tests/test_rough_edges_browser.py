@@ -141,3 +141,24 @@ def test_run_labels_carry_dataset_and_group_and_the_legend_shows_what_the_user_p
     expect()(legend.first).to_contain_text(f"#{run_id} labelled · twin-3 ")
     pick(page, "legend-shows", "name")
     expect()(legend.first).not_to_contain_text("·")
+
+
+def test_unit_diagram_boxes_hold_their_labels_at_1024_px(page, workbench, artifacts_dir):
+    page.set_viewport_size({"width": 1024, "height": 768})
+    open_app(page, workbench.url)
+    pick(page, "preset-picker", "resnet50")
+    expect()(page.locator("#build-summary")).to_contain_text("bottleneck units")
+    expect()(page.locator("#unit-diagram g.annotation").filter(has_text="conv1x1")).to_have_count(2)
+    boxes = page.evaluate("""() => [...document.querySelectorAll('#unit-diagram g.annotation')]
+        .filter(g => /^(conv|BN|ReLU)/.test(g.textContent)).map(g => {
+            const box = g.querySelector('rect.bg').getBoundingClientRect();
+            const text = g.querySelector('text').getBoundingClientRect();
+            return [g.textContent, box.left, box.right, text.left, text.right];
+        })""")
+    page.locator("#unit-diagram").screenshot(path=artifacts_dir / "unit-diagram-bottleneck-1024.png")
+    assert len(boxes) == 9
+    for label, left, right, text_left, text_right in boxes:
+        assert left <= text_left and text_right <= right, label
+    overlaps = [(before[0], after[0], before[2] - after[1]) for before, after in zip(boxes, boxes[1:], strict=False)
+                if after[1] < before[2] - 1]
+    assert not overlaps, overlaps
