@@ -162,3 +162,25 @@ def test_unit_diagram_boxes_hold_their_labels_at_1024_px(page, workbench, artifa
     overlaps = [(before[0], after[0], before[2] - after[1]) for before, after in zip(boxes, boxes[1:], strict=False)
                 if after[1] < before[2] - 1]
     assert not overlaps, overlaps
+
+
+def test_tab_and_picked_runs_come_back_after_a_reload(page, workbench):
+    store = workbench.store
+    first, second = (store.create_run(RunSpec(net=NetSpec(depth=20), data=DataSpec(), train=TrainSpec(lr=lr)),
+                                      name=name, dataset="synthetic", status="completed")
+                     for name, lr in (("kept-a", 0.1), ("kept-b", 0.05)))
+    for run_id in (first, second):
+        store.append_metrics(run_id, [{"iteration": i, "split": "test", "name": "error", "value": 50.0 - i}
+                                      for i in range(1, 4)])
+    page.goto(f"{workbench.url}?tab=compare&runs={first},{second}")
+    legend = page.locator("#curves-plot .legendtext")
+    expect()(legend.filter(has_text="kept-a")).to_have_count(1, timeout=30_000)
+    expect()(legend.filter(has_text="kept-b")).to_have_count(1)
+
+    page.get_by_role("tab", name="Runs", exact=True).click()
+    pick(page, "run-picker", run_label(store.get_run(second)))
+    expect()(page.locator("#run-details")).to_contain_text(f"#{second} kept-b")
+    page.wait_for_url(f"**/?tab=runs&runs={first}%2C{second}&run={second}")
+    page.reload()
+    expect()(page.locator("#run-details")).to_contain_text(f"#{second} kept-b", timeout=30_000)
+    expect()(page.get_by_role("tab", name="Runs", exact=True)).to_have_attribute("aria-selected", "true")

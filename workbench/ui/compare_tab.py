@@ -31,6 +31,7 @@ from workbench.science.degradation import (
 from workbench.service import RunRecord
 from workbench.service.curves import CHART_METRICS, CurveCache, curves_of, ladder_curve_runs
 from workbench.service.plans import ARCHITECTURES, LADDER, seed_group_key
+from workbench.ui.address import recalled_ids, remember
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.live_plot import apply_live_figures, live_channel, live_figures
 from workbench.ui.run_table import LEGEND_CHOICES, label_extras, run_label
@@ -339,3 +340,10 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
             choices=run_choices["choices"], value=latest["run_ids"])
 
     launched.change(follow_launch, launched, [group, runs], api_visibility="private")
+
+    def runs_from_address(request: gr.Request):
+        picked = recalled_ids(request, "runs", (run.id for run in ctx.store.list_runs()))
+        return gr.skip() if picked is None else picked
+
+    demo.load(runs_from_address, None, runs, api_visibility="private")
+    remember(runs.change, runs, "runs")

@@ -24,6 +24,7 @@ from workbench.service.run_query import (
     spec_diff,
 )
 from workbench.service.runs import CANCEL, DELETE, RESUME, possible_actions
+from workbench.ui.address import recalled_ids, remember
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.fields import edited
 from workbench.ui.run_table import (
@@ -281,6 +282,12 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
     confirm_button.click(lambda run_id: act(delete, run_id), picker, [message, *refreshed],
                          api_name="delete_run").then(
         lambda: (gr.update(visible=False), None), None, [confirm_row, picker], api_visibility="private")
+    def run_from_address(request: gr.Request):
+        picked = recalled_ids(request, "run", (run.id for run in ctx.list_runs()))
+        return gr.skip() if picked is None else picked[0]
+
+    demo.load(run_from_address, None, picker, api_visibility="private")
+    remember(picker.change, picker, "run")
     rename_button.click(lambda run_id, name: act(rename, run_id, name), [picker, new_name], [message, *refreshed],
                         api_name="rename_run")
     notes_button.click(lambda run_id, text: act(save_notes, run_id, text), [picker, notes], [message, *refreshed],
