@@ -191,7 +191,8 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
                 resolution = number_field(0, label="Resolution in px (0 = as stored)", precision=0,
                                        elem_id=f"{id_prefix}resolution")
             with gr.Row():
-                classes = gr.Textbox(label="Classes", placeholder="all; or first k (5); or names: cat, dog")
+                classes = gr.Textbox(label="Classes", placeholder="all; or first k (5); or names: cat, dog",
+                                     info="ImageNet-style folders: WordNet ids or words (n01440764 or tench)")
                 per_class_cap = number_field(0, label="Images per class (0 = all)", precision=0,
                                           elem_id=f"{id_prefix}per-class-cap")
                 validation_size = number_field(field_default(DataSpec, "validation_size"), label="Validation images",
