@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.gradio_page import fill, pick
+from tests.gradio_page import expect, fill, open_app, pick
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 from workbench.ui.run_table import run_label
 
@@ -20,17 +20,6 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def workbench(serve_workbench, tmp_path_factory):
     return serve_workbench(tmp_path_factory.mktemp("rough-edges-browser"), "--workers", "0")
-
-
-def expect():
-    from playwright.sync_api import expect as playwright_expect
-
-    return playwright_expect
-
-
-def open_app(page, url: str) -> None:
-    page.goto(url)
-    page.wait_for_selector("#unit-diagram .main-svg", timeout=60_000)
 
 
 def name_field(page):
