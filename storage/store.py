@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, case, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from storage.engine import create_store_engine, driver_executemany_sql, writer_engine
@@ -534,6 +534,17 @@ class RunStore:
                 rows = conn.execute(query.order_by(metrics.c.id)).all()
                 batches[run_id] = MetricBatch(rows, rows[-1].id if rows else after_id)
         return batches
+
+    def latest_metric_values(self, run_ids: Iterable[int], name: str) -> dict[int, float]:
+        """The newest stored value of metric `name` of each of these runs that has one (one query)."""
+        wanted = list(run_ids)
+        if not wanted:
+            return {}
+        newest = (select(func.max(metrics.c.id)).where(metrics.c.run_id.in_(wanted), metrics.c.name == name)
+                  .group_by(metrics.c.run_id))
+        with self._read() as conn:
+            rows = conn.execute(select(metrics.c.run_id, metrics.c.value).where(metrics.c.id.in_(newest))).all()
+        return {row.run_id: row.value for row in rows if row.value is not None}
 
     # -- artifacts and analyses --------------------------------------------------------------
 

@@ -109,7 +109,7 @@ def test_a_trained_fractalnet_is_evaluated_per_column_as_a_stored_job(tmp_path, 
         assert [row["column"] for row in analysis.result["columns"]] == [1, 2, 3]
         assert all(0.0 <= row["error"] <= 100.0 for row in analysis.result["columns"])
         ctx = Workbench(store, QueueExecutor(store))
-        assert fractal_runs(ctx) == [(f"#{run_id} tiny-fractal", run_id)]
+        assert fractal_runs(ctx) == [(f"#{run_id} tiny-fractal · {DATA.name}", run_id)]
         shown = column_lines(ctx, run_id)
         assert shown.startswith("All columns joined: **") and "column 2 alone (4 convs deep)" in shown
         resnet = store.create_run(RunSpec(net=get_preset("resnet20").spec, data=DATA, train=TRAIN), name="r")

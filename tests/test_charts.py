@@ -37,7 +37,8 @@ def twin_curves() -> list[RunCurves]:
 
 
 def diagram_labels(figure) -> list[str]:
-    return [a.text.removeprefix("<b>").removesuffix("</b>") for a in figure.layout.annotations if a.y == 0]
+    return [a.text.removeprefix("<b>").removesuffix("</b>").replace("<br>", " ") for a in figure.layout.annotations
+            if a.y == 0]
 
 
 def test_downsample_keeps_small_series_unchanged():

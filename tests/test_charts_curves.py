@@ -107,13 +107,14 @@ def test_format_duration():
 
 
 def test_run_row_has_a_cell_per_column(store):
-    run_id = store.create_run(spec(), name="resnet20", preset="resnet20", dataset="synthetic")
+    run_id = store.create_run(spec(), name="resnet20", preset="resnet20", dataset="synthetic", group_name="twin-3",
+                              group_kind="twin")
     run = store.get_run(run_id)
     row = run_row(run)
     assert len(row) == len(RUN_TABLE_COLUMNS)
     cells = dict(zip(RUN_TABLE_COLUMNS, row, strict=True))
-    assert cells["status"] == "queued" and cells["preset"] == "resnet20" and cells["duration"] == ""
-    assert run_label(run) == f"#{run_id} resnet20"
+    assert cells["status"] == "queued" and cells["group"] == "twin-3" and cells["duration"] == ""
+    assert run_label(run) == f"#{run_id} resnet20 · synthetic · twin-3"
 
 
 def test_run_row_of_a_running_run_shows_progress_and_duration(store):
@@ -123,9 +124,11 @@ def test_run_row_of_a_running_run_shows_progress_and_duration(store):
     store.update_summary(run_id, test_error=12.345)
     run = store.get_run(run_id)
     cells = dict(zip(RUN_TABLE_COLUMNS, run_row(run, now=run.started_at + timedelta(seconds=75)), strict=True))
-    assert cells["progress"] == "25% (50/200)" and cells["epoch"] == "1.2"
-    assert cells["best err (split)"] == "12.35% test" and cells["images/s"] == "1,234"
+    assert cells["progress"] == "25% (50/200)"
+    assert cells["best err"] == "12.35% test" and cells["img/s"] == "1,234"
     assert cells["duration"] == "1 min 15 s"
+    resumed = run_row(run, now=run.started_at + timedelta(seconds=75), trained_seconds=400.0)
+    assert dict(zip(RUN_TABLE_COLUMNS, resumed, strict=True))["duration"] == "6 min 40 s"
     assert run.started_at.tzinfo is not None and run.started_at <= datetime.now(UTC)
 
 
@@ -137,3 +140,13 @@ def test_a_compiled_run_says_it_is_compiling_until_its_first_step(store):
     assert status == "running: compiling (the first step can take a minute)"
     store.heartbeat(run_id, "w1", iteration=1, total_iterations=200)
     assert dict(zip(RUN_TABLE_COLUMNS, run_row(store.get_run(run_id)), strict=True))["status"] == "running"
+
+
+def test_the_newest_value_of_a_metric_per_run_in_one_query(store):
+    first, second, silent = (store.create_run(spec(), name=name) for name in ("a", "b", "c"))
+    for run_id, values in ((first, (1.0, 5.0)), (second, (2.0,))):
+        store.append_metrics(run_id, [{"iteration": i, "split": "train", "name": "run_seconds", "value": value}
+                                      for i, value in enumerate(values, start=1)])
+    store.append_metrics(first, [{"iteration": 3, "split": "train", "name": "loss", "value": 9.0}])
+    assert store.latest_metric_values([first, second, silent], "run_seconds") == {first: 5.0, second: 2.0}
+    assert store.latest_metric_values([], "run_seconds") == {}

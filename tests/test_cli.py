@@ -62,14 +62,15 @@ def test_train_reads_a_cifar_archive_anywhere_unless_data_roots_are_given(tmp_pa
     assert refused.returncode == 2 and "outside the allowed data roots" in refused.stderr
 
 
-def test_submit_with_seeds_queues_a_seed_group(tmp_path):
+def test_submit_with_seeds_queues_a_seed_group_with_gradient_norms(tmp_path):
     from storage import open_store
 
     result = run_cli("submit", "--preset", "resnet20", "--iterations", "10", "--seed", "3", "--seeds", "3",
-                     home=tmp_path)
+                     "--grad-norm-every", "7", home=tmp_path)
     assert result.returncode == 0, result.stderr
     run_ids = [int(word) for word in result.stdout.split()]
     with open_store(tmp_path) as store:
         runs = [store.get_run(run_id) for run_id in run_ids]
     assert [run.spec["train"]["seed"] for run in runs] == [3, 4, 5]
+    assert {run.spec["train"]["grad_norm_every"] for run in runs} == {7}
     assert {run.group_kind for run in runs} == {"seeds"} and len({run.group_name for run in runs}) == 1

@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from tests.gradio_page import pick
+from tests.gradio_page import pick, pick_runs
 from workbench.service.plans import PlannedRun
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 
@@ -41,7 +41,7 @@ def test_zoom_and_hidden_trace_survive_three_live_updates(page, serve_workbench,
     page.goto(served.url)
     page.wait_for_selector("#unit-diagram .main-svg", timeout=60_000)
     page.get_by_role("tab", name="Compare", exact=True).click()
-    pick(page, "compare-runs", f"#{run_id} live tiny")
+    pick_runs(page, "compare-runs", served.store, run_id)
     page.wait_for_function(f"document.querySelector('{PLOT}')?._fullData?.[0]?.x?.length > 20", timeout=120_000)
 
     box = page.locator(f"{PLOT} .nsewdrag").first.bounding_box()
@@ -90,7 +90,7 @@ def test_smoothing_follows_each_slider_step_wall_time_unified_hover_csv_download
     page.goto(served.url)
     page.wait_for_selector("#unit-diagram .main-svg", timeout=60_000)
     page.get_by_role("tab", name="Compare", exact=True).click()
-    pick(page, "compare-runs", f"#{first} zig", f"#{second} zag")
+    pick_runs(page, "compare-runs", served.store, first, second)
     train_y = f"Array.from(document.querySelector('{PLOT}')._fullData[0].y)"
     page.wait_for_function(f"{train_y}.length === 50", timeout=60_000)
     assert page.evaluate(train_y)[:2] == [30.0, 10.0]
@@ -119,8 +119,8 @@ def test_smoothing_follows_each_slider_step_wall_time_unified_hover_csv_download
     box = page.locator(f"{PLOT} .nsewdrag").first.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     hover = page.locator(f"{PLOT} .hoverlayer")
-    expect()(hover).to_contain_text("zig train")
-    expect()(hover).to_contain_text("zag train")
+    expect()(hover).to_contain_text("zig · synthetic train")
+    expect()(hover).to_contain_text("zag · synthetic train")
 
     page.locator("#prepare-curves").click()
     expect()(page.locator("#curves-export-message")).to_contain_text("Ready", timeout=60_000)
@@ -151,8 +151,9 @@ def test_a_seed_group_is_drawn_as_mean_and_band_with_n_in_the_legend(page, serve
     bands = f"document.querySelectorAll('{PLOT} .scatterlayer .trace path.js-fill').length"
     page.wait_for_function(f"{bands} === 2", timeout=60_000)
     legend = page.locator(f"{PLOT} .legendtext")
-    expect()(legend.filter(has_text="tiny [3 seeds] test n=3, final 19.00 ± 4.00%")).to_have_count(1)
-    expect()(legend.filter(has_text="tiny lr 0.05 test 45.00%")).to_have_count(1)
+    seeds = "tiny [3 seeds] · synthetic · tiny over seeds test n=3, final 19.00 ± 4.00%"
+    expect()(legend.filter(has_text=seeds)).to_have_count(1)
+    expect()(legend.filter(has_text="tiny lr 0.05 · synthetic · tiny over seeds test 45.00%")).to_have_count(1)
     traces = f"document.querySelector('{PLOT}')._fullData.length"
     drawn = page.evaluate(traces)
     page.locator("#show-seed-runs input").check()

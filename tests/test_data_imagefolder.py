@@ -302,3 +302,22 @@ def test_paths_and_links_outside_allowed_roots(tmp_path):
     )
     assert data.info.counts["train"] + data.info.counts["test"] == 6
     assert data.info.skipped.reasons == {"links outside the allowed data roots": 1}
+
+
+def test_wordnet_class_folders_are_picked_by_words_from_the_folders_own_mapping(tmp_path):
+    root = make_tree(tmp_path / "data", {"n00000001": 2, "n00000002": 2, "n00000003": 2})
+    (root / "LOC_synset_mapping.txt").write_text("n00000001 sea slug, nudibranch\nn00000003 tabby, tabby cat\n")
+    data = load(root, tmp_path / "home", classes=["Tabby Cat", "n00000002"])
+    assert data.info.class_names == ["n00000003", "n00000002"]
+    with pytest.raises(DataError, match=r"available classes: n00000001 \(sea slug\), n00000002, n00000003 \(tabby\)"):
+        load(root, tmp_path / "home", classes=["tiger"])
+
+
+@needs_imagenette
+def test_imagenette_classes_are_accepted_as_words_from_the_shipped_mapping(tmp_path):
+    spec = DataSpec(name="folder", path=str(IMAGENETTE), resolution=16, classes=["tench", "Golf Ball"],
+                    per_class_cap=2)
+    data = load_dataset(spec, home=tmp_path, allowed_roots=[SHARED_DATA])
+    assert data.info.class_names == ["n01440764", "n03445777"]
+    with pytest.raises(DataError, match=r"n01440764 \(tench\), n02102040 \(English springer\)"):
+        load_dataset(spec.model_copy(update={"classes": ["goldfish"]}), home=tmp_path, allowed_roots=[SHARED_DATA])

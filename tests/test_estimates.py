@@ -56,8 +56,8 @@ def test_estimate_matches_a_real_workers_steps_is_cached_and_the_queue_shows_exp
         finishes = bench.expected_finishes(runs, now)
         assert now < finishes[first] < finishes[second], "the queued run waits for the one worker"
         cells = {row[0]: dict(zip(RUN_TABLE_COLUMNS, row, strict=True)) for row in run_rows(runs, now, finishes)}
-        assert "(in " in cells[first]["expected finish"] and "(in " in cells[second]["expected finish"]
-        assert cells[first]["best err (split)"].endswith("% val") and cells[first]["test err at best"].endswith("%")
+        assert "(in " in cells[first]["finish"] and "(in " in cells[second]["finish"]
+        assert cells[first]["best err"].endswith("% val")
         wait_for(lambda: store.get_run(first).iteration >= 100, what="enough timed steps")
     finally:
         executor.shutdown()

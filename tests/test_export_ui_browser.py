@@ -15,6 +15,7 @@ import torch
 from workbench.jobs.worker import execute_run
 from workbench.presets import get_preset
 from workbench.spec import DataSpec, RunSpec, TrainSpec
+from workbench.ui.run_table import run_label
 from workbench.weights.export import EXPORT_FORMATS
 from workbench.weights.loader import load_model_file
 
@@ -71,7 +72,7 @@ def test_export_tab_downloads_every_format_and_each_file_loads(page, exported_ru
     page.goto(served.url)
     page.get_by_role("tab", name="Export", exact=True).click()
     page.locator("#export-run input").click()
-    page.get_by_role("option", name=f"#{run_id} resnet18", exact=True).click()
+    page.get_by_role("option", name=run_label(served.store.get_run(run_id)), exact=True).click()
     for fmt, export_format in EXPORT_FORMATS.items():
         file_name = f"run{run_id}-resnet18-best{export_format.suffix}"
         page.locator("#export-format label").filter(has_text=re.compile(rf"^\s*{fmt}:")).click()

@@ -21,7 +21,7 @@ FORM = dict(
     dataset="synthetic", path="", download=False, classes="", per_class_cap=0, resolution=0, validation_size=0,
     synthetic_train=64, synthetic_test=32, budget_unit="iterations", budget=2, batch_size=32, lr=0.01,
     schedule="constant", warmup=0, seed=0, precision="fp32", device="cpu", devices=1, log_every=1,
-    eval_every=0,
+    eval_every=0, grad_norm_every=0,
 )
 
 

@@ -19,6 +19,7 @@ from workbench.service.forms import (
 )
 from workbench.service.plans import (
     at_depth,
+    edited_name,
     placement_variants,
     plain_counterpart,
     plan_ladder,
@@ -184,6 +185,16 @@ def test_stochastic_depth_pair_differs_only_in_the_drop_probability():
 def test_at_depth_renames_and_rebuilds():
     deeper = at_depth(TINY, 14)
     assert deeper.name == "tiny14" and deeper.blocks == [2, 2, 2] and deeper.widths == [4, 8, 16]
+
+
+def test_an_edited_preset_is_named_after_the_preset_it_matches_or_says_it_is_custom():
+    resnet20, densenet = get_preset("resnet20"), get_preset("densenet-bc-100")
+    assert edited_name(at_depth(resnet20.spec, 32), resnet20, PRESETS) == "resnet32"
+    assert edited_name(at_depth(resnet20.spec, 38), resnet20, PRESETS) == "resnet38-custom"
+    wider = resnet20.spec.model_copy(update={"widths": [16, 32, 48]})
+    assert edited_name(wider, resnet20, PRESETS) == "resnet20-custom"
+    assert edited_name(densenet.spec.model_copy(update={"growth_rate": 16}), densenet, PRESETS) == \
+        "densenet-bc-100-custom"
 
 
 def test_unique_group_name():

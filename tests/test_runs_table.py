@@ -3,8 +3,10 @@
 import pytest
 
 from storage import open_store
+from storage.status import ALL_STATUSES, QUEUED, RUNNING
 from workbench.service import Workbench
 from workbench.service.run_query import RunFilter, filter_runs, spec_columns
+from workbench.service.runs import possible_actions
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 from workbench.ui.runs_tab import spec_diff_html, table_view
 
@@ -53,3 +55,15 @@ def test_spec_diff_lists_every_setting_and_highlights_differences_first(service)
     assert {row.split("<td>")[1].split("</td>")[0] for row in first_rows} == {
         "net.depth", "net.shortcut", "net.blocks", "train.lr"}
     assert "Pick two or more" in spec_diff_html([service.get_run(1)])
+
+
+def test_each_status_allows_only_the_actions_that_can_act(tmp_path):
+    with open_store(tmp_path) as store:
+        spec = RunSpec(net=NetSpec(depth=20), data=DataSpec(), train=TrainSpec())
+        made = {status: store.create_run(spec, name=status, status=QUEUED if status == RUNNING else status)
+                for status in ALL_STATUSES}
+        store.claim_run(made[RUNNING], "worker-1")
+        allowed = {status: possible_actions(store.get_run(run_id)) for status, run_id in made.items()}
+    assert allowed == {"queued": {"cancel", "delete"}, "running": {"cancel"}, "completed": {"delete"},
+                       "failed": {"resume", "delete"}, "cancelled": {"resume", "delete"},
+                       "interrupted": {"resume", "delete"}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from storage import open_store
-from tests.gradio_page import pick
+from tests.gradio_page import pick, pick_runs
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 from workbench.training import fit
 
@@ -53,10 +53,10 @@ def test_analysis_tab_verdict_gradients_and_a_lesion_job(page, serve_workbench, 
     page.goto(served.url)
     page.get_by_role("tab", name="Analysis", exact=True).click()
 
-    pick(page, "gradient-runs", "#1 plain8", "#3 resnet8")
+    pick_runs(page, "gradient-runs", served.store, 1, 3)
     expect()(page.locator("#gradient-heatmap .heatmaplayer .hm")).to_have_count(2, timeout=30_000)
 
-    pick(page, "lesion-run", f"#{trained} tiny trained")
+    pick_runs(page, "lesion-run", served.store, trained)
     page.locator("#lesion-start").click()
     expect()(page.locator("#lesion-status")).to_contain_text(f"lesion of run #{trained}")
     expect()(page.locator("#lesion-status")).to_contain_text("completed", timeout=LESION_TIMEOUT_MS)

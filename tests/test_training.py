@@ -10,7 +10,7 @@ from tests.sinks import StopAt
 from workbench.data import load_dataset
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 from workbench.training import LearningRateSchedule, MemorySink, TrainingDiverged, fit, load_checkpoint
-from workbench.training.loop import resolve_precision
+from workbench.training.loop import RUN_SECONDS, resolve_precision
 
 TINY_NET = NetSpec(name="tiny", blocks=[1, 1, 1], widths=[4, 8, 16])
 
@@ -131,6 +131,23 @@ def test_stopping_and_resuming_gives_the_same_weights_and_curve_as_training_stra
                 if r["name"] in ("loss", "error", "lr")]
 
     assert curve(stopped_sink.rows) == curve(straight_sink.rows)
+
+
+def test_seconds_and_images_per_s_cover_the_whole_run_across_a_resume(tiny_data, tmp_path):
+    class Speeds(StopAt):
+        def progress(self, state):
+            super().progress(state)
+            if "images_per_s" in state:
+                self.speed = state["images_per_s"]
+
+    sink = Speeds(8)
+    fit(tiny_run(), tmp_path, sink, dataset=tiny_data)
+    before = [row["value"] for row in sink.rows if row["name"] == RUN_SECONDS]
+    sink.stop_at = 10**9
+    fit(tiny_run(), tmp_path, sink, dataset=tiny_data)
+    seconds = [row["value"] for row in sink.rows if row["name"] == RUN_SECONDS]
+    assert seconds[:len(before)] == before and seconds == sorted(seconds) and seconds[-1] > before[-1] > 0
+    assert sink.speed == pytest.approx(16 * 64 / seconds[-1])
 
 
 def test_a_diverging_run_stops_with_a_clear_message(tiny_data, tmp_path):

@@ -17,6 +17,7 @@ LAUNCH_DEFAULTS = dict(
     dataset="synthetic", path="", download=False, classes="", per_class_cap=0, resolution=0, validation_size=0,
     synthetic_train=256, synthetic_test=64, budget_unit="epochs", budget=1, batch_size=32, lr=0.1,
     schedule="step", warmup=0, seed=0, precision="fp32", device="cpu", devices=1, log_every=4, eval_every=0,
+    grad_norm_every=0,
     ladder_depths="8, 14", drop_prob=0.5, seeds=1, architectures=[],
 )
 BUILD_FIELDS = dict(
@@ -86,6 +87,12 @@ def test_a_twin_over_three_seeds_is_one_twin_group_of_two_seed_groups(client, se
     single = served.store.list_runs()[:2]
     assert message.startswith("Queued") and {run.group_kind for run in single} == {"seeds"}
     assert single[0].group_name.startswith("seeds tiny on synthetic")
+
+
+def test_a_launch_records_gradient_norms_every_n_iterations_when_asked(client, served):
+    assert launch(client, "run", TINY.model_dump_json(), grad_norm_every=5).startswith("Queued")
+    assert served.store.list_runs()[0].spec["train"]["grad_norm_every"] == 5
+    assert "Nothing launched" in launch(client, "run", TINY.model_dump_json(), grad_norm_every=-1)
 
 
 def test_ladder_is_queued_as_twins_at_each_depth(client, served):
@@ -173,7 +180,7 @@ def test_run_actions_cancel_resume_rename_notes_delete(client, served):
     assert served.store.get_run(run_id).status == "queued"
     assert "renamed" in client.predict(run_id, "tiny again", api_name="/rename_run")[0]
     client.predict(run_id, "lr too high?", api_name="/save_notes")
-    details, _, spec_json, name, notes = client.predict(run_id, api_name="/run_details")
+    details, _, spec_json, name, notes, *_ = client.predict(run_id, api_name="/run_details")
     assert "Status:** queued" in details and (name, notes) == ("tiny again", "lr too high?")
     assert json.loads(spec_json)["net"]["blocks"] == [1, 1, 1]
     assert client.predict(run_id, api_name="/job_log") == f"Run #{run_id} has no cluster job; it runs (or ran) on " \

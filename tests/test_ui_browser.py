@@ -11,9 +11,10 @@ import urllib.request
 
 import pytest
 
-from tests.gradio_page import fill, pick
+from tests.gradio_page import fill, pick, pick_runs
 from workbench.presets import save_preset
 from workbench.spec import NetSpec
+from workbench.ui.run_table import RUN_TABLE_COLUMNS
 
 pytestmark = pytest.mark.browser
 
@@ -87,7 +88,8 @@ def test_twin_completes_and_compare_shows_four_traces(page, workbench, artifacts
     open_tab(page, "Compare")
     expect()(page.locator("#curves-plot .scatterlayer .trace")).to_have_count(4, timeout=30_000)
     legend = page.locator("#curves-plot .legendtext").all_text_contents()
-    assert any("plain-tiny test" in text for text in legend) and any("#" in text for text in legend)
+    assert any(text.startswith("#") and "plain-tiny · synthetic · twin" in text and " test" in text
+               for text in legend)
     page.screenshot(path=artifacts_dir / "journey1-compare-four-traces.png", full_page=True)
     runs = workbench.store.list_runs()
     assert sorted(run.spec["net"]["shortcut"] for run in runs) == ["A", "none"]
@@ -102,7 +104,7 @@ def test_export_tab_downloads_a_bundle_that_loads(page, workbench, artifacts_dir
     run = completed[-1]
     open_app(page, workbench.url)
     open_tab(page, "Export")
-    pick(page, "export-run", f"#{run.id} {run.name}")
+    pick_runs(page, "export-run", workbench.store, run.id)
     page.locator("#prepare-export").click()
     expect()(page.locator("#export-message")).to_contain_text("Ready", timeout=60_000)
     with page.expect_download() as started:
@@ -123,7 +125,7 @@ def test_cancel_then_resume_a_running_run(page, workbench, artifacts_dir):
     run_id = max(run.id for run in workbench.store.list_runs())
 
     open_tab(page, "Runs")
-    pick(page, "run-picker", f"#{run_id} tiny")
+    pick_runs(page, "run-picker", workbench.store, run_id)
     details = page.locator("#run-details")
     expect()(details).to_contain_text("Status: running", timeout=RUN_TIMEOUT_MS)
     page.locator("#cancel-run").click()
@@ -155,4 +157,4 @@ def test_auth_refuses_unauthenticated_page_and_api(page, serve_workbench, tmp_pa
     with pytest.raises(Exception, match="(?i)auth|login|401"):
         Client(served.url, verbose=False)
     client = Client(served.url, auth=("ada", "lovelace"), verbose=False)
-    assert client.predict(api_name="/list_runs")[0]["data"] in ([], [[""] * 13])
+    assert client.predict(api_name="/list_runs")[0]["data"] in ([], [[""] * len(RUN_TABLE_COLUMNS)])

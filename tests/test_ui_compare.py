@@ -3,6 +3,7 @@
 import base64
 import json
 import zipfile
+from dataclasses import astuple
 
 import gradio as gr
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from storage import open_store
 from workbench.presets import get_preset
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
-from workbench.ui.compare_tab import NO_BAND, CompareView, export_curves, pick_group, redraw, tick
+from workbench.ui.compare_tab import NO_BAND, CompareView, Options, export_curves, pick_group, redraw, tick
 from workbench.ui.context import WorkbenchContext
 from workbench.viz.charts import EMA, RUNNING_MEAN
 
@@ -149,11 +150,13 @@ def test_a_ladder_over_three_seeds_draws_seed_bands_and_tests_the_verdict_over_s
     assert "Welch's t-test over seeds" in verdict["value"]
     assert "plain56 46.0 ± 1.0% (n=3), best 45.0%" in verdict["value"]
     legend = [trace.name for trace in curves.data if trace.showlegend is not False]
-    assert legend[0] == "plain20 [3 seeds] train n=3, final 31.00 ± 1.00%" and len(legend) == 4
+    assert legend[0] == "plain20 [3 seeds] · synthetic · S train n=3, final 31.00 ± 1.00%" and len(legend) == 4
     assert sum(trace.fill == "toself" for trace in curves.data) == 4
     *_, view = redraw(ctx, run_ids, CompareView(), *OPTIONS)
     each = live(tick(ctx, view, "error", "iterations", 0.0, EMA, False, NO_BAND))["curves-plot"]
     assert len(each["data"]) == 12
+    named = live(tick(ctx, view, *astuple(Options(band=NO_BAND, legend="name + group"))))["curves-plot"]
+    assert named["data"][0]["name"].startswith(f"#{run_ids[0]} plain20 seed 0 · S train")
 
 
 def test_a_seeded_ladder_s_figure6_depth_chart_and_verdict_follow_the_band_and_summary_choices(ctx):

@@ -136,22 +136,20 @@ def class_counts(labels: torch.Tensor, num_classes: int) -> list[int]:
     return torch.bincount(labels, minlength=num_classes).tolist()
 
 
-def select_classes(class_names: list[str], classes: int | list[str] | None, what: str) -> list[int]:
-    """Indices of the classes asked for: all, the first k, or a list of names (unknown names are an error)."""
+def select_classes(class_names: list[str], classes: int | list[str] | None, what: str,
+                   shown: list[str] | None = None) -> list[int]:
+    """Indices of the classes asked for: all, the first k, or a list of names (unknown names are an error, which
+    lists the classes as `shown`, by default their names)."""
+    listed = ", ".join(shown or class_names)
     if classes is None:
         return list(range(len(class_names)))
     if isinstance(classes, int):
         if classes > len(class_names):
-            raise DataError(
-                f"asked for the first {classes} classes but {what} has only {len(class_names)}: "
-                f"{', '.join(class_names)}"
-            )
+            raise DataError(f"asked for the first {classes} classes but {what} has only {len(class_names)}: {listed}")
         return list(range(classes))
     unknown = [name for name in classes if name not in class_names]
     if unknown:
-        raise DataError(
-            f"unknown class name(s) {', '.join(unknown)} in {what}; available classes: {', '.join(class_names)}"
-        )
+        raise DataError(f"unknown class name(s) {', '.join(unknown)} in {what}; available classes: {listed}")
     duplicates = [name for name, n in Counter(classes).items() if n > 1]
     if duplicates:
         raise DataError(f"class name(s) listed twice: {', '.join(duplicates)}")

@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageOps
 
 from workbench.data.base import SkippedFiles, Splits, check_allowed, resolve_user_path, select_classes
+from workbench.data.wordnet import as_folder_names, class_words, shown_name
 from workbench.errors import DataError
 from workbench.paths import cache_dir
 from workbench.spec import DataSpec
@@ -189,7 +190,9 @@ def plan_folder(root: Path, spec: DataSpec, allowed_roots: list[Path] | None) ->
             )
 
     all_names = list(train_classes)
-    keep = select_classes(all_names, spec.classes, f"image folder {root}")
+    words = class_words(root)
+    wanted = as_folder_names(spec.classes, all_names, words) if isinstance(spec.classes, list) else spec.classes
+    keep = select_classes(all_names, wanted, f"image folder {root}", [shown_name(name, words) for name in all_names])
     class_names = [all_names[i] for i in keep]
     train: list[tuple[str, int]] = []
     test: list[tuple[str, int]] = []

@@ -189,6 +189,7 @@ def train_spec_from_fields(
     devices: Any = 1,
     log_every: Any = None,
     eval_every: Any = None,
+    grad_norm_every: Any = None,
 ) -> TrainSpec:
     """The TrainSpec of a Launch form; the budget is in "epochs" or "iterations"."""
     if budget is None or budget == "":
@@ -204,6 +205,7 @@ def train_spec_from_fields(
         "devices": whole_number(devices, "devices"),
         "log_every": whole_number(log_every, "log every") or None,
         "eval_every": whole_number(eval_every, "evaluate every") or None,
+        "grad_norm_every": whole_number(grad_norm_every, "gradient norms every") or None,
     }
     if budget_unit == "iterations":
         data["iterations"] = whole_number(budget, "iterations")
@@ -215,7 +217,7 @@ def train_spec_from_fields(
 FORM_FIELDS = (
     "dataset", "path", "download", "classes", "per_class_cap", "resolution", "validation_size", "synthetic_train",
     "synthetic_test", "budget_unit", "budget", "batch_size", "lr", "schedule", "warmup", "seed", "precision",
-    "device", "devices", "log_every", "eval_every",
+    "device", "devices", "log_every", "eval_every", "grad_norm_every",
 )
 
 
@@ -242,6 +244,7 @@ def specs_from_form(
     log_every: Any,
     eval_every: Any,
     devices: Any = 1,
+    grad_norm_every: Any = None,
 ) -> tuple[DataSpec, TrainSpec]:
     """The DataSpec and TrainSpec of a launch form (fields as in FORM_FIELDS); one seed drives both."""
     data = data_spec_from_fields(
@@ -252,7 +255,7 @@ def specs_from_form(
     train = train_spec_from_fields(
         budget_unit=budget_unit, budget=budget, batch_size=batch_size, lr=lr, schedule=schedule,
         warmup_iterations=warmup, seed=seed, precision=precision, device=device, devices=devices,
-        log_every=log_every, eval_every=eval_every,
+        log_every=log_every, eval_every=eval_every, grad_norm_every=grad_norm_every,
     )
     return data, train
 

@@ -11,6 +11,7 @@ Every run of a group gets the same DataSpec and TrainSpec, so curves differ only
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -76,6 +77,18 @@ def same_network(first: NetworkSpec, second: NetworkSpec) -> bool:
 def matching_preset(net: NetworkSpec, presets: Iterable[Preset]) -> Preset | None:
     """The preset that builds exactly this network, if any."""
     return next((preset for preset in presets if same_network(preset.spec, net)), None)
+
+
+def edited_name(net: NetworkSpec, base: Preset, presets: Iterable[Preset]) -> str:
+    """What to call `net` after editing preset `base`: the preset it now matches ("resnet32"), else `base`'s name
+    with the new depth where it names one and "-custom" ("resnet38-custom", "resnet20-custom")."""
+    preset = matching_preset(net, presets)
+    if preset:
+        return preset.name
+    name, old_depth, depth = base.name, getattr(base.spec, "depth", None), getattr(net, "depth", None)
+    if old_depth and depth:
+        name = re.sub(rf"(?<!\d){old_depth}(?!\d)", str(depth), name, count=1)
+    return f"{name}-custom"
 
 
 def _renamed(net: NetSpec, name: str, presets: Sequence[Preset], **changes: Any) -> NetSpec:

@@ -18,8 +18,8 @@ from storage.status import ALL_STATUSES
 __all__ = ["ALL_STATUSES", "RESULT_COLUMNS", "RunFilter", "best_error", "cell", "column_value", "differing",
            "filter_runs", "flatten", "spec_columns", "spec_diff"]
 
-RESULT_COLUMNS = ("status", "iteration", "best_val_error", "test_error_at_best", "best_test_error", "last_test_error",
-                  "last_train_error", "images_per_s", "device", "group_name", "tags")
+RESULT_COLUMNS = ("status", "preset", "iteration", "epoch", "best_val_error", "test_error_at_best", "best_test_error",
+                  "last_test_error", "last_train_error", "images_per_s", "device", "group_name", "tags")
 
 
 def best_error(run: RunRecord) -> tuple[float | None, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from storage import AnalysisRecord, RunRecord, RunStore
-from storage.status import COMPLETED, QUEUED, RUNNING
+from storage.status import CANCELLED, COMPLETED, QUEUED, RUNNING, sources_of
 from workbench.data import DatasetShape, check_source
 from workbench.errors import IllegalTransition, WorkbenchError
 from workbench.jobs.analyses import ANALYSIS_KINDS, FRACTAL_COLUMNS, LESION, execute_analysis
@@ -38,12 +38,24 @@ from workbench.service.sweeps import SweepReport, sweep_report
 from workbench.spec import DataSpec, RunSpec, TrainSpec, parse_net
 from workbench.sweep_spec import SweepSpec
 from workbench.threads import worker_threads
+from workbench.training.loop import RUN_SECONDS
 from workbench.weights.export import EXPORT_FORMATS, export_model
 from workbench.weights.loader import load_model_file
 
 logger = logging.getLogger(__name__)
 
 CURVE_FORMATS = ("csv", "tensorboard")
+
+
+CANCEL, RESUME, DELETE = "cancel", "resume", "delete"
+
+
+def possible_actions(run: RunRecord) -> frozenset[str]:
+    """What `run` allows in its status, by the store's transitions: cancel while queued or running, resume
+    once it stopped early (interrupted, cancelled, failed), delete unless it is running."""
+    allowed = {CANCEL: run.status in sources_of(CANCELLED), RESUME: run.status in sources_of(QUEUED),
+               DELETE: run.status != RUNNING}
+    return frozenset(action for action, possible in allowed.items() if possible)
 
 
 def export_file_name(run: RunRecord, which: str, fmt: str) -> str:
@@ -165,6 +177,10 @@ class Workbench:
         """The last stored value of each of these metrics that the run has logged."""
         batch = self.store.fetch_metrics_since({run_id: 0}, names=list(names)).get(run_id)
         return {row.name: row.value for row in batch.rows if row.value is not None} if batch else {}
+
+    def run_seconds(self, run_ids: Sequence[int]) -> dict[int, float]:
+        """Seconds each run has trained so far, across resumes (as its training loop last logged them)."""
+        return self.store.latest_metric_values(run_ids, RUN_SECONDS)
 
     # -- the life of a run ---------------------------------------------------------------------
 

@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 GRAD_NORM_PREFIX = "grad_norm/"
 
+#: The train metric holding the seconds a run has trained so far, across resumes.
+RUN_SECONDS = "run_seconds"
+
 
 class TrainingDiverged(WorkbenchError):
     """The loss became NaN or infinite."""
@@ -45,8 +48,9 @@ class TrainingSink(Protocol):
         """Rows of {iteration, epoch, split, name, value, wall_time}."""
 
     def progress(self, state: dict[str, Any]) -> None:
-        """iteration, total_iterations, epoch, images_per_s, train_error, test_error; after an evaluation also
-        best_split, best_error (on best_split) and test_error_at_best (the test error of the best checkpoint)."""
+        """iteration, total_iterations, epoch, images_per_s (over the whole run), train_error, test_error; after
+        an evaluation also best_split, best_error (on best_split) and test_error_at_best (the test error of the
+        best checkpoint)."""
 
     def should_stop(self) -> bool:
         """True when the user asked to cancel; the loop checkpoints and returns."""
@@ -286,6 +290,8 @@ class _Trainer:
         self.last_error: float | None = None
         self.test_error: float | None = None
         self.test_error_at_best: float | None = None
+        # Images trained and seconds spent training them, over the whole run (checkpointed, so across resumes).
+        self.run_images, self.run_seconds = 0, 0.0
         self._reset_interval()
 
     def _eval_splits(self) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -345,6 +351,7 @@ class _Trainer:
             "last_error": self.last_error,
             "test_error": self.test_error,
             "test_error_at_best": self.test_error_at_best,
+            "run_totals": {"images": self.run_images, "seconds": self.run_seconds},
         }
         if kind == "last":
             state.update(
@@ -358,6 +365,7 @@ class _Trainer:
                     "wrong": self.interval_wrong.cpu(),
                     "images": self.interval_images,
                     "steps": self.interval_steps,
+                    "seconds": time.perf_counter() - self.interval_start,
                     **({} if ranks_intervals is None else {"ranks": ranks_intervals}),
                 },
             )
@@ -399,6 +407,9 @@ class _Trainer:
             self.interval_loss = interval["loss"].to(self.device)
             self.interval_wrong = interval["wrong"].to(self.device)
             self.interval_images = interval["images"]
+        self.interval_start = time.perf_counter() - interval.get("seconds", 0.0)
+        totals = state.get("run_totals", {})
+        self.run_images, self.run_seconds = totals.get("images", 0), totals.get("seconds", 0.0)
         self.sink.rewind(self.iteration)
         logger.info("resumed from %s at iteration %d of %d", path, self.iteration, self.total)
         return True
@@ -422,6 +433,8 @@ class _Trainer:
                 f"{self.optimizer.param_groups[0]['lr']:g}); lower the learning rate or add warm-up"
             )
         images_per_s = images / elapsed if elapsed > 0 else 0.0
+        self.run_images += images
+        self.run_seconds += elapsed
         self.schedule.observe_train_error(error)
         now = time.time()
         rows = [
@@ -429,12 +442,14 @@ class _Trainer:
             self._row("train", "error", error, now),
             self._row("train", "lr", self.optimizer.param_groups[0]["lr"], now),
             self._row("train", "images_per_s", images_per_s, now),
+            self._row("train", RUN_SECONDS, self.run_seconds, now),
         ]
         rows += [self._row("train", name, value, now) for name, value in grad_norms.items()]
         self.sink.metrics(rows)
         self.sink.progress({
             "iteration": self.iteration, "total_iterations": self.total, "epoch": self.epoch,
-            "images_per_s": images_per_s, "train_error": error, "test_error": self.test_error,
+            "images_per_s": self.run_images / self.run_seconds if self.run_seconds > 0 else 0.0,
+            "train_error": error, "test_error": self.test_error,
         })
         self._reset_interval()
 

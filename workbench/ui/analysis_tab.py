@@ -19,6 +19,7 @@ from workbench.science.gradient_flow import UNIT_GRAD_PREFIX, unit_gradient_matr
 from workbench.science.lesion import DEFAULT_DRAWS, DEFAULT_MAX_K
 from workbench.spec import parse_net
 from workbench.ui.context import WorkbenchContext
+from workbench.ui.run_table import run_label
 from workbench.viz.figures import (
     gradient_heatmaps,
     gradient_profile_chart,
@@ -30,11 +31,6 @@ REFRESH_SECONDS = 3.0
 DEFAULT_LESION_IMAGES = 1000
 SHOWN_JOBS = 8
 PROFILE_BATCH = 128
-
-
-def run_title(run: Any) -> str:
-    """'#12 resnet56 on cifar10' as the pickers show a run."""
-    return f"#{run.id} {run.name}"
 
 
 def _is_residual(run: Any) -> bool:
@@ -89,18 +85,18 @@ def column_lines(ctx: WorkbenchContext, run_id: int | None) -> str:
 
 def fractal_runs(ctx: WorkbenchContext) -> list[tuple[str, int]]:
     """(title, id) of every completed FractalNet run, newest first."""
-    return [(run_title(run), run.id) for run in ctx.list_runs(status="completed")
+    return [(run_label(run), run.id) for run in ctx.list_runs(status="completed")
             if parse_net(run.spec["net"]).kind == "fractalnet"]
 
 
 def completed_runs(ctx: WorkbenchContext) -> list[tuple[str, int]]:
     """(title, id) of every completed run, newest first."""
-    return [(run_title(run), run.id) for run in ctx.list_runs(status="completed")]
+    return [(run_label(run), run.id) for run in ctx.list_runs(status="completed")]
 
 
 def all_runs(ctx: WorkbenchContext) -> list[tuple[str, int]]:
     """(title, id) of every run, newest first."""
-    return [(run_title(run), run.id) for run in ctx.list_runs()]
+    return [(run_label(run), run.id) for run in ctx.list_runs()]
 
 
 def lesion_view(ctx: WorkbenchContext, run_ids: Sequence[int]) -> tuple[Any, Any, str]:
@@ -112,7 +108,7 @@ def lesion_view(ctx: WorkbenchContext, run_ids: Sequence[int]) -> tuple[Any, Any
         if result is None:
             missing.append(f"#{run_id}")
             continue
-        studies.append((run_title(ctx.get_run(int(run_id))), result))
+        studies.append((run_label(ctx.get_run(int(run_id)), ()), result))
     lines = []
     for title, study in studies:
         single = [entry["error"] for entry in study["single"]]
@@ -133,7 +129,7 @@ def gradient_view(ctx: WorkbenchContext, run_ids: Sequence[int]) -> Any:
     units = max(parse_net(run.spec["net"]).units for run in runs)
     names = [f"{UNIT_GRAD_PREFIX}{k}" for k in range(1, units + 1)]
     batches = store.fetch_metrics_since({run.id: 0 for run in runs}, names=names)
-    return gradient_heatmaps([(run_title(run), *unit_gradient_matrix(batches[run.id].rows)) for run in runs])
+    return gradient_heatmaps([(run_label(run, ()), *unit_gradient_matrix(batches[run.id].rows)) for run in runs])
 
 
 def queue_profiles(ctx: WorkbenchContext, run_ids: Sequence[int]) -> str:
@@ -148,7 +144,7 @@ def queue_profiles(ctx: WorkbenchContext, run_ids: Sequence[int]) -> str:
 
 def profile_view(ctx: WorkbenchContext, run_ids: Sequence[int]) -> Any:
     """Per-unit input gradient norms at initialization of the runs that have a stored profile."""
-    profiles = [(run_title(ctx.get_run(int(run_id))), result["profile"]) for run_id in run_ids
+    profiles = [(run_label(ctx.get_run(int(run_id)), ()), result["profile"]) for run_id in run_ids
                 if (result := ctx.latest_result(int(run_id), GRADIENT_PROFILE)) is not None]
     return gradient_profile_chart(profiles)
 

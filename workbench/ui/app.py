@@ -29,6 +29,7 @@ from workbench.paths import (  # noqa: E402
     runs_dir,
 )
 from workbench.service import RunStore, open_store  # noqa: E402
+from workbench.ui.address import remember_tab  # noqa: E402
 from workbench.ui.analysis_tab import build_analysis_tab  # noqa: E402
 from workbench.ui.build_tab import build_tab  # noqa: E402
 from workbench.ui.compare_tab import compare_tab  # noqa: E402
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 CSS = """
 .error-box { color: #b42318; border-left: 3px solid #b42318; padding-left: 8px; }
+#runs-table .table-wrap * { font-family: var(--font) !important; font-size: var(--text-sm); }
 """
 
 
@@ -118,7 +120,7 @@ def build_ui(ctx: WorkbenchContext, file_max_age_hours: float) -> gr.Blocks:
     with gr.Blocks(title="ResNet Workbench", delete_cache=(min(3600, age), age)) as demo:
         gr.Markdown("## ResNet Workbench\nBuild residual networks, train plain and residual twins in the "
                     "background, and compare their curves live.")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             built = build_tab(ctx, demo)
             launched = launch_tab(ctx, built.spec_json).launched
             finetune_tab(ctx, demo)
@@ -126,6 +128,7 @@ def build_ui(ctx: WorkbenchContext, file_max_age_hours: float) -> gr.Blocks:
             compare_tab(ctx, demo, launched)
             export_tab(ctx, demo)
             build_analysis_tab(ctx, demo)
+        remember_tab(tabs, demo)
     return demo
 
 

@@ -21,6 +21,7 @@ from workbench.service.forms import (
     net_spec_from_fields,
     net_spec_from_json,
 )
+from workbench.service.plans import edited_name
 from workbench.spec import (
     KINDS,
     PLACEMENTS,
@@ -33,7 +34,7 @@ from workbench.spec import (
     WideResNetSpec,
 )
 from workbench.ui.context import WorkbenchContext
-from workbench.ui.fields import number_field
+from workbench.ui.fields import edited, number_field
 from workbench.viz.charts import path_length_figure
 from workbench.viz.diagrams import unit_diagram
 
@@ -104,7 +105,8 @@ def _cost_of(spec_json: str) -> NetworkCost:
 
 def _family_line(spec) -> str:
     if isinstance(spec, NetSpec):
-        return f"{spec.family} / {spec.unit} units / placement `{spec.placement}` / shortcut `{spec.shortcut}`"
+        return (f"{spec.family} / {spec.unit} units / widths {spec.widths} / placement `{spec.placement}` / "
+                f"shortcut `{spec.shortcut}`")
     if isinstance(spec, DenseNetSpec):
         return (f"{spec.family} / {spec.variant} / growth rate k = {spec.growth_rate} / compression "
                 f"{spec.compression:g} / first conv {spec.init_features} channels")
@@ -188,11 +190,23 @@ def build_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> BuildTab:
     resnet_start = dict(zip(FIELD_NAMES, start[1:], strict=False))
 
     def load_preset(name: str, *family_values) -> list:
-        return form_of(get_preset(name, ctx.home).spec, list(family_values))
+        spec = get_preset(name, ctx.home).spec
+        return [spec.name, *form_of(spec, list(family_values))]
 
     def switch_kind(kind: str, *family_values):
         preset_name = FAMILY_PRESETS[kind]
-        return [preset_name, *form_of(get_preset(preset_name, ctx.home).spec, list(family_values))]
+        return [preset_name, *load_preset(preset_name, *family_values)]
+
+    def follow_name(preset_name: str, shown_name: str, kind: str, *values):
+        """The name after an edit: the matching preset's, or a custom one, unless the user typed a name (the name
+        field no longer holds the one this form put there, `shown_name`); (name field, shown name)."""
+        if values[0] != shown_name:
+            return gr.skip(), gr.skip()
+        try:
+            name = edited_name(spec_of_form(kind, *values), get_preset(preset_name, ctx.home), ctx.presets())
+        except (WorkbenchError, ValueError, TypeError):
+            return gr.skip(), gr.skip()
+        return (gr.skip(), gr.skip()) if name == shown_name else (name, name)
 
     def save_network(name: str, spec_json: str):
         if not spec_json:
@@ -243,6 +257,7 @@ def build_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> BuildTab:
                     preset_name = gr.Textbox(label="Preset name", placeholder="my-resnet", scale=3)
                     save = gr.Button("Save preset", scale=1)
                 save_message = gr.Markdown(elem_id="save-message")
+            shown_name = gr.State(resnet_start["name"])
         with gr.Column(scale=1, min_width=420):
             error = gr.Markdown(visible=False, elem_id="build-error", elem_classes=["error-box"])
             summary = gr.Markdown(first[1], elem_id="build-summary")
@@ -258,12 +273,14 @@ def build_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> BuildTab:
     fields = [kind, *resnet_components, *family_list]
     review_outputs = [error, summary, stages, paths_plot, unit_plot, spec_json]
     visibility_outputs = [resnet_fields, family_fields, *family_list]
-    gr.on([field.input for field in fields[1:]], review_network, inputs=fields, outputs=review_outputs,
-          trigger_mode="always_last", api_name="review_network")
-    preset.input(load_preset, [preset, *family_list], fields, api_visibility="private").then(
+    gr.on([edited(field) for field in fields[2:]], follow_name, [preset, shown_name, *fields], [name, shown_name],
+          trigger_mode="always_last", api_visibility="private").then(
+        review_network, fields, review_outputs, api_name="review_network")
+    edited(name)(review_network, fields, review_outputs, trigger_mode="always_last", api_visibility="private")
+    preset.input(load_preset, [preset, *family_list], [shown_name, *fields], api_visibility="private").then(
         kind_visibility, kind, visibility_outputs, api_visibility="private").then(
         review_network, fields, review_outputs, api_visibility="private")
-    kind.input(switch_kind, [kind, *family_list], [preset, *fields], api_visibility="private").then(
+    kind.input(switch_kind, [kind, *family_list], [preset, shown_name, *fields], api_visibility="private").then(
         kind_visibility, kind, visibility_outputs, api_visibility="private").then(
         review_network, fields, review_outputs, api_visibility="private")
     save.click(save_network, [preset_name, spec_json], [save_message, preset], api_name="save_preset")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +32,10 @@ from workbench.science.statistics import FINAL, SUMMARIES
 from workbench.service import RunRecord
 from workbench.service.curves import CHART_METRICS, CurveCache, curves_of, ladder_curve_runs, stored_names
 from workbench.service.plans import ARCHITECTURES, LADDER, seed_group_key
+from workbench.ui.address import recalled_ids, remember
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.live_plot import apply_live_figures, live_channel, live_figures
-from workbench.ui.run_table import run_label
+from workbench.ui.run_table import LEGEND_CHOICES, label_extras, run_label
 from workbench.ui.sweep_section import sweep_view
 from workbench.viz.charts import (
     BANDS,
@@ -52,6 +54,7 @@ CURVES_ID, FIGURE6_ID, DEPTH_ID = "curves-plot", "compare-figure6", "depth-plot"
 NO_GROUP = ""
 NO_BAND = "off: each run"
 SEED_SUFFIX = re.compile(r" seed \d+$")
+DEFAULT_LEGEND = "name + dataset + group"
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Options:
     show_runs: bool = False
     summary: str = FINAL
     summary_at: float | None = None
+    legend: str = DEFAULT_LEGEND
 
     @property
     def frame(self) -> tuple:
@@ -92,8 +96,7 @@ class CompareView:
 
     run_ids: list[int] = field(default_factory=list)
     caches: dict[str, CurveCache] = field(default_factory=dict)
-    labels: dict[int, str] = field(default_factory=dict)
-    seed_groups: list[tuple[str, str, list[int]]] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)
     ladder_group: str | None = None
     ladder_members: dict[int, tuple[str, int, bool]] = field(default_factory=dict)
     references: dict[int, float] = field(default_factory=dict)
@@ -110,13 +113,15 @@ class CompareView:
         return cache
 
 
-def seed_groups_of(runs: list[RunRecord]) -> list[tuple[str, str, list[int]]]:
-    """(key, label, run ids) of each set of runs that differ only by seed, in the order first picked."""
+def seed_groups_of(runs: list[RunRecord], parts: Sequence[str] = ()) -> list[tuple[str, str, list[int]]]:
+    """(key, label, run ids) of each set of runs that differ only by seed, in the order first picked; labels show
+    the `parts` (dataset, group) of the first run."""
     groups: dict[str, list[RunRecord]] = {}
     for run in runs:
         groups.setdefault(seed_group_key(run.spec), []).append(run)
-    return [(str(index), SEED_SUFFIX.sub("", members[0].name) + (f" [{len(members)} seeds]" if len(members) > 1
-                                                                  else ""), [run.id for run in members])
+    return [(str(index), " · ".join([SEED_SUFFIX.sub("", members[0].name) + (
+        f" [{len(members)} seeds]" if len(members) > 1 else ""), *label_extras(members[0], parts)]),
+             [run.id for run in members])
             for index, members in enumerate(groups.values())]
 
 
@@ -154,12 +159,14 @@ def _ladder_figures(view: CompareView, options: Options) -> tuple[str, go.Figure
 
 def _curves_figure(view: CompareView, options: Options):
     """Runs as they are, or (with a band chosen) each seed group of several runs as its mean and band."""
-    curves = {run.run_id: run for run in curves_of(view.cache(options.metric), view.labels, options.metric)}
+    parts = LEGEND_CHOICES[options.legend]
+    labels = {run.id: run_label(run, parts) for run in view.runs}
+    curves = {run.run_id: run for run in curves_of(view.cache(options.metric), labels, options.metric)}
     if options.band == NO_BAND:
         entries = list(curves.values())
     else:
         entries = [SeedGroup(key, label, tuple(curves[run_id] for run_id in run_ids))
-                   for key, label, run_ids in view.seed_groups]
+                   for key, label, run_ids in seed_groups_of(view.runs, parts)]
     return training_curves_figure(entries, style=options.style(), log_y=bool(options.log_y), revision=view.revision)
 
 
@@ -199,8 +206,7 @@ def redraw(ctx: WorkbenchContext, run_ids: list[int] | None, view: CompareView, 
         return tick(ctx, view, *option_values)
     picked = sorted((run for run in ctx.store.list_runs() if run.id in wanted), key=lambda run: wanted.index(run.id))
     view.run_ids = wanted
-    view.labels = {run.id: f"#{run.id} {run.name}" for run in picked}
-    view.seed_groups = seed_groups_of(picked)
+    view.runs = picked
     view.ladder_group = _group_of(picked, LADDER)
     view.architectures_group = _group_of(picked, ARCHITECTURES)
     view.ladder_members = {run.id: (run.preset or SEED_SUFFIX.sub("", run.name), *net_depth_and_residual(run.spec))
@@ -297,6 +303,8 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
             summary = gr.Radio(list(SUMMARIES), value=FINAL, label="Summary (legend and verdict)",
                                elem_id="legend-summary")
             summary_at = gr.Number(None, label="at iteration", precision=0, elem_id="summary-at")
+            legend = gr.Dropdown(list(LEGEND_CHOICES), value=DEFAULT_LEGEND, label="Legend shows",
+                                 elem_id="legend-shows")
         curves = gr.Plot(_curves_figure(CompareView(), Options()), label="Training curves",
                          elem_id=CURVES_ID)
         gr.Markdown("Dashed: training error (averaged over the logging interval); bold: test error. " + LADDER_HINT)
@@ -318,12 +326,12 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
         view = gr.State(CompareView())
         timer = gr.Timer(REFRESH_SECONDS)
 
-    options = [metric, x_axis, smoothing, smoothing_kind, log_y, band, show_runs, summary, summary_at]
+    options = [metric, x_axis, smoothing, smoothing_kind, log_y, band, show_runs, summary, summary_at, legend]
     outputs = [curves, verdict, figure_6, depth, costs, live, view]
     gr.on([demo.load, tab.select], bound(choices, ctx), None, [group, runs], api_visibility="private")
     group.input(bound(pick_group, ctx), group, runs, api_visibility="private")
     redrawn = gr.on([runs.change, metric.input, x_axis.input, smoothing.change, smoothing_kind.input, log_y.input,
-                     band.input, show_runs.input, summary.input, summary_at.change], bound(redraw, ctx),
+                     band.input, show_runs.input, summary.input, summary_at.change, legend.input], bound(redraw, ctx),
                     [runs, view, *options], outputs, trigger_mode="always_last", api_name="compare",
                     show_progress="minimal")
     ticked = timer.tick(bound(tick, ctx), [view, *options], outputs, concurrency_limit=None,
@@ -344,3 +352,10 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
             choices=run_choices["choices"], value=latest["run_ids"])
 
     launched.change(follow_launch, launched, [group, runs], api_visibility="private")
+
+    def runs_from_address(request: gr.Request):
+        picked = recalled_ids(request, "runs", (run.id for run in ctx.store.list_runs()))
+        return gr.skip() if picked is None else picked
+
+    demo.load(runs_from_address, None, runs, api_visibility="private")
+    remember(runs.change, runs, "runs")

@@ -25,3 +25,12 @@ def number_field(*args: Any, **kwargs: Any) -> gr.Number:
 
     field.preprocess = preprocess
     return field
+
+
+def edited(component: gr.components.Component):
+    """The event of `component` that fires on every edit by the user.
+
+    Gradio 6.31's Textbox sends `input` on keypress only, so deleting, cutting or pasting text
+    left the value on the server stale; its `change` fires on every new value (also one set by a handler).
+    """
+    return component.change if isinstance(component, gr.Textbox) else component.input

@@ -80,6 +80,7 @@ class RunForm:
     devices: gr.Number
     log_every: gr.Number
     eval_every: gr.Number
+    grad_norm_every: gr.Number
 
     def components(self) -> list[gr.components.Component]:
         return [getattr(self, name) for name in FORM_FIELDS]
@@ -209,7 +210,8 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
                 resolution = number_field(0, label="Resolution in px (0 = as stored)", precision=0,
                                        elem_id=f"{id_prefix}resolution")
             with gr.Row():
-                classes = gr.Textbox(label="Classes", placeholder="all; or first k (5); or names: cat, dog")
+                classes = gr.Textbox(label="Classes", placeholder="all; or first k (5); or names: cat, dog",
+                                     info="ImageNet-style folders: WordNet ids or words (n01440764 or tench)")
                 per_class_cap = number_field(0, label="Images per class (0 = all)", precision=0,
                                           elem_id=f"{id_prefix}per-class-cap")
                 validation_size = number_field(field_default(DataSpec, "validation_size"), label="Validation images",
@@ -243,6 +245,10 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
                                       precision=0, elem_id=f"{id_prefix}log-every",
                                       info=field_help(TrainSpec, "log_every"))
                 eval_every = number_field(0, label="Extra evaluation every (0 = at epoch ends only)", precision=0)
+                grad_norm_every = number_field(field_default(TrainSpec, "grad_norm_every"),
+                                               label="Per-unit gradient norms every (iterations, 0 = never)",
+                                               precision=0, elem_id=f"{id_prefix}grad-norm-every",
+                                               info="for the Analysis tab's gradient flow during training")
     dataset_picker.change(dataset_visibility, dataset_picker, [synthetic_row, path_column, cifar_column, folder_column],
                           api_visibility="private")
     return RunForm(
@@ -250,7 +256,7 @@ def run_form(ctx: WorkbenchContext, id_prefix: str = "", *, dataset: str = "synt
         resolution=resolution, validation_size=validation_size, synthetic_train=synthetic_train,
         synthetic_test=synthetic_test, budget_unit=budget_unit, budget=budget_field, batch_size=batch_size, lr=lr_field,
         schedule=schedule, warmup=warmup, seed=seed, precision=precision, device=device, devices=devices,
-        log_every=log_every, eval_every=eval_every,
+        log_every=log_every, eval_every=eval_every, grad_norm_every=grad_norm_every,
     )
 
 

@@ -337,6 +337,25 @@ def _shortcut_text(spec: NetSpec) -> str:
     }[spec.shortcut]
 
 
+ROUND_NODES = ("add", "io")
+
+
+def draw_node(figure: go.Figure, x: float, y: float, label: str, kind: str, colour: str,
+              half_width: float = 0.42) -> None:
+    """One op of a diagram: a circle for the input, output and addition; else the label on a box of its own
+    size (Plotly sizes an annotation's background in pixels, so a narrow chart never clips the label), its
+    words stacked so neighbouring boxes stay apart."""
+    if kind in ROUND_NODES:
+        figure.add_shape(type="circle", x0=x - half_width, x1=x + half_width, y0=y - 0.3, y1=y + 0.3,
+                         fillcolor=colour, line={"color": "#333", "width": 1})
+        figure.add_annotation(x=x, y=y, text=f"<b>{label}</b>", showarrow=False,
+                              font={"color": "#000" if kind == "io" else "#fff", "size": 11})
+        return
+    figure.add_annotation(x=x, y=y, text=f"<b>{label.replace(' ', '<br>')}</b>", showarrow=False,
+                          font={"color": "#fff", "size": 11}, bgcolor=colour, bordercolor="#333", borderwidth=1,
+                          borderpad=4)
+
+
 def unit_diagram_figure(spec: NetSpec, *, height: int = 200) -> go.Figure:
     """One unit of `spec`: its ops in order before and after the addition, and the shortcut around them."""
     before, after = _unit_recipe(spec.placement, CONVS_PER_UNIT[spec.unit])
@@ -354,15 +373,7 @@ def unit_diagram_figure(spec: NetSpec, *, height: int = 200) -> go.Figure:
         hoverinfo="skip", showlegend=False,
     ))
     for index, (label, kind) in enumerate(nodes):
-        round_node = kind in ("add", "io")
-        figure.add_shape(
-            type="circle" if round_node else "rect", x0=index - 0.42, x1=index + 0.42, y0=-0.3, y1=0.3,
-            fillcolor=OP_COLOURS[kind], line={"color": "#333", "width": 1},
-        )
-        figure.add_annotation(
-            x=index, y=0, text=f"<b>{label}</b>", showarrow=False,
-            font={"color": "#000" if kind == "io" else "#fff", "size": 11},
-        )
+        draw_node(figure, index, 0, label, kind, OP_COLOURS[kind])
     if residual:
         figure.add_trace(go.Scatter(
             x=[0, 0, add_index, add_index], y=[0.3, 0.85, 0.85, 0.3], mode="lines",

@@ -9,7 +9,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from workbench.spec import DenseNetSpec, FractalNetSpec, NetSpec, ResNeXtSpec, RiRSpec, WideResNetSpec
-from workbench.viz.charts import OP_COLOURS, unit_diagram_figure
+from workbench.viz.charts import OP_COLOURS, draw_node, unit_diagram_figure
 
 COLOURS = {**OP_COLOURS, "dropout": "#B279A2", "concat": "#9467BD", "join": "#9467BD"}
 SHORTCUT_COLOUR = "#D62728"
@@ -17,11 +17,7 @@ Node = tuple[str, str]
 
 
 def _box(figure: go.Figure, x: float, y: float, label: str, kind: str, half_width: float = 0.42) -> None:
-    round_node = kind in ("add", "io", "concat", "join")
-    figure.add_shape(type="circle" if round_node else "rect", x0=x - half_width, x1=x + half_width, y0=y - 0.3,
-                     y1=y + 0.3, fillcolor=COLOURS[kind], line={"color": "#333", "width": 1})
-    figure.add_annotation(x=x, y=y, text=f"<b>{label}</b>", showarrow=False,
-                          font={"color": "#000" if kind == "io" else "#fff", "size": 11})
+    draw_node(figure, x, y, label, kind, COLOURS[kind], half_width)
 
 
 def _line(figure: go.Figure, xs: Sequence[float], ys: Sequence[float], colour: str = "#444",
