@@ -135,7 +135,7 @@ def test_smoothing_follows_each_slider_step_wall_time_unified_hover_csv_download
 
     pick(page, "compare-metric", "grad norm (stage 2)")
     page.wait_for_function(f"{train_y}.length === 5 && {train_y}[0] === 0.1", timeout=20_000)
-    expect()(page.locator(f"{PLOT} .legendtext").filter(has_text="zag train")).to_have_count(1)
+    expect()(page.locator(f"{PLOT} .legendtext").filter(has_text="zag").filter(has_text="train")).to_have_count(1)
 
 
 def test_a_seed_group_is_drawn_as_mean_and_band_with_n_in_the_legend(page, serve_workbench, tmp_path,
@@ -185,7 +185,7 @@ def test_runs_table_filters_per_keystroke_picks_columns_hides_identical_ones_and
     expect()(table.get_by_text("0.02", exact=True).filter(visible=True)).to_have_count(1)
 
     page.get_by_text("Compare specs").click()
-    pick(page, "diff-runs", "#1 alpha", "#3 alphabet")
+    pick_runs(page, "diff-runs", served.store, 1, 3)
     highlighted = page.locator("#spec-diff tr.differs")
     expect()(highlighted).to_have_count(1, timeout=20_000)
     expect()(highlighted).to_contain_text("train.lr0.10.02")

@@ -51,7 +51,7 @@ def test_stage_gradient_norms_of_a_real_run_are_chartable_exported_and_in_the_ru
         figure, *_, view = redraw(ctx, [run_id], CompareView(), "grad norm (stage 3)", "iterations", 0.0, EMA, False)
         [trace] = figure.data
         assert list(trace.x) == [2, 4, 6, 8] and all(value > 0 for value in trace.y)
-        assert trace.name.startswith(f"#{run_id} tiny train ") and figure.layout.yaxis.title.text == (
+        assert trace.name.startswith(f"#{run_id} tiny · synthetic train ") and figure.layout.yaxis.title.text == (
             "grad norm (stage 3)")
 
         _, button = export_curves(ctx, "grad norm (stage 1)", "csv", view)

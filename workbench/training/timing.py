@@ -19,7 +19,8 @@ from workbench.data import Dataset, DatasetInfo
 from workbench.data.base import AugmentKind
 from workbench.paths import RunFolder
 from workbench.spec import RunSpec
-from workbench.training.loop import MemorySink, _Trainer, evaluate, fresh_model
+from workbench.training.distributed import Replica
+from workbench.training.loop import MemorySink, _Trainer, evaluate, fresh_model, resolve_device
 
 WARM_UP_STEPS = 2  # the first steps allocate memory and warm caches: not timed
 MAX_TIMED_STEPS = 5
@@ -66,7 +67,8 @@ def time_steps(run: RunSpec, *, image_size: int, classes: int, augment: AugmentK
     data = _stand_in_data(batch_size, WARM_UP_STEPS + MAX_TIMED_STEPS, image_size, classes, run.net.in_channels,
                           augment)
     with tempfile.TemporaryDirectory() as folder:
-        trainer = _Trainer(timed, RunFolder(folder), MemorySink(), data, fresh_model)
+        trainer = _Trainer(timed, RunFolder(folder), MemorySink(), data, fresh_model,
+                           Replica(resolve_device(timed.train.device)))
     synchronize = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     times: list[float] = []
     spent = 0.0
