@@ -14,7 +14,7 @@ import pytest
 import torch
 import torchvision
 
-from tests.gradio_page import fill, pick
+from tests.gradio_page import fill, pick, pick_runs
 from workbench.jobs.worker import execute_run
 
 pytestmark = pytest.mark.browser
@@ -90,7 +90,7 @@ def test_import_torchvision_resnet18_fine_tune_its_head_then_start_from_that_run
 
     page.get_by_role("tab", name="Fine-tune", exact=True).click()
     choose(page, "finetune-source", "Another run's checkpoint")
-    pick(page, "finetune-run", "#1 resnet18 fine-tuned (new head only)")
+    pick_runs(page, "finetune-run", store, 1)
     expect()(summary).to_contain_text("Source run: #1, best checkpoint", timeout=30_000)
     expect()(summary).to_contain_text("Network (from the file): resnet18")
     expect()(summary).to_contain_text("carried over")
