@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from clusters import new_postgres_database
-from gradio_page import pick
+from gradio_page import pick_runs
 from sqlalchemy import select, text
 from test_jobs import ROOT, tiny_spec, train_iterations, wait_for
 from test_sweeps import sweep_of
@@ -218,7 +218,7 @@ def test_the_runs_tab_shows_where_a_ray_run_executed_its_job_log_and_why_another
     page.goto(served.url)
     open_tab(page, "Runs")
     expect()(status_cells(page, f"queued: {waiting}")).to_have_count(1)
-    pick(page, "run-picker", f"#{run_id} from the app")
+    pick_runs(page, "run-picker", store, run_id)
     details = page.locator("#run-details")
     expect()(details).to_contain_text(f"Executes on: {done.worker_id}")
     expect()(details).to_contain_text(f"Cluster job: {done.job_id}")
@@ -226,7 +226,7 @@ def test_the_runs_tab_shows_where_a_ray_run_executed_its_job_log_and_why_another
     page.locator("#show-job-log").click()
     expect()(page.locator("#job-log")).to_contain_text(f"took run {run_id}")
 
-    pick(page, "run-picker", f"#{waiting_id} needs a gpu")
+    pick_runs(page, "run-picker", store, waiting_id)
     expect()(details).to_contain_text(f"Message: {waiting}")
     page.locator("#cancel-run").click()
     expect()(details).to_contain_text("Status: cancelled")

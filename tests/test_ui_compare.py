@@ -185,7 +185,7 @@ def test_a_seeded_ladder_s_figure6_depth_chart_and_verdict_follow_the_band_and_s
     legend = [trace["name"] for trace in figures["compare-figure6"]["data"] if trace.get("showlegend") is not False]
     assert legend[2] == "plain56 train n=3, best 11.00 ± 1.00%"
     curves = [trace["name"] for trace in figures["curves-plot"]["data"] if trace.get("showlegend") is not False]
-    assert "plain56 [3 seeds] train n=3, best 11.00 ± 1.00%" in curves
+    assert "plain56 [3 seeds] · synthetic · S train n=3, best 11.00 ± 1.00%" in curves
     spread = {trace["name"]: trace for trace in figures["depth-plot"]["data"]}["plain test (n=3, min-max)"]
     assert spread["error_y"]["array"] == [1.0, 1.0]
     at = tick(ctx, view, "error", "iterations", 0.0, EMA, False, "min-max", False, "at iteration", 20)[1]
