@@ -25,7 +25,13 @@ from workbench.science.fractal import check_fractal, column_errors
 from workbench.science.gradient_flow import initial_gradient_profile
 from workbench.science.lesion import DEFAULT_DRAWS, DEFAULT_MAX_K, check_lesionable, lesion_study, limit_test_split
 from workbench.spec import RunSpec
-from workbench.training.loop import adapt_net_to_data, resolve_channels_last, resolve_device, resolve_precision
+from workbench.training.loop import (
+    adapt_net_to_data,
+    precision_name,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+)
 from workbench.weights.loader import load_model_file, run_spec_of
 
 logger = logging.getLogger(__name__)
@@ -88,7 +94,7 @@ def run_lesion(
     result["run"] = {
         "seconds": round(time.perf_counter() - start, 1), "checkpoint": path.name,
         "max_k": result["random"][-1]["k"] if result["random"] else 0, "device": str(target),
-        "precision": str(autocast_dtype or "fp32").removeprefix("torch."),
+        "precision": precision_name(autocast_dtype),
     }
     return result
 

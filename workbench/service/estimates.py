@@ -24,8 +24,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from storage import RunRecord
 from storage.status import QUEUED, RUNNING
 from workbench.data import DatasetShape
@@ -35,6 +33,7 @@ from workbench.paths import step_times_file
 from workbench.service.checks import network_cost
 from workbench.spec import RunSpec
 from workbench.threads import child_env
+from workbench.training.loop import resolve_device
 from workbench.training.timing import StepTiming
 
 TIMING_TIMEOUT_S = 120.0
@@ -59,7 +58,7 @@ class RunEstimate:
     @property
     def step_s(self) -> float:
         """Seconds per step at the run's batch (scaled linearly when the timing used a smaller batch)."""
-        return self.timing.step_s * self.batch_size / self.timing.batch_size
+        return _step_s_at(self.timing, self.batch_size)
 
     def text(self) -> str:
         """"about 12 minutes (measured: 153 ms/step at batch 128 on cpu, 2 threads; ...)"."""
@@ -71,6 +70,11 @@ class RunEstimate:
                 f"{self.batch_size} on {timing.device}, {threads}, {timing.precision}{scaled}; "
                 f"{self.iterations:,} iterations and {evaluations} of {self.eval_images:,} images"
                 f"{'; cached' if self.cached else ''})")
+
+
+def _step_s_at(timing: StepTiming, batch_size: int) -> float:
+    """Seconds per step at `batch_size`, scaled linearly from the timed batch."""
+    return timing.step_s * batch_size / timing.batch_size
 
 
 def duration_words(seconds: float) -> str:
@@ -150,8 +154,7 @@ def estimate_run(spec: RunSpec, shape: DatasetShape, home: Path, threads: int) -
 
     The caller has checked the run (`check_run`), so a network too big for the machine never gets here.
     """
-    device = "cuda" if spec.train.device in ("auto", "cuda") and torch.cuda.is_available() else spec.train.device
-    batch = timed_batch(spec, shape.image_size, device)
+    batch = timed_batch(spec, shape.image_size, resolve_device(spec.train.device).type)
     net = {k: v for k, v in spec.net.model_dump(mode="json").items() if k != "name"}
     step_key = _key({"net": net, "batch": batch, "device": spec.train.device, "precision": spec.train.precision,
                      "channels_last": spec.train.channels_last, "threads": threads, "image_size": shape.image_size,
@@ -184,8 +187,7 @@ def _estimate(spec: RunSpec, shape: DatasetShape, timing: StepTiming, *, cached:
     iterations = train.total_iterations(per_epoch)
     evaluations = _evaluations(iterations, per_epoch, train.eval_every)
     eval_images = shape.test + val
-    seconds_per_step = timing.step_s * train.batch_size / timing.batch_size
-    seconds = iterations * seconds_per_step + evaluations * eval_images * timing.eval_image_s
+    seconds = iterations * _step_s_at(timing, train.batch_size) + evaluations * eval_images * timing.eval_image_s
     return RunEstimate(seconds=seconds, iterations=iterations, evaluations=evaluations, eval_images=eval_images,
                        batch_size=train.batch_size, timing=timing, cached=cached)
 

@@ -165,6 +165,11 @@ def resolve_precision(choice: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def precision_name(autocast_dtype: torch.dtype | None) -> str:
+    """The name of the precision a run computes in: "fp32", "bfloat16" or "float16"."""
+    return str(autocast_dtype or "fp32").removeprefix("torch.")
+
+
 def resolve_channels_last(choice: str, device: torch.device, autocast_dtype: torch.dtype | None) -> bool:
     if choice == "auto":
         return device.type == "cuda" or autocast_dtype is not None
@@ -591,7 +596,7 @@ def _fit_replica(replica: Replica, run: RunSpec, run_dir: Path, sink: TrainingSi
         last_error=trainer.last_error,
         net=trainer.net,
         device=str(trainer.device),
-        precision=str(trainer.autocast_dtype or "fp32").removeprefix("torch."),
+        precision=precision_name(trainer.autocast_dtype),
         info=dataset.info.to_dict(),
         best_split=trainer.best_split,
         test_error=trainer.test_error,

@@ -20,7 +20,7 @@ from workbench.data.base import AugmentKind
 from workbench.paths import RunFolder
 from workbench.spec import RunSpec
 from workbench.training.distributed import Replica
-from workbench.training.loop import MemorySink, _Trainer, evaluate, fresh_model, resolve_device
+from workbench.training.loop import MemorySink, _Trainer, evaluate, fresh_model, precision_name, resolve_device
 
 WARM_UP_STEPS = 2  # the first steps allocate memory and warm caches: not timed
 MAX_TIMED_STEPS = 5
@@ -89,7 +89,7 @@ def time_steps(run: RunSpec, *, image_size: int, classes: int, augment: AugmentK
     eval_s = time.perf_counter() - start
     return StepTiming(
         step_s=min(times), eval_image_s=eval_s / batch_size, batch_size=batch_size, steps=len(times),
-        device=str(trainer.device), precision=str(trainer.autocast_dtype or "fp32").removeprefix("torch."),
+        device=str(trainer.device), precision=precision_name(trainer.autocast_dtype),
         channels_last=trainer.channels_last, threads=torch.get_num_threads(),
     )
 
