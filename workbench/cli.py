@@ -355,15 +355,14 @@ def run_summary(run) -> dict:
 def cmd_runs(args: argparse.Namespace) -> int:
     store = _open_store(args)
     store.mark_stale_interrupted(args.stale_after)
-    from workbench.service.run_query import best_error
+    from workbench.service.run_query import best_error_text
 
     records = store.list_runs(status=args.status)
     if args.json:
         print(json.dumps([run_summary(run) for run in records], indent=2))
         return 0
     for run in records:
-        error, split = best_error(run)
-        best = f"{error:.2f}% {split}" if error is not None else "-"
+        best = best_error_text(run) or "-"
         progress = run.iteration / run.total_iterations if run.total_iterations else 0.0
         print(f"{run.id:>5}  {run.status:<11} {100 * progress:5.1f}%  best {best:<12} {run.name}")
     return 0

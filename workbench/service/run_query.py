@@ -15,8 +15,8 @@ from typing import Any
 from storage import RunRecord
 from storage.status import ALL_STATUSES
 
-__all__ = ["ALL_STATUSES", "RESULT_COLUMNS", "RunFilter", "best_error", "cell", "column_value", "differing",
-           "filter_runs", "flatten", "spec_columns", "spec_diff"]
+__all__ = ["ALL_STATUSES", "RESULT_COLUMNS", "RunFilter", "best_error", "best_error_text", "cell", "column_value",
+           "differing", "filter_runs", "flatten", "spec_columns", "spec_diff"]
 
 RESULT_COLUMNS = ("status", "preset", "iteration", "epoch", "best_val_error", "test_error_at_best", "best_test_error",
                   "last_test_error", "last_train_error", "images_per_s", "device", "group_name", "tags")
@@ -27,6 +27,12 @@ def best_error(run: RunRecord) -> tuple[float | None, str]:
     if run.best_val_error is not None:
         return run.best_val_error, "val"
     return run.best_test_error, "test"
+
+
+def best_error_text(run: RunRecord) -> str:
+    """"6.80% val" or "8.75% test": the best checkpoint's error and the split it was chosen on; "" before any."""
+    error, split = best_error(run)
+    return "" if error is None else f"{error:.2f}% {split}"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from workbench.service import RunRecord
-from workbench.service.run_query import best_error
+from workbench.service.run_query import best_error_text
 
 #: The standard columns, short enough that the table fits 1024 px with cells wrapped; preset and epoch
 #: are among the "More columns".
@@ -56,12 +56,6 @@ def run_status(run: RunRecord) -> str:
     return "running: compiling (the first step can take a minute)" if compiling else run.status
 
 
-def best_error_cell(run: RunRecord) -> str:
-    """"6.80% val" or "8.75% test": the best checkpoint's error and the split it was chosen on."""
-    error, split = best_error(run)
-    return "" if error is None else f"{error:.2f}% {split}"
-
-
 def finish_cell(finish: datetime | None, now: datetime) -> str:
     """"14:32 (in 12 min 05 s)" in local time, with the date when it is not today; empty for None."""
     if finish is None:
@@ -81,7 +75,7 @@ def run_row(run: RunRecord, now: datetime | None = None, finish: datetime | None
     started = run.started_at.astimezone().strftime("%Y-%m-%d %H:%M") if run.started_at else ""
     return [
         run.id, run.name, run.group_name or "", run.dataset or "", run_status(run), progress,
-        best_error_cell(run), _percent(run.last_test_error),
+        best_error_text(run), _percent(run.last_test_error),
         "" if run.images_per_s is None else f"{run.images_per_s:,.0f}",
         run.device or "", started, format_duration(run_duration(run, now, trained_seconds)), finish_cell(finish, now),
     ]
