@@ -15,6 +15,7 @@ import logging
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -223,10 +224,15 @@ def _helper(index: int, target: Callable[..., Any], args: tuple, world_size: int
     store = dist.TCPStore("127.0.0.1", port, world_size, False, timeout=GROUP_TIMEOUT)
     store.set(f"started/{index + 1}", "yes")
     replica = _init_group(index + 1, world_size, store, device_type)
-    try:
-        target(replica, *args)
-    finally:
-        dist.destroy_process_group()
+    target(replica, *args)
+    dist.barrier()
+    dist.destroy_process_group()
+    # A completed rank skips interpreter teardown: now and then a C++ thread of the process group or the store
+    # is destroyed still joinable there ("terminate called without an active exception", SIGABRT), which would
+    # turn a finished run into a failed one. A rank that raised leaves through spawn's error reporting instead.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _stop_helpers(context: mp.ProcessContext) -> str | None:
@@ -281,6 +287,7 @@ def data_parallel(train: TrainSpec, target: Callable[..., Any], helper_args: tup
         replica = _init_group(0, world_size, store, device_type)
         try:
             yield replica
+            dist.barrier()  # no rank tears its pairs down while another is still in a collective
         finally:
             dist.destroy_process_group()
     except BaseException as exc:
