@@ -1,10 +1,14 @@
 """The reproduction command end to end on a tiny CIFAR-10 subset (real data, real worker, PNG figures)."""
 
+import logging
+import sys
 from pathlib import Path
 
+import plotly.graph_objects as go
 import pytest
 
 from storage import open_store
+from workbench.service import reproduction
 from workbench.service.reproduction import DEFAULT_DATA, ReproductionConfig, reproduce
 
 pytestmark = pytest.mark.slow
@@ -33,3 +37,13 @@ def test_reproduce_trains_lesions_and_writes_the_report(tmp_path):
         assert len(store.list_analyses(result.run_ids["resnet14"], "lesion")) == 1
         assert len(store.list_runs()) == 4
     assert Path(again.report).exists()
+
+
+def test_without_a_png_renderer_a_figure_is_written_as_html_with_what_to_install(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(reproduction, "CHROMIUM", str(tmp_path / "no-chromium"))
+    monkeypatch.setitem(sys.modules, "kaleido", None)  # an import of kaleido fails, as when absent
+    with caplog.at_level(logging.WARNING, logger=reproduction.__name__):
+        written = reproduction.write_png(go.Figure(go.Scatter(x=[1, 2], y=[3, 4])), tmp_path / "figures" / "f.png")
+    assert written == tmp_path / "figures" / "f.html" and not (tmp_path / "figures" / "f.png").exists()
+    assert "Plotly.newPlot" in written.read_text()
+    assert "apt-get install chromium or pip install kaleido" in caplog.text

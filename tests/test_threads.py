@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from workbench.data import load_dataset
 from workbench.jobs import LocalExecutor
 from workbench.paths import database_url
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
-from workbench.threads import ThreadGovernor, available_cores
+from workbench.threads import OtherProcessesLoad, ThreadGovernor, available_cores
 from workbench.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,30 +91,65 @@ def test_a_bad_thread_count_is_refused_with_a_message(tmp_path):
     assert done.returncode == 2 and "WORKBENCH_THREADS='many': give a whole number of threads" in done.stderr
 
 
-def test_the_governor_drops_to_one_thread_when_steps_slow_and_returns_when_the_full_count_is_faster():
-    applied = []
-    governor = ThreadGovernor(2, window=4, slowdown=1.5, retry_after=3, apply=applied.append)
+class Machine:
+    """A governor fed step times and the cores other processes use, recording the thread counts it applies."""
 
-    def windows(count, seconds):
+    def __init__(self, **options) -> None:
+        self.busy, self.applied = 0.0, []
+        self.governor = ThreadGovernor(2, window=4, slowdown=1.5, retry_after=3, apply=self.applied.append,
+                                       others=lambda: self.busy, **options)
+
+    def windows(self, count: int, seconds: float, busy: float = 0.0) -> None:
+        self.busy = busy
         for _ in range(count * 4):
-            governor.observe(seconds)
+            self.governor.observe(seconds)
 
-    windows(3, 0.010)
-    windows(1, 0.014)  # slower, but within the allowed slowdown
-    assert applied == [] and governor.current == 2
-    windows(1, 0.030)
-    assert applied == [1]
-    windows(3, 0.020)  # three windows on one thread, then a try at the full count
-    assert applied == [1, 2]
-    windows(1, 0.025)  # the full count is slower than one thread now: back to one, the next try waits twice as long
-    assert applied == [1, 2, 1]
-    windows(5, 0.020)
-    assert applied == [1, 2, 1]
-    windows(1, 0.020)
-    assert applied == [1, 2, 1, 2]
-    windows(1, 0.011)  # the other process is gone: the full count stays
-    windows(4, 0.011)
-    assert applied == [1, 2, 1, 2] and governor.current == 2
+
+def test_the_governor_drops_to_one_thread_when_steps_slow_and_returns_when_the_full_count_is_faster():
+    machine = Machine()
+    machine.windows(3, 0.010)
+    machine.windows(1, 0.014)  # slower, but within the allowed slowdown
+    assert machine.applied == [] and machine.governor.current == 2
+    machine.windows(1, 0.030)  # slowed by half or more: one window on one thread
+    assert machine.applied == [1]
+    machine.windows(1, 0.020)  # faster than 30 ms by 10% or more: one thread stays
+    machine.windows(2, 0.020)
+    assert machine.applied == [1]
+    machine.windows(1, 0.020)  # three windows on one thread, then a try at the full count
+    assert machine.applied == [1, 2]
+    machine.windows(1, 0.025)  # the full count is slower than one thread now: back to one, the next try waits 2x
+    assert machine.applied == [1, 2, 1]
+    machine.windows(5, 0.020)
+    assert machine.applied == [1, 2, 1]
+    machine.windows(1, 0.020)
+    assert machine.applied == [1, 2, 1, 2]
+    machine.windows(1, 0.011)  # the other process is gone: the full count stays
+    machine.windows(4, 0.011)
+    assert machine.applied == [1, 2, 1, 2] and machine.governor.current == 2
+
+
+def test_a_machine_busy_from_the_start_is_seen_by_the_load_of_other_processes():
+    machine = Machine()
+    machine.windows(1, 0.030, busy=1.0)  # no faster window to compare with, but another process holds a core
+    assert machine.applied == [1]
+    machine.windows(1, 0.018, busy=1.0)
+    machine.windows(2, 0.018, busy=1.0)
+    assert machine.applied == [1] and machine.governor.current == 1
+
+
+def test_an_idle_machine_is_left_alone_and_a_lost_try_waits_longer_before_the_next():
+    idle = Machine()
+    idle.windows(20, 0.010)
+    assert idle.applied == []
+    # Other processes are busy, but this process still trains faster on its full count.
+    shared = Machine()
+    shared.windows(1, 0.010, busy=0.8)
+    shared.windows(1, 0.016, busy=0.8)  # one thread is slower: back to the full count
+    assert shared.applied == [1, 2]
+    shared.windows(5, 0.010, busy=0.8)  # the next try waits twice three windows
+    assert shared.applied == [1, 2]
+    shared.windows(1, 0.010, busy=0.8)
+    assert shared.applied == [1, 2, 1]
 
 
 def test_there_is_nothing_to_govern_on_one_thread_or_when_turned_off(monkeypatch):
@@ -161,3 +197,16 @@ def test_a_training_run_drops_to_one_thread_while_other_processes_hold_the_cores
     assert sink.threads[0] == (10, 2)
     assert sink.threads[-1][1] == 1, sink.threads
     assert "training on 1 thread" in caplog.text
+
+
+def test_the_load_of_other_processes_counts_a_competitor_and_not_this_process():
+    load = OtherProcessesLoad()
+    spinning = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        load()
+        time.sleep(1.0)
+        assert load() >= 0.6  # one core, less what the scheduler gives others
+    finally:
+        spinning.kill()
+        spinning.wait()

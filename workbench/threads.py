@@ -8,8 +8,9 @@ process gets the passive policy, local workers split the cores between them, and
 which only reviews networks and draws charts, uses one thread.
 
 Passive waits do not stop a step with two or more threads from waiting on a thread that is not scheduled,
-so a training process also watches its own step time (`ThreadGovernor`): when its steps slow down by half
-or more it trains on one thread, and now and then tries its full count again.
+so a training process also watches its own step time and the load of other processes (`ThreadGovernor`):
+when the machine is shared it tries one thread, keeps it while that is faster, and now and then tries its
+full count again.
 
 Override with `WORKBENCH_THREADS` (threads per worker or analysis process), `WORKBENCH_SERVER_THREADS`
 (the UI server), `--threads` on `worker`/`train`, an explicit `OMP_WAIT_POLICY`, or
@@ -22,7 +23,10 @@ import logging
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable, Mapping
+
+import psutil
 
 from workbench.errors import WorkbenchError
 
@@ -94,26 +98,46 @@ def _set_torch_threads(threads: int) -> None:
     sys.modules["torch"].set_num_threads(threads)
 
 
-class ThreadGovernor:
-    """Trains on one thread while another process holds a core, on the full count otherwise.
+class OtherProcessesLoad:
+    """Cores that processes other than this one kept busy since the previous call (0 on the first)."""
 
-    Fed the duration of every training step; judges the median of each `window` steps. At the full count, a
-    median `slowdown` times the fastest seen so far drops the process to one thread. After `retry_after`
-    windows on one thread it tries the full count for one window and keeps it when that is at least 10%
-    faster; a failed try doubles the wait before the next (up to 8 times).
+    def __init__(self) -> None:
+        self._last: tuple[float, float, float] | None = None
+
+    def __call__(self) -> float:
+        times = psutil.cpu_times()
+        busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+        now = (time.monotonic(), busy, time.process_time())
+        last, self._last = self._last, now
+        if last is None or now[0] <= last[0]:
+            return 0.0
+        return max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0])
+
+
+class ThreadGovernor:
+    """Trains on whichever of the full thread count and one thread is faster while the machine is shared.
+
+    Fed the duration of every training step; judges the median of each `window` steps. At the full count it
+    tries one thread for a window when its steps slowed `slowdown` times from the fastest seen, or when other
+    processes kept at least `busy_cores` cores busy (a machine busy from the start shows no slowdown). On one
+    thread it tries the full count every `retry_after` windows. A try is kept when it is at least 10% faster;
+    each lost try doubles the wait before the next one started by load or by the retry (up to 8 times).
     """
 
-    def __init__(self, threads: int, *, window: int = 20, slowdown: float = 1.5, retry_after: int = 15,
-                 apply: Callable[[int], None] = _set_torch_threads) -> None:
+    def __init__(self, threads: int, *, window: int = 10, slowdown: float = 1.5, retry_after: int = 15,
+                 busy_cores: float = 0.5, apply: Callable[[int], None] = _set_torch_threads,
+                 others: Callable[[], float] | None = None) -> None:
         self.full = self.current = max(1, threads)
-        self.window, self.slowdown, self.retry_after = window, slowdown, retry_after
+        self.window, self.slowdown, self.retry_after, self.busy_cores = window, slowdown, retry_after, busy_cores
         self._apply = apply
+        self._others = others or OtherProcessesLoad()
+        self._others()
         self._steps: list[float] = []
         self._fastest_full: float | None = None
-        self._last_single: float | None = None
-        self._windows_single = 0
+        self._settled: float | None = None
+        self._trying = False
+        self._windows = 0
         self._backoff = 1
-        self._trying_full = False
 
     @classmethod
     def for_this_process(cls, threads: int) -> ThreadGovernor | None:
@@ -129,34 +153,44 @@ class ThreadGovernor:
         if len(self._steps) >= self.window:
             median = statistics.median(self._steps)
             self._steps.clear()
-            self._judge(median)
+            self._judge(median, self._others())
 
-    def _judge(self, median: float) -> None:
-        if self._trying_full:
-            self._trying_full = False
-            if self._last_single is not None and median < 0.9 * self._last_single:
-                logger.info("back to %d threads: %.0f ms per step against %.0f ms on one",
-                            self.full, 1e3 * median, 1e3 * self._last_single)
-                self._fastest_full, self._backoff = median, 1
-            else:
-                self._backoff = min(8, self._backoff * 2)
-                self._switch(1)
+    def _judge(self, median: float, others: float) -> None:
+        if self._trying:
+            self._judge_try(median)
             return
+        self._windows += 1
+        self._settled = median
+        waited = self._windows >= self.retry_after * self._backoff
         if self.current == self.full:
-            if self._fastest_full is not None and median > self.slowdown * self._fastest_full:
-                logger.info("steps slowed from %.0f ms to %.0f ms (another process is using the cores): "
-                            "training on 1 thread", 1e3 * self._fastest_full, 1e3 * median)
-                self._switch(1)
-            else:
-                self._fastest_full = min(median, self._fastest_full or median)
-            return
-        self._last_single = median
-        self._windows_single += 1
-        if self._windows_single >= self.retry_after * self._backoff:
-            self._trying_full = True
-            self._switch(self.full)
+            slowed = self._fastest_full is not None and median > self.slowdown * self._fastest_full
+            self._fastest_full = min(median, self._fastest_full or median)
+            if slowed or (others >= self.busy_cores and (waited or self._backoff == 1)):
+                reason = (f"steps slowed from {1e3 * self._fastest_full:.0f} ms to {1e3 * median:.0f} ms" if slowed
+                          else f"other processes keep {others:.1f} cores busy")
+                logger.info("%s: trying 1 thread", reason)
+                self._try(1)
+        elif waited:
+            self._try(self.full)
+
+    def _judge_try(self, median: float) -> None:
+        self._trying = False
+        tried, before = self.current, self._settled
+        if before is not None and median < 0.9 * before:
+            logger.info("training on %d thread%s: %.0f ms per step against %.0f ms", tried, "s" if tried > 1 else "",
+                        1e3 * median, 1e3 * before)
+            self._settled, self._backoff = median, 1
+            if tried == self.full:
+                self._fastest_full = median
+        else:
+            self._backoff = min(8, self._backoff * 2)
+            self._switch(self.full if tried == 1 else 1)
+
+    def _try(self, threads: int) -> None:
+        self._trying = True
+        self._switch(threads)
 
     def _switch(self, threads: int) -> None:
         self.current = threads
-        self._windows_single = 0
+        self._windows = 0
         self._apply(threads)

@@ -42,7 +42,7 @@ def architectures_report(store: RunStore, group: str, docs_dir: Path, command: s
     on_cifar10 = all(spec.data.name == "cifar10" for spec in specs)
     papers = {point["name"]: point for point in paper_points([run.preset for run in runs if run.preset])} \
         if on_cifar10 else {}
-    write_png(error_vs_cost(finals, list(papers.values())), Path(docs_dir) / "figures" / FIGURE_NAME)
+    figure = write_png(error_vs_cost(finals, list(papers.values())), Path(docs_dir) / "figures" / FIGURE_NAME)
 
     first = specs[0]
     lines = [
@@ -77,7 +77,7 @@ def architectures_report(store: RunStore, group: str, docs_dir: Path, command: s
         )
     lines += [
         "",
-        f"![error against parameters and multiply-adds](figures/{FIGURE_NAME})",
+        f"![error against parameters and multiply-adds](figures/{figure.name})",
         "",
         "Points: each run's final test (filled) and smoothed training (open) error; stars: the papers' CIFAR-10+ "
         "errors after full training (hundreds of epochs on 50,000 augmented images), far beyond this budget, so "

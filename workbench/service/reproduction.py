@@ -113,7 +113,8 @@ class Reproduction:
 
 
 def write_png(figure: go.Figure, path: Path, width: int = FIGURE_SIZE[0], height: int = FIGURE_SIZE[1]) -> Path:
-    """Render a Plotly figure to PNG: kaleido when installed, else Playwright driving Debian's Chromium."""
+    """Render a Plotly figure to PNG: kaleido when installed, else Playwright driving Debian's Chromium; with
+    neither, the interactive figure as a self-contained HTML file beside it. The path written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     figure = go.Figure(figure).update_layout(width=width, height=height)
     try:
@@ -123,6 +124,12 @@ def write_png(figure: go.Figure, path: Path, width: int = FIGURE_SIZE[0], height
     else:
         figure.write_image(path, width=width, height=height, scale=1)
         return path
+    if not Path(CHROMIUM).exists():
+        html_path = path.with_suffix(".html")
+        figure.write_html(html_path, include_plotlyjs="inline", full_html=True)
+        logger.warning("no PNG renderer (kaleido, or Chromium at %s): wrote %s instead; for PNG figures, "
+                       "apt-get install chromium or pip install kaleido", CHROMIUM, html_path.name)
+        return html_path
     html = figure.to_html(include_plotlyjs="inline", full_html=True, config={"staticPlot": True})
     # A fresh thread: Playwright's sync API refuses to start in a thread that already runs an event
     # loop (the caller's own Playwright session, for one).
