@@ -107,11 +107,12 @@ def main() -> None:
             for kind, env in (("pipeline", policy), ("dataloader", DEFAULTS_ENV)):
                 figures[kind, "-", level] = measured(kind, "-", args.iterations, env)
                 print(f"{level} competitors  {'-':<9} {kind:<10} {figures[kind, '-', level]:8.0f} images/s", flush=True)
-    net = args.nets[0]
-    pair = [start_measure("engine", net, args.iterations, half) for _ in range(2)]
+    pair_net = args.nets[0]
+    pair = [start_measure("engine", pair_net, args.iterations, half) for _ in range(2)]
     together = sum(result_of(process) for process in pair)
-    alone = measured("engine", net, args.iterations, policy)
-    print(f"two workers side by side ({net}): {together:.0f} images/s together, {alone:.0f} one alone", flush=True)
+    alone = measured("engine", pair_net, args.iterations, policy)
+    print(f"two workers side by side ({pair_net}): {together:.0f} images/s together, {alone:.0f} one alone",
+          flush=True)
 
     results = []
     for level in levels:
@@ -129,7 +130,7 @@ def main() -> None:
         ours, reference = figures["pipeline", "-", level], figures["dataloader", "-", level]
         results.append({"bench": f"contention/input-pipeline/{level}-competitors", "ours": round(ours, 1),
                         "reference": round(reference, 1), "ratio": round(ours / reference, 2), "unit": "images/s"})
-    results.append({"bench": f"contention/{net}/two-workers-vs-one", "ours": round(together, 1),
+    results.append({"bench": f"contention/{pair_net}/two-workers-vs-one", "ours": round(together, 1),
                     "reference": round(alone, 1), "ratio": round(together / alone, 3), "unit": "images/s"})
     print(json.dumps(results))
 
