@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -15,6 +16,7 @@ from workbench.jobs import LocalExecutor, QueueExecutor
 from workbench.paths import database_url, step_times_file
 from workbench.presets import get_preset
 from workbench.service import Workbench
+from workbench.service.estimates import StepTimeCache, expected_finishes
 from workbench.service.plans import PlannedRun
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
 from workbench.ui.run_table import RUN_TABLE_COLUMNS, run_rows
@@ -75,3 +77,16 @@ def test_a_network_too_big_for_the_machine_is_refused_before_anything_is_timed(s
     with pytest.raises(SpecError, match="training needs about .* GiB at batch size 4096"):
         bench.estimate(giant)
     assert time.perf_counter() - start < 10 and not step_times_file(store.home).exists()
+
+
+def test_a_resumed_run_finishes_at_the_pace_of_all_its_training_not_since_its_latest_start(store, tmp_path):
+    run_id = store.create_run(small_spec().model_dump(mode="json"), name="resumed")
+    now = datetime.now(UTC)
+    # Halfway after 100 s of training over two starts; the latest start was 10 s ago.
+    resumed = replace(store.get_run(run_id), status="running", started_at=now - timedelta(seconds=10),
+                      iteration=500, total_iterations=1000)
+    cache = StepTimeCache(tmp_path)
+    finish = expected_finishes([resumed], cache, workers=1, threads=1, now=now, trained_seconds={run_id: 100.0})
+    assert finish[run_id] == now + timedelta(seconds=100)
+    # Before its first logged row only the time since its start is known.
+    assert expected_finishes([resumed], cache, 1, 1, now, {})[run_id] == now + timedelta(seconds=10)

@@ -193,14 +193,16 @@ def _estimate(spec: RunSpec, shape: DatasetShape, timing: StepTiming, *, cached:
 
 
 def expected_finishes(runs: Sequence[RunRecord], cache: StepTimeCache, workers: int, threads: int,
-                      now: datetime) -> dict[int, datetime]:
-    """When running runs should finish (from their elapsed time and progress) and, where an estimate of their
-    spec is cached, when queued runs should: in queue order, each on the first of `workers` workers to be free."""
+                      now: datetime, trained_seconds: Mapping[int, float]) -> dict[int, datetime]:
+    """When running runs should finish (from the seconds they have trained, across resumes, and their progress)
+    and, where an estimate of their spec is cached, when queued runs should: in queue order, each on the first of
+    `workers` workers to be free."""
     finishes: dict[int, datetime] = {}
     for run in runs:
         if run.status == RUNNING and run.started_at and run.iteration and run.total_iterations:
-            elapsed = (now - run.started_at).total_seconds()
-            left = elapsed * (run.total_iterations - run.iteration) / run.iteration
+            # A resumed run's start time is its latest start; its iterations count from the first.
+            trained = trained_seconds.get(run.id) or (now - run.started_at).total_seconds()
+            left = trained * (run.total_iterations - run.iteration) / run.iteration
             finishes[run.id] = now + timedelta(seconds=left)
     free = sorted(finishes.values())[:workers]
     free += [now] * (workers - len(free))

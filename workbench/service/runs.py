@@ -168,10 +168,14 @@ class Workbench:
                                  "the path of the archive to estimate the run time")
         return estimate_run(spec, shape, self.home, self.threads_per_worker)
 
-    def expected_finishes(self, runs: Sequence[RunRecord], now: datetime | None = None) -> dict[int, datetime]:
-        """When running runs (and queued runs with a cached estimate) should finish; see `expected_finishes`."""
+    def expected_finishes(self, runs: Sequence[RunRecord], now: datetime | None = None,
+                          trained_seconds: Mapping[int, float] | None = None) -> dict[int, datetime]:
+        """When running runs (and queued runs with a cached estimate) should finish; see `expected_finishes`.
+        `trained_seconds` is `run_seconds` of these runs, when the caller has it already."""
+        if trained_seconds is None:
+            trained_seconds = self.run_seconds([run.id for run in runs if run.status == RUNNING])
         return expected_finishes(runs, StepTimeCache(self.home), self.executor.worker_count,
-                                 self.threads_per_worker, now or datetime.now(UTC))
+                                 self.threads_per_worker, now or datetime.now(UTC), trained_seconds)
 
     def latest_values(self, run_id: int, names: Sequence[str]) -> dict[str, float]:
         """The last stored value of each of these metrics that the run has logged."""

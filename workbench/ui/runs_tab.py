@@ -125,7 +125,8 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
     def list_runs(*view):
         """The runs table (filtered and with the chosen columns) and the run picker's choices."""
         runs = ctx.list_runs()
-        finishes, seconds = ctx.expected_finishes(runs), ctx.run_seconds([run.id for run in runs])
+        seconds = ctx.run_seconds([run.id for run in runs])
+        finishes = ctx.expected_finishes(runs, trained_seconds=seconds)
         columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:], finishes, seconds) if view else table_view(
             runs, RunFilter(), (), False, finishes, seconds)
         return pd.DataFrame(rows, columns=columns), gr.update(choices=run_choices(runs))
@@ -133,7 +134,8 @@ def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
     def refresh(shown: list | None, run_id: int | None, *view):
         runs = ctx.list_runs()
         seconds = ctx.run_seconds([run.id for run in runs])
-        columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:], ctx.expected_finishes(runs), seconds)
+        columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:],
+                                    ctx.expected_finishes(runs, trained_seconds=seconds), seconds)
         if [columns, rows] == shown:
             return (gr.skip(),) * (5 + len(buttons))
         picked = next((run for run in runs if run.id == run_id), None)
