@@ -12,12 +12,26 @@ import pytest
 import torch
 from PIL import Image
 
+from storage import open_store
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def workbench(*args: str, cwd: Path = ROOT, command: tuple[str, ...] = (sys.executable, "-m", "workbench")):
     return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=180,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def workbench_side_by_side(*commands: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
+    """Several `workbench` commands run at once (each is mostly interpreter start-up), in the order given."""
+    started = [subprocess.Popen([sys.executable, "-m", "workbench", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+               for args in commands]
+    results = []
+    for args, process in zip(commands, started, strict=True):
+        out, err = process.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(args, process.returncode, out, err))
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +46,8 @@ def data(tmp_path_factory) -> Path:
 
 
 def queued(home: Path) -> list:
-    result = workbench("runs", "--json", "--home", str(home))
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    with open_store(home) as store:
+        return store.list_runs()
 
 
 def test_global_options_go_before_or_after_the_sub_command(tmp_path):
@@ -67,13 +80,17 @@ BAD_SUBMITS = [
 ]
 
 
-@pytest.mark.parametrize(("flags", "expected"), BAD_SUBMITS)
-def test_bad_submit_is_one_message_and_queues_nothing(tmp_path, data, flags, expected):
-    flags = [flag.format(data=data) for flag in flags]
-    result = workbench("submit", "--preset", "resnet20", *flags, "--home", str(tmp_path), "--data-root", str(data))
-    assert result.returncode == 2, result.stderr
-    assert expected in result.stderr and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
-    assert queued(tmp_path) == []
+def test_each_bad_submit_is_one_message_and_queues_nothing(tmp_path, data):
+    homes = [tmp_path / f"home{index}" for index in range(len(BAD_SUBMITS))]
+    results = workbench_side_by_side(*(
+        ("submit", "--preset", "resnet20", *(flag.format(data=data) for flag in flags), "--home", str(home),
+         "--data-root", str(data))
+        for (flags, _), home in zip(BAD_SUBMITS, homes, strict=True)))
+    for (flags, expected), home, result in zip(BAD_SUBMITS, homes, results, strict=True):
+        assert result.returncode == 2, (flags, result.stderr)
+        assert expected in result.stderr and result.stderr.startswith("error: "), (flags, result.stderr)
+        assert "Traceback" not in result.stderr, flags
+        assert queued(home) == [], flags
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -84,10 +101,11 @@ def test_cuda_without_cuda_is_refused(tmp_path):
 
 
 def test_a_run_id_beyond_64_bits_is_a_message(tmp_path):
-    for command in ("cancel", "resume", "export"):
-        extra = ("--format", "bundle", "-o", str(tmp_path / "x.zip")) if command == "export" else ()
-        result = workbench(command, str(2**70), *extra, "--home", str(tmp_path))
-        assert result.returncode == 2 and "run id must be a whole number from 1 to" in result.stderr, command
+    commands = [("cancel", str(2**70)), ("resume", str(2**70)),
+                ("export", str(2**70), "--format", "bundle", "-o", str(tmp_path / "x.zip"))]
+    results = workbench_side_by_side(*((*args, "--home", str(tmp_path / args[0])) for args in commands))
+    for args, result in zip(commands, results, strict=True):
+        assert result.returncode == 2 and "run id must be a whole number from 1 to" in result.stderr, args[0]
 
 
 def test_a_giant_network_is_refused_without_being_built(tmp_path):
