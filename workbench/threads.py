@@ -121,7 +121,7 @@ class ThreadGovernor:
     tries one thread for a window when its steps slowed `slowdown` times from the fastest seen, or when other
     processes kept at least `busy_cores` cores busy (a machine busy from the start shows no slowdown). On one
     thread it tries the full count every `retry_after` windows. A try is kept when it is at least 10% faster;
-    each lost try doubles the wait before the next one started by load or by the retry (up to 8 times).
+    each lost try doubles the wait before the next, up to 8 times `retry_after` windows.
     """
 
     def __init__(self, threads: int, *, window: int = 10, slowdown: float = 1.5, retry_after: int = 15,
@@ -165,7 +165,7 @@ class ThreadGovernor:
         if self.current == self.full:
             slowed = self._fastest_full is not None and median > self.slowdown * self._fastest_full
             self._fastest_full = min(median, self._fastest_full or median)
-            if slowed or (others >= self.busy_cores and (waited or self._backoff == 1)):
+            if (slowed or others >= self.busy_cores) and (waited or self._backoff == 1):
                 reason = (f"steps slowed from {1e3 * self._fastest_full:.0f} ms to {1e3 * median:.0f} ms" if slowed
                           else f"other processes keep {others:.1f} cores busy")
                 logger.info("%s: trying 1 thread", reason)

@@ -114,7 +114,7 @@ class Reproduction:
 
 def write_png(figure: go.Figure, path: Path, width: int = FIGURE_SIZE[0], height: int = FIGURE_SIZE[1]) -> Path:
     """Render a Plotly figure to PNG: kaleido when installed, else Playwright driving Debian's Chromium; with
-    neither, the interactive figure as a self-contained HTML file beside it. The path written."""
+    neither, the interactive figure as a self-contained HTML file of the same name. The path written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     figure = go.Figure(figure).update_layout(width=width, height=height)
     try:
