@@ -39,6 +39,9 @@ def claim_until_empty(home: str, db: str | None, worker_id: str, start: Barrier,
         start.wait()
         while (run := store.claim_next_run(worker_id, device="cpu")) is not None:
             claimed.append(run.id)
+            # A run takes time: the others claim meanwhile (without it, on a loaded machine one worker
+            # scheduled first can drain the whole queue alone).
+            time.sleep(0.02)
             store.heartbeat(run.id, worker_id, iteration=1)
             store.append_metrics(run.id, metric_batch(0, 5))
             store.transition(run.id, COMPLETED, worker_id=worker_id)
