@@ -15,18 +15,18 @@ from PIL import Image
 from storage import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
+CLI = (sys.executable, "-m", "workbench")
+CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def workbench(*args: str, cwd: Path = ROOT, command: tuple[str, ...] = (sys.executable, "-m", "workbench")):
-    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+def workbench(*args: str, cwd: Path = ROOT, command: tuple[str, ...] = CLI):
+    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=180, env=CLI_ENV)
 
 
 def workbench_side_by_side(*commands: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
     """Several `workbench` commands run at once (each is mostly interpreter start-up), in the order given."""
-    started = [subprocess.Popen([sys.executable, "-m", "workbench", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-               for args in commands]
+    started = [subprocess.Popen([*CLI, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=CLI_ENV) for args in commands]
     results = []
     for args, process in zip(commands, started, strict=True):
         out, err = process.communicate(timeout=300)

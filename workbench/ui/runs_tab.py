@@ -122,20 +122,23 @@ def _traceback(run: RunRecord):
 def runs_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
     """Create the Runs tab inside the current Blocks."""
 
+    def timings(runs):
+        """Expected finishes and seconds trained of `runs`, from one query of their run_seconds."""
+        seconds = ctx.run_seconds([run.id for run in runs])
+        return ctx.expected_finishes(runs, trained_seconds=seconds), seconds
+
     def list_runs(*view):
         """The runs table (filtered and with the chosen columns) and the run picker's choices."""
         runs = ctx.list_runs()
-        seconds = ctx.run_seconds([run.id for run in runs])
-        finishes = ctx.expected_finishes(runs, trained_seconds=seconds)
+        finishes, seconds = timings(runs)
         columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:], finishes, seconds) if view else table_view(
             runs, RunFilter(), (), False, finishes, seconds)
         return pd.DataFrame(rows, columns=columns), gr.update(choices=run_choices(runs))
 
     def refresh(shown: list | None, run_id: int | None, *view):
         runs = ctx.list_runs()
-        seconds = ctx.run_seconds([run.id for run in runs])
-        columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:],
-                                    ctx.expected_finishes(runs, trained_seconds=seconds), seconds)
+        finishes, seconds = timings(runs)
+        columns, rows = table_view(runs, RunFilter(*view[:6]), *view[6:], finishes, seconds)
         if [columns, rows] == shown:
             return (gr.skip(),) * (5 + len(buttons))
         picked = next((run for run in runs if run.id == run_id), None)
