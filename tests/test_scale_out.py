@@ -165,7 +165,7 @@ def test_a_job_the_cluster_forgot_while_no_dispatcher_ran_leaves_its_run_interru
     assert interrupted.error_message.startswith(f"Ray job {running.job_id} is gone from the cluster at {ray_head}")
     assert f"worker {running.worker_id} took run {run_id}" in interrupted.error_message, \
         "the tail of the log its worker kept on the shared home"
-    assert f"Ray no longer has the log of job {running.job_id}" in log and f"took run {run_id}" in log
+    assert "its workers' log kept in" in log and f"took run {run_id}" in log
 
 
 def test_a_run_asking_for_a_gpu_the_cluster_lacks_waits_with_a_message_and_cancels(cluster_store, ray_head):

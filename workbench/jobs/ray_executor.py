@@ -143,14 +143,19 @@ class RayExecutor(Executor):
         if run.job_id is None or self.client is None:
             return None
         try:
-            return self.client.get_job_logs(run.job_id)
+            log = self.client.get_job_logs(run.job_id)
+            if log:
+                return log
+            # Ray answers so for a job that has printed nothing yet, and now and then for one it is deleting.
+            why = f"Ray's log of job {run.job_id} is empty"
         except RuntimeError as exc:
-            kept = RunFolder.of(self.store.home, run.id).job_log
-            try:
-                return f"(Ray no longer has the log of job {run.job_id}; its workers' log kept in {kept}:)\n" \
-                       + kept.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                return f"(the log of Ray job {run.job_id} cannot be read: {exc})"
+            log, why = f"(the log of Ray job {run.job_id} cannot be read: {exc})", \
+                f"Ray no longer has the log of job {run.job_id}"
+        kept = RunFolder.of(self.store.home, run.id).job_log
+        try:
+            return f"({why}; its workers' log kept in {kept}:)\n" + kept.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return log
 
     # -- following the jobs --------------------------------------------------------------------
 
