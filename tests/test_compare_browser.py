@@ -163,6 +163,21 @@ def test_a_seed_group_is_drawn_as_mean_and_band_with_n_in_the_legend(page, serve
     page.locator("#curves-plot").screenshot(path=artifacts_dir / "compare-seed-band.png")
 
 
+def test_a_group_started_elsewhere_is_listed_when_the_picker_opens_and_its_later_runs_join(
+        page, serve_workbench, tmp_path):
+    served = serve_workbench(tmp_path, "--workers", "0")
+    page.goto(served.url)
+    page.wait_for_selector("#unit-diagram .main-svg", timeout=60_000)
+    page.get_by_role("tab", name="Compare", exact=True).click()
+    stored_run(served.store, "first", 10.0, group="from the cli")  # after the tab listed its groups
+    pick(page, "compare-group", "from the cli [seeds]")
+    legend = page.locator(f"{PLOT} .legendtext")
+    expect()(legend.filter(has_text="first · synthetic · from the cli test")).to_have_count(1, timeout=30_000)
+    stored_run(served.store, "second", 30.0, lr=0.05, group="from the cli")  # as a sweep's next trial
+    expect()(legend.filter(has_text="second · synthetic · from the cli test")).to_have_count(1, timeout=30_000)
+    expect()(page.locator("#compare-runs")).to_contain_text("second")
+
+
 def test_runs_table_filters_per_keystroke_picks_columns_hides_identical_ones_and_diffs_specs(
         page, serve_workbench, tmp_path, artifacts_dir):
     served = serve_workbench(tmp_path, "--workers", "0")

@@ -12,7 +12,17 @@ import pytest
 from storage import open_store
 from workbench.presets import get_preset
 from workbench.spec import DataSpec, NetSpec, RunSpec, TrainSpec
-from workbench.ui.compare_tab import NO_BAND, CompareView, Options, export_curves, pick_group, redraw, tick
+from workbench.ui.compare_tab import (
+    NO_BAND,
+    NO_GROUP,
+    CompareView,
+    Options,
+    export_curves,
+    follow_group,
+    pick_group,
+    redraw,
+    tick,
+)
 from workbench.ui.context import WorkbenchContext
 from workbench.viz.charts import EMA, RUNNING_MEAN
 
@@ -110,9 +120,31 @@ def log_error(store, run_id: int, iterations, value: float, split: str = "train"
                                   for i in iterations])
 
 
+def test_runs_added_to_the_picked_group_join_the_picker_and_a_run_taken_out_stays_out(ctx):
+    first, second = twin(ctx)
+    view = CompareView()
+    picked, view = pick_group(ctx, "G", view)
+    assert picked == [first, second]
+    assert is_skip(follow_group(ctx, "G", picked, view)), "nothing new"
+    trial = ctx.store.create_run(RunSpec(net=NetSpec(depth=32)), name="resnet32", group_name="G", group_kind="twin")
+    joined = follow_group(ctx, "G", [second], view)  # the user took the first run out meanwhile
+    assert joined["value"] == [second, trial]
+    assert (f"#{trial} resnet32 · synthetic · G", trial) in joined["choices"]
+    assert is_skip(follow_group(ctx, "G", [second, trial], view)), "the first run is not added back"
+    assert is_skip(follow_group(ctx, NO_GROUP, [second, trial], view))
+
+
+def test_a_group_picked_before_a_session_followed_it_is_followed_from_its_runs_then(ctx):
+    first, second = twin(ctx)
+    view = CompareView()  # the group came from the address or a launch, not from the group picker
+    assert is_skip(follow_group(ctx, "G", [first, second], view))
+    third = ctx.store.create_run(RunSpec(net=NetSpec(depth=32)), name="resnet32", group_name="G", group_kind="twin")
+    assert follow_group(ctx, "G", [first, second], view)["value"] == [first, second, third]
+
+
 def test_a_ladder_group_shows_the_verdict_figure6_and_error_against_depth(ctx):
     runs = ladder(ctx)
-    assert pick_group(ctx, "L") == sorted(runs.values())
+    assert pick_group(ctx, "L", CompareView())[0] == sorted(runs.values())
     curves, verdict, figure_6, depth, _, _, view = redraw(ctx, sorted(runs.values()), CompareView(), *OPTIONS)
     assert len(curves.data) == 0
     assert verdict["visible"] is True and "Not enough data yet" in verdict["value"]

@@ -105,6 +105,12 @@ class CompareView:
     architectures_group: str | None = None
     costs: dict[int, dict[str, int]] = field(default_factory=dict)
     papers: list[dict] = field(default_factory=list)
+    followed_group: str = NO_GROUP
+    group_members: set[int] = field(default_factory=set)
+
+    def follow_group(self, group: str, members: Sequence[int]) -> None:
+        """Remember the group whose later runs join the picker, and the runs it had when picked."""
+        self.followed_group, self.group_members = group, set(members)
 
     def cache(self, metric: str) -> CurveCache:
         """The curves of `metric` for the followed runs (only the metric on screen is fetched)."""
@@ -132,11 +138,30 @@ def choices(ctx: WorkbenchContext):
     return gr.update(choices=groups), gr.update(choices=runs)
 
 
-def pick_group(ctx: WorkbenchContext, group: str):
-    """The runs of a group, oldest first, as the run picker's value."""
+def pick_group(ctx: WorkbenchContext, group: str, view: CompareView):
+    """The runs of a group, oldest first, as the run picker's value; the group's later runs will join them."""
+    view.follow_group(group, ())
+    if not group:
+        return gr.skip(), view
+    members = sorted(run.id for run in ctx.store.list_runs(group_name=group))
+    view.follow_group(group, members)
+    return members, view
+
+
+def follow_group(ctx: WorkbenchContext, group: str, picked: list[int] | None, view: CompareView):
+    """Runs added to the picked group since (a sweep's next trials) join the picker; a run the user took out of
+    the picker stays out."""
     if not group:
         return gr.skip()
-    return sorted(run.id for run in ctx.store.list_runs(group_name=group))
+    members = [run.id for run in ctx.store.list_runs(group_name=group)]
+    if view.followed_group != group:  # picked through the address or a launch
+        view.follow_group(group, members)
+        return gr.skip()
+    new = sorted(set(members) - view.group_members)
+    if not new:
+        return gr.skip()
+    view.group_members.update(new)
+    return gr.update(choices=choices(ctx)[1]["choices"], value=[*(picked or []), *new])
 
 
 LADDER_HINT = ("Pick a ladder group (Launch: \"Launch depth ladder\") to see the degradation verdict, plain and "
@@ -328,8 +353,10 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
 
     options = [metric, x_axis, smoothing, smoothing_kind, log_y, band, show_runs, summary, summary_at, legend]
     outputs = [curves, verdict, figure_6, depth, costs, live, view]
-    gr.on([demo.load, tab.select], bound(choices, ctx), None, [group, runs], api_visibility="private")
-    group.input(bound(pick_group, ctx), group, runs, api_visibility="private")
+    # Opening a picker lists the groups and runs started meanwhile (from the CLI or another browser).
+    gr.on([demo.load, tab.select, group.focus, runs.focus], bound(choices, ctx), None, [group, runs],
+          api_visibility="private")
+    group.input(bound(pick_group, ctx), [group, view], [runs, view], api_visibility="private")
     redrawn = gr.on([runs.change, metric.input, x_axis.input, smoothing.change, smoothing_kind.input, log_y.input,
                      band.input, show_runs.input, summary.input, summary_at.change, legend.input], bound(redraw, ctx),
                     [runs, view, *options], outputs, trigger_mode="always_last", api_name="compare",
@@ -338,20 +365,22 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
                         api_visibility="private", show_progress="hidden")
     for event in (redrawn, ticked):
         apply_live_figures(event, live)
+    timer.tick(bound(follow_group, ctx), [group, runs, view], runs, api_visibility="private", show_progress="hidden")
     prepare.click(bound(export_curves, ctx), [metric, curve_format, view], [export_message, download],
                   api_name="export_curves")
     gr.on([runs.change, metric.change, curve_format.change], lambda: gr.update(visible=False), None, download,
           api_visibility="private")
 
-    def follow_launch(latest: dict | None):
+    def follow_launch(latest: dict | None, view: CompareView):
         group_choices, run_choices = choices(ctx)
         if not latest:
-            return group_choices, run_choices
+            return group_choices, run_choices, view
         value = latest["group"] or NO_GROUP
+        view.follow_group(value, latest["run_ids"])
         return gr.update(choices=group_choices["choices"], value=value), gr.update(
-            choices=run_choices["choices"], value=latest["run_ids"])
+            choices=run_choices["choices"], value=latest["run_ids"]), view
 
-    launched.change(follow_launch, launched, [group, runs], api_visibility="private")
+    launched.change(follow_launch, [launched, view], [group, runs, view], api_visibility="private")
 
     def runs_from_address(request: gr.Request):
         picked = recalled_ids(request, "runs", (run.id for run in ctx.store.list_runs()))
