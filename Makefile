@@ -18,9 +18,14 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	$(PY) app.py $(ARGS)
 
+# Most tests wait on processes, servers and browsers, so two run at a time (one file per process); those that
+# time the machine or need it otherwise idle run alone afterwards. Exit code 5 is pytest's "no test selected".
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS)
+	$(PY) -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

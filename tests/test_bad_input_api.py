@@ -28,6 +28,8 @@ SECOND = 1.0
 MEMORY_GROWTH = 100 * 2**20
 DAY = 24 * 3600
 
+pytestmark = pytest.mark.serial  # every answer must come within a second of a real server process
+
 
 def _images(folder: Path, count: int = 3) -> None:
     folder.mkdir(parents=True)

@@ -37,6 +37,7 @@ def store(tmp_path):
         yield opened
 
 
+@pytest.mark.serial  # the estimate, timed now, is compared with steps taken later: both need the same machine
 def test_estimate_matches_a_real_workers_steps_is_cached_and_the_queue_shows_expected_finishes(store, tmp_path):
     executor = LocalExecutor(store, db_url=database_url(tmp_path), workers=1)
     bench = Workbench(store, executor)

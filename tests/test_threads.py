@@ -176,6 +176,7 @@ class CompetitorsFrom(StopAt):
                              for _ in range(available_cores())]
 
 
+@pytest.mark.serial
 @pytest.mark.skipif(available_cores() < 2, reason="needs two cores to train on two threads")
 def test_a_training_run_drops_to_one_thread_while_other_processes_hold_the_cores(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("WORKBENCH_ADAPT_THREADS", "1")
