@@ -140,12 +140,9 @@ def choices(ctx: WorkbenchContext):
 
 def pick_group(ctx: WorkbenchContext, group: str, view: CompareView):
     """The runs of a group, oldest first, as the run picker's value; the group's later runs will join them."""
-    view.follow_group(group, ())
-    if not group:
-        return gr.skip(), view
-    members = sorted(run.id for run in ctx.store.list_runs(group_name=group))
+    members = sorted(run.id for run in ctx.store.list_runs(group_name=group)) if group else []
     view.follow_group(group, members)
-    return members, view
+    return (members if group else gr.skip()), view
 
 
 def follow_group(ctx: WorkbenchContext, group: str, picked: list[int] | None, view: CompareView):
@@ -154,7 +151,7 @@ def follow_group(ctx: WorkbenchContext, group: str, picked: list[int] | None, vi
     if not group:
         return gr.skip()
     members = [run.id for run in ctx.store.list_runs(group_name=group)]
-    if view.followed_group != group:  # picked through the address or a launch
+    if view.followed_group != group:  # not picked in this session: follow it from now on
         view.follow_group(group, members)
         return gr.skip()
     new = sorted(set(members) - view.group_members)
