@@ -178,7 +178,8 @@ class CompetitorsFrom(StopAt):
 
 @pytest.mark.serial
 @pytest.mark.skipif(available_cores() < 2, reason="needs two cores to train on two threads")
-def test_a_training_run_drops_to_one_thread_while_other_processes_hold_the_cores(tmp_path, monkeypatch, caplog):
+def test_a_training_run_tries_one_thread_while_other_processes_hold_the_cores_and_keeps_it_if_faster(
+        tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("WORKBENCH_ADAPT_THREADS", "1")
     data = load_dataset(DataSpec(synthetic_train=2048, synthetic_test=64), home=tmp_path)
     run = RunSpec(net=NetSpec(name="small", blocks=[1, 1, 1], widths=[8, 16, 32]),
@@ -196,8 +197,12 @@ def test_a_training_run_drops_to_one_thread_while_other_processes_hold_the_cores
             process.wait()
     assert sink.spinning, "the competitors never started"
     assert sink.threads[0] == (10, 2)
-    assert sink.threads[-1][1] == 1, sink.threads
-    assert "training on 1 thread" in caplog.text
+    assert "trying 1 thread" in caplog.text, "the governor never saw the competitors"
+    # Whether one thread wins beside two competitors depends on the scheduler (tests above decide it on a simulated
+    # clock); here the run must end on the count its try settled on: 1 when faster, else 2 (no retry within 100
+    # steps of a lost try).
+    kept = "training on 1 thread" in caplog.text
+    assert sink.threads[-1][1] == (1 if kept else 2), (sink.threads, caplog.text)
 
 
 def test_the_load_of_other_processes_counts_a_competitor_and_not_this_process():
