@@ -321,15 +321,24 @@ def read_cifar(name: str, source: Path) -> Splits:
     class_names = _parse_meta(members[layout.meta_member], layout, label)
 
     def stack(member_names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [_parse_batch(members[m], layout, f"{m} in {source}") for m in member_names]
-        images = np.concatenate([p[0] for p in parts])
+        parts = [_parse_batch(members.pop(m), layout, f"{m} in {source}") for m in member_names]
         labels = np.concatenate([p[1] for p in parts])
         if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
             raise DataError(
                 f"{layout.title} at {source} has labels outside 0..{len(class_names) - 1} "
                 f"(found {labels.min()}..{labels.max()})"
             )
-        return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)
+        # Each batch is copied into place and let go before the next, so the images are held once plus a batch
+        # (np.concatenate would hold every batch and the whole result at once).
+        images = np.empty((len(labels), *IMAGE_SHAPE), dtype=np.uint8)
+        start = 0
+        for index in range(len(parts)):
+            batch, _ = parts[index]
+            parts[index] = None
+            images[start:start + len(batch)] = batch
+            start += len(batch)
+            del batch
+        return torch.from_numpy(images), torch.from_numpy(labels)
 
     train_images, train_labels = stack(layout.train_members)
     test_images, test_labels = stack(layout.test_members)
