@@ -332,12 +332,10 @@ def read_cifar(name: str, source: Path) -> Splits:
         # (np.concatenate would hold every batch and the whole result at once).
         images = np.empty((len(labels), *IMAGE_SHAPE), dtype=np.uint8)
         start = 0
-        for index in range(len(parts)):
-            batch, _ = parts[index]
-            parts[index] = None
+        while parts:
+            batch, _ = parts.pop(0)
             images[start:start + len(batch)] = batch
             start += len(batch)
-            del batch
         return torch.from_numpy(images), torch.from_numpy(labels)
 
     train_images, train_labels = stack(layout.train_members)
