@@ -35,7 +35,7 @@ from workbench.service.plans import ARCHITECTURES, LADDER, seed_group_key
 from workbench.ui.address import recalled_ids, remember
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.live_plot import apply_live_figures, live_channel, live_figures
-from workbench.ui.run_table import LEGEND_CHOICES, label_extras, run_label
+from workbench.ui.run_table import LEGEND_CHOICES, label_extras, run_choices, run_label
 from workbench.ui.sweep_section import sweep_view
 from workbench.viz.charts import (
     BANDS,
@@ -134,8 +134,7 @@ def seed_groups_of(runs: list[RunRecord], parts: Sequence[str] = ()) -> list[tup
 def choices(ctx: WorkbenchContext):
     """Fresh choices for the group and run pickers."""
     groups = [("(none)", NO_GROUP)] + [(f"{name} [{kind}]", name) for name, kind in ctx.store.list_groups()]
-    runs = [(run_label(run), run.id) for run in ctx.store.list_runs()]
-    return gr.update(choices=groups), gr.update(choices=runs)
+    return gr.update(choices=groups), gr.update(choices=run_choices(ctx.store.list_runs()))
 
 
 def pick_group(ctx: WorkbenchContext, group: str, view: CompareView):
@@ -158,7 +157,7 @@ def follow_group(ctx: WorkbenchContext, group: str, picked: list[int] | None, vi
     if not new:
         return gr.skip()
     view.group_members.update(new)
-    return gr.update(choices=choices(ctx)[1]["choices"], value=[*(picked or []), *new])
+    return gr.update(choices=run_choices(ctx.store.list_runs()), value=[*(picked or []), *new])
 
 
 LADDER_HINT = ("Pick a ladder group (Launch: \"Launch depth ladder\") to see the degradation verdict, plain and "
@@ -369,13 +368,13 @@ def compare_tab(ctx: WorkbenchContext, demo: gr.Blocks, launched: gr.State) -> N
           api_visibility="private")
 
     def follow_launch(latest: dict | None, view: CompareView):
-        group_choices, run_choices = choices(ctx)
+        group_choices, runs_choices = choices(ctx)
         if not latest:
-            return group_choices, run_choices, view
+            return group_choices, runs_choices, view
         value = latest["group"] or NO_GROUP
         view.follow_group(value, latest["run_ids"])
         return gr.update(choices=group_choices["choices"], value=value), gr.update(
-            choices=run_choices["choices"], value=latest["run_ids"]), view
+            choices=runs_choices["choices"], value=latest["run_ids"]), view
 
     launched.change(follow_launch, [launched, view], [group, runs, view], api_visibility="private")
 

@@ -8,14 +8,14 @@ import gradio as gr
 
 from workbench.errors import WorkbenchError
 from workbench.ui.context import WorkbenchContext
-from workbench.ui.run_table import run_label
+from workbench.ui.run_table import run_choices
 from workbench.weights.export import EXPORT_FORMATS
 
 CHECKPOINTS = ("best", "last")
 
 
-def run_choices(ctx: WorkbenchContext):
-    return gr.update(choices=[(run_label(run), run.id) for run in ctx.exportable_runs()])
+def exportable_run_choices(ctx: WorkbenchContext):
+    return gr.update(choices=run_choices(ctx.exportable_runs()))
 
 
 def prepare_export(ctx: WorkbenchContext, run_id: int | str | None, which: str, fmt: str):
@@ -48,7 +48,7 @@ def export_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
         message = gr.Markdown(elem_id="export-message")
         download = gr.DownloadButton("Download", visible=False, elem_id="download-export")
 
-    gr.on([demo.load, tab.select], bound(run_choices, ctx), None, run, api_visibility="private")
+    gr.on([demo.load, tab.select], bound(exportable_run_choices, ctx), None, run, api_visibility="private")
     prepare.click(bound(prepare_export, ctx), [run, which, fmt], [message, download], api_name="export")
     gr.on([run.change, which.change, fmt.change], lambda: gr.update(visible=False), None, download,
           api_visibility="private")

@@ -23,7 +23,7 @@ from workbench.service.forms import FORM_FIELDS
 from workbench.ui.context import WorkbenchContext
 from workbench.ui.fields import number_field
 from workbench.ui.launch_tab import run_form
-from workbench.ui.run_table import run_label
+from workbench.ui.run_table import run_choices
 from workbench.weights.importers import IMPORT_FORMATS
 from workbench.weights.transfer import FINETUNE_MODES
 
@@ -117,8 +117,8 @@ def launch_finetune(ctx: WorkbenchContext, model_file: str, preset: str | None, 
             "Follow it in the Runs and Compare tabs.")
 
 
-def run_choices(ctx: WorkbenchContext):
-    return gr.update(choices=[(run_label(run), run.id) for run in ctx.exportable_runs()])
+def exportable_run_choices(ctx: WorkbenchContext):
+    return gr.update(choices=run_choices(ctx.exportable_runs()))
 
 
 def finetune_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
@@ -167,6 +167,6 @@ def finetune_tab(ctx: WorkbenchContext, demo: gr.Blocks) -> None:
     gr.on([run.input, which.input], bound(inspect_run, ctx), [run, which], picked, api_name="finetune_inspect_run")
     preset.input(bound(inspect_with_preset, ctx), [model_file, preset], summary, api_visibility="private")
     mode.change(mode_visibility, mode, [stages, hidden], api_visibility="private")
-    gr.on([demo.load, tab.select], bound(run_choices, ctx), None, run, api_visibility="private")
+    gr.on([demo.load, tab.select], bound(exportable_run_choices, ctx), None, run, api_visibility="private")
     launch.click(bound(launch_finetune, ctx), [model_file, preset, mode, stages, hidden, *form.components()],
                  message, api_name="finetune_launch")

@@ -107,3 +107,8 @@ def run_label(run: RunRecord, parts: Sequence[str] = LABEL_PARTS) -> str:
     """How a run is named in pickers and legends: "#12 resnet20 · cifar10 · twin-3" (no status, so a picked entry
     keeps its label)."""
     return " · ".join([f"#{run.id} {run.name}", *label_extras(run, parts)])
+
+
+def run_choices(runs: Sequence[RunRecord]) -> list[tuple[str, int]]:
+    """Picker choices for runs: (their label, their id)."""
+    return [(run_label(run), run.id) for run in runs]

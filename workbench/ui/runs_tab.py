@@ -32,18 +32,13 @@ from workbench.ui.run_table import (
     RUN_TABLE_COLUMNS,
     RUN_TABLE_WIDTHS,
     format_duration,
+    run_choices,
     run_duration,
-    run_label,
     run_rows,
 )
 
 REFRESH_SECONDS = 2.0
 DIFFERS_STYLE = ' style="background:#fff3b0;font-weight:600"'
-
-
-def run_choices(runs: list[RunRecord]) -> list[tuple[str, int]]:
-    """Picker choices for runs: ("#12 resnet20", 12)."""
-    return [(run_label(run), run.id) for run in runs]
 
 
 def run_details(run: RunRecord, latest: dict[str, float] | None = None, trained_seconds: float | None = None) -> str:
